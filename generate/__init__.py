@@ -1,0 +1,1 @@
+"""orbit4d stage: generate (see DESIGN.md)."""

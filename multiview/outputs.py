@@ -1,0 +1,50 @@
+"""Writing outputs without losing what is already there: temporary name first, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from multiview.errors import OutputExistsError
+
+
+@contextmanager
+def staged_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty sibling folder of ``out_dir``; on success it replaces ``out_dir`` in one rename.
+
+    On failure the staging folder is removed and ``out_dir`` is untouched. Refuses an existing,
+    non-empty ``out_dir`` unless ``overwrite``.
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, trash / "old")
+        os.replace(staging, out_dir)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, out_dir)
+    os.chmod(out_dir, 0o755)
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

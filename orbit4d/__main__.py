@@ -1,0 +1,3 @@
+from orbit4d.cli import main
+
+raise SystemExit(main())

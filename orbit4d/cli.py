@@ -1,0 +1,124 @@
+"""The ``orbit4d`` command line: a thin layer over each stage's ``run``.
+
+Only argparse is imported at start-up so that ``--help`` answers at once; each command imports
+its stage when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, help="output folder (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder once the new one is complete")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks and COLMAP's own log")
+
+
+def _capture_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "capture",
+        help="pose a video or a folder of photos with structure from motion",
+        description="Select frames from a video (or take a folder of photos), run SIFT + COLMAP structure from motion "
+        "with pycolmap, undistort, and write a posed capture: images/, transforms.json (nerfstudio layout), "
+        "sparse/0/, points3D.ply, report.json.",
+    )
+    p.add_argument("input", type=Path, help="a video file (.mp4, .mov, ...) or a folder of images")
+    _add_common(p)
+    p.add_argument("--frames", type=int, default=None, help="how many frames to select from a video (default 100)")
+    p.add_argument("--max-size", type=int, default=None, help="longest image side in pixels for SfM (default 1600)")
+    p.add_argument("--matcher", choices=["auto", "sequential", "exhaustive"], default="auto",
+                   help="auto: sequential with loop closure for video frames, exhaustive for photo folders")
+    p.add_argument("--mapper", choices=["incremental", "global"], default="incremental",
+                   help="COLMAP's incremental mapper, or the global mapper (GLOMAP)")
+    p.add_argument("--camera-model", default="SIMPLE_RADIAL",
+                   help="COLMAP camera model to estimate: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, ...")
+    p.add_argument("--camera", choices=["auto", "single", "per-image"], default="auto",
+                   help="share one camera between all images (auto: single for a video, per-image for photos)")
+    p.add_argument("--threads", type=int, default=-1, help="CPU threads for COLMAP (-1: all)")
+    p.set_defaults(func=_run_capture)
+
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import",
+        help="bring an existing capture (COLMAP, nerfstudio / instant-ngp, LLFF) into orbit4d's layout",
+        description="Convert a COLMAP model folder, a nerfstudio / instant-ngp transforms.json or an LLFF "
+        "poses_bounds.npy capture into orbit4d's capture layout. Images listed but missing are skipped.",
+    )
+    p.add_argument("src", type=Path, help="a COLMAP project or model folder, a transforms.json (or its folder), "
+                   "or a folder with poses_bounds.npy")
+    _add_common(p)
+    p.set_defaults(func=_run_import)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orbit4d",
+        description="One photo, a video or synchronized videos into 3D and 4D Gaussian-splat scenes.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _capture_parser(sub)
+    _import_parser(sub)
+    return parser
+
+
+def _version() -> str:
+    from orbit4d import __version__
+
+    return __version__
+
+
+def _run_capture(args: argparse.Namespace) -> int:
+    from multiview import process
+
+    config = process.CaptureConfig.from_options(
+        frames=args.frames,
+        max_size=args.max_size,
+        matcher=args.matcher,
+        mapper=args.mapper,
+        camera_model=args.camera_model,
+        camera=args.camera,
+        threads=args.threads,
+        verbose=args.debug,
+    )
+    process.run(config, args.input, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from multiview import process
+
+    process.run_import(args.src, args.out, overwrite=args.overwrite)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.debug:
+        return args.func(args)
+    from multiview.errors import Orbit4dError
+
+    try:
+        return args.func(args)
+    except Orbit4dError as error:
+        print(f"orbit4d {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"orbit4d {args.command}: interrupted; outputs already written are intact", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print(f"orbit4d {args.command}: error: out of memory; try a smaller --max-size or fewer --frames",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as error:  # a bug: say so in one line, the traceback is one flag away
+        print(f"orbit4d {args.command}: internal error: {type(error).__name__}: {error} "
+              "(rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR

@@ -1,0 +1,1 @@
+"""orbit4d stage: reconstruct (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""orbit4d stage: viewers (see DESIGN.md)."""
