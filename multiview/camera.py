@@ -13,6 +13,11 @@ class Camera:
 
     x right, y down, z forward; ``cam_from_world`` maps world points to camera coordinates
     (what COLMAP calls ``cam_from_world`` and gsplat calls ``viewmats``).
+
+    Pixel coordinates are OpenCV's too: the centre of the top-left pixel is (0, 0). COLMAP, nerfstudio,
+    instant-ngp and gsplat put it at (0.5, 0.5), so their principal point is ours + 0.5: files keep their
+    own convention and ``multiview.conventions.colmap_K_from_opencv_K`` converts (a rasterizer that
+    follows gsplat takes ``colmap_K_from_opencv_K(camera.K)``).
     """
 
     K: np.ndarray  # [3, 3] intrinsics in pixels
