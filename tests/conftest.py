@@ -14,3 +14,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (clone beside ../shared to run this test)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_video(tmp_path_factory) -> Path:
+    """A 2-second 160x120 H.264 clip of a textured pattern drifting sideways (the moov atom sits at the end)."""
+    import av
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("video") / "drift.mp4"
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (120, 400, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, 4 * i : 4 * i + 160]), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

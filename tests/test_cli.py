@@ -1,0 +1,146 @@
+"""The command line as a user meets it: instant help, one clear line on bad input, outputs never half written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from orbit4d.cli import EXIT_USER_ERROR, main
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "sacre_coeur"
+COMMANDS = ["capture", "import"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == EXIT_USER_ERROR
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_help_imports_nothing_heavy():
+    """`orbit4d --help` must answer at once: building the parser may not import numpy, torch or pycolmap."""
+    code = (
+        "import sys; from orbit4d.cli import build_parser; build_parser();"
+        "heavy = [m for m in ('numpy', 'torch', 'pycolmap', 'av', 'open3d', 'rich') if m in sys.modules];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_answers(command):
+    argv = [sys.executable, "-m", "orbit4d", *([command] if command else []), "--help"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    assert "usage: orbit4d" in out.stdout
+
+
+def test_missing_input(tmp_path, capsys):
+    code, err = run_cli(capsys, "capture", tmp_path / "nope.mp4", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "nope.mp4", "does not exist")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_video_exits_cleanly_in_a_subprocess(tmp_path):
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n")
+    argv = [sys.executable, "-m", "orbit4d", "capture", str(fake), "--out", str(tmp_path / "out")]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == EXIT_USER_ERROR
+    assert "Traceback" not in out.stderr
+    assert "notes.mp4" in out.stderr.strip().splitlines()[-1]
+
+
+def test_truncated_video(tmp_path, capsys, small_video):
+    data = small_video.read_bytes()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[: len(data) // 3])
+    code, err = run_cli(capsys, "capture", broken, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "broken.mp4")
+    assert not (tmp_path / "out").exists()
+
+
+def test_folder_without_images(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no pictures here")
+    code, err = run_cli(capsys, "capture", tmp_path / "empty", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "empty", "no images")
+
+
+def test_fewer_than_three_usable_frames(tmp_path, capsys):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ["a.jpg", "b.jpg"]:
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / name)
+    code, err = run_cli(capsys, "capture", folder, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "two")
+
+
+def test_sfm_registers_nothing(tmp_path, capsys):
+    """Noise shares no features between images: SfM fails, says so in one line, and writes nothing."""
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    code, err = run_cli(capsys, "capture", folder, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "noise")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*")), "staging folder left behind"
+
+
+def test_existing_output_is_refused_then_kept_on_failure(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    code, err = run_cli(capsys, "capture", EXAMPLE, "--out", out)
+    assert_one_line_error(code, err, "--overwrite")
+    code, err = run_cli(capsys, "capture", tmp_path / "missing", "--out", out, "--overwrite")
+    assert code == EXIT_USER_ERROR
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_capture_of_photo_folder_with_a_corrupt_jpeg(tmp_path, capsys):
+    """End to end on the bundled example plus one truncated JPEG: the bad file is skipped and listed."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for src in sorted(EXAMPLE.glob("*.jpg")):
+        (photos / src.name).write_bytes(src.read_bytes())
+    good = sorted(EXAMPLE.glob("*.jpg"))[0].read_bytes()
+    (photos / "zz_corrupt.jpg").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "capture"
+    code, err = run_cli(capsys, "capture", photos, "--out", out, "--max-size", "800")
+    assert code == 0, err
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["total"] == 10 and report["registered"] >= 9
+    assert 0 < report["mean_reprojection_error_px"] < 2.0
+    assert {"frames", "features", "matching", "mapping", "total"} <= set(report["seconds"])
+    dropped = report["frames"]["dropped_frames"]
+    assert [d["source_name"] for d in dropped] == ["zz_corrupt.jpg"]
+    assert dropped[0]["reason"].startswith("corrupt")
+    assert "zz_corrupt.jpg" in err  # listed on screen too
+
+    transforms = json.loads((out / "transforms.json").read_text())
+    assert len(transforms["frames"]) == report["registered"]
+    for frame in transforms["frames"]:
+        assert (out / frame["file_path"]).is_file()
+    assert (out / "sparse" / "0" / "images.bin").is_file()
+    assert (out / "points3D.ply").is_file()
+    assert not (out / "work").exists()
