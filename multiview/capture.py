@@ -701,7 +701,7 @@ def _undistort(model_dir: Path, image_dir: Path, out_dir: Path) -> None:
     """pycolmap's undistorter, quietly: ``out_dir/images`` and ``out_dir/sparse`` (PINHOLE), plus stereo files."""
     import pycolmap
 
-    info(f"undistorting images from {image_dir}")
+    info("undistorting images to pinhole")
     previous = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = 1  # warnings and errors only
     try:
