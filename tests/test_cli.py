@@ -144,3 +144,34 @@ def test_capture_of_photo_folder_with_a_corrupt_jpeg(tmp_path, capsys):
     assert (out / "sparse" / "0" / "images.bin").is_file()
     assert (out / "points3D.ply").is_file()
     assert not (out / "work").exists()
+
+
+def test_import_nerfstudio_capture(tmp_path, capsys):
+    """`orbit4d import` of a small pinhole transforms.json: poses kept, the listed-but-missing image skipped."""
+    src = tmp_path / "ns"
+    (src / "images").mkdir(parents=True)
+    frames = []
+    for i in range(4):
+        c2w = np.eye(4)
+        c2w[:3, 3] = [i * 0.1, 0.0, 2.0]
+        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w.tolist()})
+        if i < 3:
+            Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(src / "images" / f"{i}.png")
+    meta = {"fl_x": 30.0, "fl_y": 30.0, "cx": 16.0, "cy": 12.0, "w": 32, "h": 24, "frames": frames}
+    (src / "transforms.json").write_text(json.dumps(meta))
+
+    code, err = run_cli(capsys, "import", src, "--out", tmp_path / "out")
+    assert code == 0, err
+    written = json.loads((tmp_path / "out" / "transforms.json").read_text())
+    assert [f["file_path"] for f in written["frames"]] == [f"images/{i}.png" for i in range(3)]
+    for frame, source in zip(written["frames"], frames):
+        np.testing.assert_allclose(frame["transform_matrix"], source["transform_matrix"], atol=1e-9)
+    assert "1 of 4" in err  # the missing image is reported
+
+
+def test_import_unknown_layout(tmp_path, capsys):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("nothing to import")
+    code, err = run_cli(capsys, "import", tmp_path / "stuff", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "stuff")
+    assert not (tmp_path / "out").exists()
