@@ -12,6 +12,8 @@ import numpy as np
 import pycolmap
 import pytest
 
+from synthetic import random_pose, synthetic_colmap_project, write_noise_image
+
 from multiview import capture as capture_module
 from multiview.camera import Camera
 from multiview.capture import (
@@ -25,27 +27,17 @@ from multiview.capture import (
     write_points_ply,
     write_transforms,
 )
-from multiview.conventions import opengl_c2w_from_cam_from_world, rigid_from_rotation_translation, rotmat_from_qvec
+from multiview.conventions import opengl_c2w_from_cam_from_world
 from multiview.errors import InputError
 
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _pose(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rigid_from_rotation_translation(rotmat_from_qvec(rng.normal(size=4)), rng.normal(size=3) * 3)
-
 
 def _camera(seed: int, fx: float = 50.0, dist=(), **kwargs) -> Camera:
     K = np.array([[fx, 0.0, 31.5], [0.0, fx * 1.01, 23.25], [0.0, 0.0, 1.0]])
-    return Camera(K=K, cam_from_world=_pose(seed), width=64, height=48, dist=np.array(dist), **kwargs)
+    return Camera(K=K, cam_from_world=random_pose(seed), width=64, height=48, dist=np.array(dist), **kwargs)
 
-
-def _write_image(path: Path, width: int = 64, height: int = 48, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    PIL.Image.fromarray(pixels).save(path)
-    return path
 
 
 def _assert_same_camera(actual: Camera, expected: Camera, atol: float = 1e-9) -> None:
@@ -62,34 +54,13 @@ def _collect_warnings(monkeypatch) -> list[str]:
     return messages
 
 
-def synthetic_colmap_project(root: Path, model: str, text: bool = False) -> "pycolmap.Reconstruction":
-    """A pycolmap synthetic scene of 5 images written as ``root/sparse/0``, 64x48 noise images in ``root/images``."""
-    params = {"SIMPLE_RADIAL": [50.0, 32.0, 24.0, 0.1], "PINHOLE": [50.0, 51.0, 31.0, 25.0]}[model]
-    options = pycolmap.SyntheticDatasetOptions(
-        num_rigs=1,
-        num_cameras_per_rig=1,
-        num_frames_per_rig=5,
-        num_points3D=40,
-        camera_width=64,
-        camera_height=48,
-        camera_model_id=getattr(pycolmap.CameraModelId, model),
-        camera_params=params,
-    )
-    pycolmap.set_random_seed(0)
-    reconstruction = pycolmap.synthesize_dataset(options)
-    (root / "sparse" / "0").mkdir(parents=True)
-    (reconstruction.write_text if text else reconstruction.write_binary)(root / "sparse" / "0")
-    for index, image in enumerate(reconstruction.images.values()):
-        _write_image(root / "images" / image.name, seed=index)
-    return reconstruction
-
 
 # --- transforms.json -------------------------------------------------------------------------------------------
 
 
 def test_transforms_round_trip_with_shared_intrinsics(tmp_path: Path):
     frames = [
-        Frame(_write_image(tmp_path / "images" / f"frame_{i:05d}.jpg"), _camera(i, dist=[0.1, -0.02, 0.001, 0.002]))
+        Frame(write_noise_image(tmp_path / "images" / f"frame_{i:05d}.jpg"), _camera(i, dist=[0.1, -0.02, 0.001, 0.002]))
         for i in range(3)
     ]
     write_transforms(tmp_path / "transforms.json", frames, tmp_path, ply_file_path="points3D.ply")
@@ -109,9 +80,9 @@ def test_transforms_round_trip_with_shared_intrinsics(tmp_path: Path):
 def test_transforms_round_trip_with_per_frame_intrinsics_time_rig_and_masks(tmp_path: Path):
     frames = [
         Frame(
-            _write_image(tmp_path / "images" / f"cam{i % 2}" / f"{i}.png"),
+            write_noise_image(tmp_path / "images" / f"cam{i % 2}" / f"{i}.png"),
             _camera(i, fx=40.0 + i, time=0.5 * i, camera_id=i % 2),
-            _write_image(tmp_path / "masks" / f"{i}.png"),
+            write_noise_image(tmp_path / "masks" / f"{i}.png"),
         )
         for i in range(4)
     ]
@@ -134,8 +105,8 @@ def test_write_transforms_refuses_images_outside_root(tmp_path: Path):
 
 def test_read_instant_ngp_layout(tmp_path: Path):
     """camera_angle_x only, no w/h (read from the header), ./ paths without extension, aabb_scale ignored."""
-    _write_image(tmp_path / "train" / "r_0.png", width=40, height=30)
-    c2w = opengl_c2w_from_cam_from_world(_pose(3))
+    write_noise_image(tmp_path / "train" / "r_0.png", width=40, height=30)
+    c2w = opengl_c2w_from_cam_from_world(random_pose(3))
     meta = {
         "camera_angle_x": 0.69,
         "aabb_scale": 16,
@@ -149,12 +120,12 @@ def test_read_instant_ngp_layout(tmp_path: Path):
     expected_K = [[focal, 0, 19.5], [0, focal, 14.5], [0, 0, 1]]  # centred principal point, OpenCV pixels
     np.testing.assert_allclose(frame.camera.K, expected_K)
     assert (frame.camera.width, frame.camera.height) == (40, 30) and frame.camera.is_pinhole
-    np.testing.assert_allclose(frame.camera.cam_from_world, _pose(3), atol=1e-12)
+    np.testing.assert_allclose(frame.camera.cam_from_world, random_pose(3), atol=1e-12)
 
 
 def test_missing_images_are_skipped_with_one_warning(tmp_path: Path, monkeypatch):
     warnings = _collect_warnings(monkeypatch)
-    _write_image(tmp_path / "images" / "a.jpg")
+    write_noise_image(tmp_path / "images" / "a.jpg")
     c2w = np.eye(4).tolist()
     names = ["images/a.jpg"] + [f"images/missing_{i}.jpg" for i in range(5)]
     meta = {"fl_x": 50.0, "w": 64, "h": 48, "frames": [{"file_path": n, "transform_matrix": c2w} for n in names]}
@@ -184,7 +155,7 @@ def _one_frame(matrix=np.eye(4).tolist(), file_path="images/a.jpg", **top) -> st
     ],
 )
 def test_bad_transforms_raise_input_error_naming_the_file(tmp_path: Path, content: str, message: str):
-    _write_image(tmp_path / "images" / "a.jpg")
+    write_noise_image(tmp_path / "images" / "a.jpg")
     (tmp_path / "transforms.json").write_text(content)
     with pytest.raises(InputError, match=message) as error:
         read_transforms(tmp_path / "transforms.json")
@@ -245,7 +216,7 @@ def test_corrupt_ply_raises_input_error_naming_the_file(tmp_path: Path, corrupt)
 
 
 def test_capture_round_trip(tmp_path: Path):
-    frames = [Frame(_write_image(tmp_path / "images" / f"{i}.jpg"), _camera(i)) for i in range(2)]
+    frames = [Frame(write_noise_image(tmp_path / "images" / f"{i}.jpg"), _camera(i)) for i in range(2)]
     points = np.arange(12, dtype=np.float32).reshape(4, 3)
     colors = np.full((4, 3), 200, np.uint8)
     write_capture(Capture(tmp_path, frames, points, colors))

@@ -11,6 +11,8 @@ import numpy as np
 import pycolmap
 import pytest
 
+from synthetic import random_pose, synthetic_colmap_project, write_noise_image
+
 from multiview import capture as capture_module
 from multiview.camera import Camera
 from multiview.capture import read_capture, read_points_ply, write_points_ply
@@ -18,23 +20,11 @@ from multiview.conventions import (
     cam_from_world_from_opengl_c2w,
     llff_from_cam_from_world,
     opengl_c2w_from_cam_from_world,
-    rigid_from_rotation_translation,
-    rotmat_from_qvec,
 )
 from multiview.errors import InputError, OutputExistsError
 from multiview.importers import detect_source, import_capture
 
 
-def _write_image(path: Path, width: int = 64, height: int = 48, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    PIL.Image.fromarray(pixels).save(path)
-    return path
-
-
-def _pose(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rigid_from_rotation_translation(rotmat_from_qvec(rng.normal(size=4)), rng.normal(size=3) * 3)
 
 
 def _report(out: Path) -> dict:
@@ -90,11 +80,11 @@ def test_import_ingp_fox_undistorted(fox: Path, tmp_path: Path):
 
 def _distorted_transforms(root: Path, count: int = 3, with_points: bool = False) -> list[np.ndarray]:
     """A nerfstudio transforms.json with an OPENCV camera and 64x48 images under root/rgb; returns the c2w."""
-    c2ws = [opengl_c2w_from_cam_from_world(_pose(i)) for i in range(count)]
+    c2ws = [opengl_c2w_from_cam_from_world(random_pose(i)) for i in range(count)]
     frames = []
     for i, c2w in enumerate(c2ws):
-        _write_image(root / "rgb" / f"{i:03d}.png", seed=i)
-        _write_image(root / "mask" / f"{i:03d}.png", seed=i)
+        write_noise_image(root / "rgb" / f"{i:03d}.png", seed=i)
+        write_noise_image(root / "mask" / f"{i:03d}.png", seed=i)
         entry = {"file_path": f"rgb/{i:03d}.png", "mask_path": f"mask/{i:03d}.png", "time": 0.1 * i}
         frames.append({**entry, "transform_matrix": c2w.tolist()})
     intrinsics = {"fl_x": 60.0, "fl_y": 61.0, "cx": 32.0, "cy": 24.0, "w": 64, "h": 48}
@@ -140,25 +130,6 @@ def test_import_transforms_without_undistortion_copies_images_and_masks(tmp_path
 # --- COLMAP ----------------------------------------------------------------------------------------------------
 
 
-def _colmap_project(root: Path, text: bool = False) -> "pycolmap.Reconstruction":
-    """A synthetic PINHOLE scene of 4 images in ``root/sparse/0`` with noise images in ``root/images``."""
-    options = pycolmap.SyntheticDatasetOptions(
-        num_rigs=1,
-        num_frames_per_rig=4,
-        num_points3D=30,
-        camera_width=64,
-        camera_height=48,
-        camera_model_id=pycolmap.CameraModelId.PINHOLE,
-        camera_params=[50.0, 52.0, 31.0, 25.0],
-    )
-    pycolmap.set_random_seed(2)
-    reconstruction = pycolmap.synthesize_dataset(options)
-    (root / "sparse" / "0").mkdir(parents=True)
-    (reconstruction.write_text if text else reconstruction.write_binary)(root / "sparse" / "0")
-    for index, image in enumerate(reconstruction.images.values()):
-        _write_image(root / "images" / image.name, seed=index)
-    return reconstruction
-
 
 def _assert_matches_model(out: Path, model: "pycolmap.Reconstruction") -> None:
     capture = read_capture(out)
@@ -174,26 +145,26 @@ def _assert_matches_model(out: Path, model: "pycolmap.Reconstruction") -> None:
 
 @pytest.mark.parametrize("text", [False, True])
 def test_import_colmap_project_folder(tmp_path: Path, text: bool):
-    model = _colmap_project(tmp_path / "project", text=text)
+    model = synthetic_colmap_project(tmp_path / "project", text=text)
     out = import_capture(tmp_path / "project", tmp_path / "capture")
     _assert_matches_model(out, model)
     assert (out / "sparse" / "0" / "cameras.bin").is_file()
     report = _report(out)
-    assert (report["source_format"], report["registered"], report["total"], report["skipped"]) == ("colmap", 4, 4, [])
+    assert (report["source_format"], report["registered"], report["total"], report["skipped"]) == ("colmap", 5, 5, [])
 
 
 def test_import_colmap_model_folder_finds_images_above_it(tmp_path: Path):
-    model = _colmap_project(tmp_path / "project")
+    model = synthetic_colmap_project(tmp_path / "project")
     out = import_capture(tmp_path / "project" / "sparse" / "0", tmp_path / "capture")
     _assert_matches_model(out, model)
 
 
 def test_import_colmap_without_images_names_where_it_looked(tmp_path: Path):
-    _colmap_project(tmp_path / "project")
+    synthetic_colmap_project(tmp_path / "project")
     (tmp_path / "project" / "images").rename(tmp_path / "project" / "photos")
     with pytest.raises(InputError, match="no folder holds its images"):
         import_capture(tmp_path / "project", tmp_path / "capture")
-    model = _colmap_project(tmp_path / "other")
+    model = synthetic_colmap_project(tmp_path / "other")
     out = import_capture(tmp_path / "project", tmp_path / "capture", image_dir=tmp_path / "project" / "photos")
     _assert_matches_model(out, model)
 
@@ -215,10 +186,10 @@ def _llff_scene(root: Path, cameras: list[Camera], file_size: tuple[int, int]) -
 
 def test_import_llff_scales_focal_to_the_image_size(tmp_path: Path):
     K = np.array([[80.0, 0.0, 31.5], [0.0, 80.0, 23.5], [0.0, 0.0, 1.0]])  # centred, OpenCV pixels, 64x48
-    cameras = [Camera(K, _pose(i), 64, 48) for i in range(3)]
+    cameras = [Camera(K, random_pose(i), 64, 48) for i in range(3)]
     _llff_scene(tmp_path / "llff", cameras, file_size=(32, 24))  # poses made at half the size of the images
     for i in range(3):
-        _write_image(tmp_path / "llff" / "images" / f"IMG_{i:04d}.JPG", seed=i)
+        write_noise_image(tmp_path / "llff" / "images" / f"IMG_{i:04d}.JPG", seed=i)
     out = import_capture(tmp_path / "llff", tmp_path / "capture")
     capture = read_capture(out)
     assert [f.image_path.name for f in capture.frames] == ["IMG_0000.JPG", "IMG_0001.JPG", "IMG_0002.JPG"]
@@ -231,12 +202,12 @@ def test_import_llff_scales_focal_to_the_image_size(tmp_path: Path):
 
 
 def test_llff_errors(tmp_path: Path):
-    cameras = [Camera(np.diag([50.0, 50.0, 1.0]), _pose(i), 64, 48) for i in range(2)]
+    cameras = [Camera(np.diag([50.0, 50.0, 1.0]), random_pose(i), 64, 48) for i in range(2)]
     _llff_scene(tmp_path / "llff", cameras, file_size=(64, 48))
-    _write_image(tmp_path / "llff" / "images" / "a.png")
+    write_noise_image(tmp_path / "llff" / "images" / "a.png")
     with pytest.raises(InputError, match="2 poses but .* holds 1 images"):
         import_capture(tmp_path / "llff", tmp_path / "out1")
-    _write_image(tmp_path / "llff" / "images" / "b.png", width=48, height=48)
+    write_noise_image(tmp_path / "llff" / "images" / "b.png", width=48, height=48)
     with pytest.raises(InputError, match="different aspect ratio"):
         import_capture(tmp_path / "llff", tmp_path / "out2")
     np.save(tmp_path / "llff" / "poses_bounds.npy", np.zeros((2, 15)))
@@ -259,7 +230,7 @@ def test_unknown_layout_lists_what_was_looked_for(tmp_path: Path):
 
 
 def test_detect_source_kinds(tmp_path: Path):
-    _colmap_project(tmp_path / "colmap")
+    synthetic_colmap_project(tmp_path / "colmap")
     assert detect_source(tmp_path / "colmap") == ("colmap", tmp_path / "colmap" / "sparse" / "0")
     assert detect_source(tmp_path / "colmap" / "sparse" / "0") == ("colmap", tmp_path / "colmap" / "sparse" / "0")
     _distorted_transforms(tmp_path / "ns")
