@@ -182,13 +182,14 @@ def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, sourc
     info(f"sfm: {len(names)} images, {plan.matcher} matching, {config.mapper} mapping")
     with colmap_logging(config.verbose):
         pycolmap.set_random_seed(config.seed)
-        attempts = [_run_attempt(1, plan, None, config, image_dir, names, work_dir, single_camera)]
+        inputs = _Inputs(config, image_dir, names, work_dir, single_camera)
+        attempts = [_run_attempt(1, plan, None, inputs)]
         retry = _retry_plan(attempts[0], config, len(names))
         if retry is not None:
             warn(
                 f"sfm: {attempts[0].registered}/{len(names)} images registered, retrying with denser matching"
             )
-            attempts.append(_run_attempt(2, retry, attempts[0], config, image_dir, names, work_dir, single_camera))
+            attempts.append(_run_attempt(2, retry, attempts[0], inputs))
     best = max(attempts, key=_attempt_rank)
     if best.reconstruction is None or best.registered == 0:
         raise SfmError(
@@ -305,52 +306,48 @@ def colmap_logging(verbose: bool) -> Iterator[None]:
         log.minloglevel, log.logtostderr, log.alsologtostderr = saved
 
 
-def _run_attempt(
-    index: int,
-    plan: MatchPlan,
-    previous: _Attempt | None,
-    config: SfmConfig,
-    image_dir: Path,
-    names: list[str],
-    work_dir: Path,
-    single_camera: bool,
-) -> _Attempt:
-    attempt_dir = work_dir / "attempts" / str(index)
+@dataclass(frozen=True)
+class _Inputs:
+    """What every attempt of one run works on."""
+
+    config: SfmConfig
+    image_dir: Path
+    names: list[str]
+    work_dir: Path
+    single_camera: bool
+
+
+def _run_attempt(index: int, plan: MatchPlan, previous: _Attempt | None, inputs: _Inputs) -> _Attempt:
+    attempt_dir = inputs.work_dir / "attempts" / str(index)
     shutil.rmtree(attempt_dir, ignore_errors=True)
     attempt_dir.mkdir(parents=True)
-    attempt = _Attempt(index, plan, attempt_dir / "database.db", total=len(names))
+    attempt = _Attempt(index, plan, attempt_dir / "database.db", total=len(inputs.names))
     steps = ("features", "matching", "mapping")
     for step in track(steps, f"sfm attempt {index}", total=len(steps)):
         tic = time.perf_counter()
         if step == "features":
-            _prepare_database(attempt, previous, config, image_dir, names, work_dir, single_camera)
+            _prepare_database(attempt, previous, inputs)
         elif step == "matching":
-            _match(attempt, names, config)
+            _match(attempt, inputs.names, inputs.config)
         else:
-            attempt.reconstruction = _map(attempt, config, image_dir, attempt_dir / "models")
+            attempt.reconstruction = _map(attempt, inputs.config, inputs.image_dir, attempt_dir / "models")
         attempt.seconds[step] = time.perf_counter() - tic
         info(f"sfm: {step} done in {attempt.seconds[step]:.1f} s")
     return attempt
 
 
-def _prepare_database(
-    attempt: _Attempt,
-    previous: _Attempt | None,
-    config: SfmConfig,
-    image_dir: Path,
-    names: list[str],
-    work_dir: Path,
-    single_camera: bool,
-) -> None:
+def _prepare_database(attempt: _Attempt, previous: _Attempt | None, inputs: _Inputs) -> None:
     """Start the attempt's database from the previous attempt's matches or from (cached) features."""
     plan = attempt.plan
     if previous is not None and previous.plan.max_num_features == plan.max_num_features:
         shutil.copyfile(previous.database, attempt.database)  # COLMAP skips pairs already matched
         return
-    features_db = work_dir / "features" / f"{plan.max_num_features}.db"
+    features_db = inputs.work_dir / "features" / f"{plan.max_num_features}.db"
     if not features_db.exists():
-        info(f"sfm: extracting up to {plan.max_num_features} SIFT features from {len(names)} images")
-        _extract_features(features_db, config, plan.max_num_features, image_dir, names, single_camera)
+        info(f"sfm: extracting up to {plan.max_num_features} SIFT features from {len(inputs.names)} images")
+        _extract_features(
+            features_db, inputs.config, plan.max_num_features, inputs.image_dir, inputs.names, inputs.single_camera
+        )
     shutil.copyfile(features_db, attempt.database)
 
 
