@@ -15,7 +15,7 @@ from orbit4d.cli import EXIT_USER_ERROR, main
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sacre_coeur"
-COMMANDS = ["capture", "import"]
+COMMANDS = ["capture", "import", "render-asset"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -36,7 +36,7 @@ def test_help_imports_nothing_heavy():
     """`orbit4d --help` must answer at once: building the parser may not import numpy, torch or pycolmap."""
     code = (
         "import sys; from orbit4d.cli import build_parser; build_parser();"
-        "heavy = [m for m in ('numpy', 'torch', 'pycolmap', 'av', 'open3d', 'rich') if m in sys.modules];"
+        "heavy = [m for m in ('numpy', 'torch', 'pycolmap', 'av', 'open3d', 'rich', 'bpy') if m in sys.modules];"
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
