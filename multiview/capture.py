@@ -64,6 +64,10 @@ _ROTATION_TOLERANCE = 1e-3  # instant-ngp files are orthonormal to ~1e-6; anythi
 _REQUIRED = object()
 
 
+_OPTIONAL_FILES = {"mask_path": "mask_path", "depth_file_path": "depth_path", "normal_file_path": "normal_path"}
+"""transforms.json key -> Frame field, for the per-frame files beside the image (nerfstudio's names)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Frame:
     """One posed image of a capture."""
@@ -71,17 +75,17 @@ class Frame:
     image_path: Path  # absolute
     camera: Camera
     mask_path: Path | None = None  # absolute; white = keep
+    depth_path: Path | None = None  # absolute; float32 .npy of planar camera-z depth, 0 = no surface
+    normal_path: Path | None = None  # absolute; .npy [H, W, 3] world-space unit normals, 0 = no surface
 
     def __post_init__(self) -> None:
-        image_path = Path(self.image_path)
-        if not image_path.is_absolute():
-            raise ValueError(f"Frame.image_path must be absolute, got {image_path}")
-        object.__setattr__(self, "image_path", image_path)
-        if self.mask_path is not None:
-            mask_path = Path(self.mask_path)
-            if not mask_path.is_absolute():
-                raise ValueError(f"Frame.mask_path must be absolute, got {mask_path}")
-            object.__setattr__(self, "mask_path", mask_path)
+        for name in ("image_path", "mask_path", "depth_path", "normal_path"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not Path(value).is_absolute():
+                raise ValueError(f"Frame.{name} must be absolute, got {value}")
+            object.__setattr__(self, name, Path(value))
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,8 +170,9 @@ def _frame_entry(frame: Frame, root: Path, intrinsics: dict | None) -> dict:
         entry["time"] = float(camera.time)
     if camera.camera_id is not None:
         entry["camera_id"] = int(camera.camera_id)
-    if frame.mask_path is not None:
-        entry["mask_path"] = _relative_name(frame.mask_path, root)
+    for key, value in _OPTIONAL_FILES.items():
+        if getattr(frame, value) is not None:
+            entry[key] = _relative_name(getattr(frame, value), root)
     return entry
 
 
@@ -196,7 +201,8 @@ def load_transforms(path: Path) -> TransformsListing:
 
     Understood: top-level or per-frame intrinsics (``fl_x``/``fl_y`` or ``camera_angle_x``/``camera_angle_y``, ``cx``,
     ``cy``, ``w``, ``h``, ``k1 k2 p1 p2 [k3]``), ``file_path`` with or without extension or a leading "./",
-    ``transform_matrix`` 4x4 or 3x4, ``time``, ``camera_id``, ``mask_path``, ``ply_file_path``. Ignored:
+    ``transform_matrix`` 4x4 or 3x4, ``time``, ``camera_id``, ``mask_path``, ``depth_file_path``,
+    ``normal_file_path``, ``ply_file_path``. Ignored:
     ``aabb_scale``, ``scale``, ``offset``, ``sharpness``, ``applied_transform`` and other keys.
     """
     path = Path(path).absolute()
@@ -211,12 +217,11 @@ def load_transforms(path: Path) -> TransformsListing:
         if image_path is None:
             missing.append(str(entry["file_path"]))
             continue
-        mask_path = None
-        if entry.get("mask_path"):
-            mask_path = _find_image(path.parent, str(entry["mask_path"]))
-            missing_masks += mask_path is None
+        extras = {field: _find_image(path.parent, str(entry[key])) for key, field in _OPTIONAL_FILES.items()
+                  if entry.get(key)}
+        missing_masks += "mask_path" in extras and extras["mask_path"] is None
         camera = _camera_from_entry(meta, entry, image_path, f"{path} (frame {index}, {entry['file_path']})")
-        frames.append(Frame(image_path, camera, mask_path))
+        frames.append(Frame(image_path, camera, **extras))
     if not frames:
         raise InputError(
             f"{path}: none of its {len(missing)} images exist (first: {missing[0]}): "

@@ -175,3 +175,21 @@ def test_import_unknown_layout(tmp_path, capsys):
     code, err = run_cli(capsys, "import", tmp_path / "stuff", "--out", tmp_path / "out")
     assert_one_line_error(code, err, "stuff")
     assert not (tmp_path / "out").exists()
+
+
+def test_render_asset_bad_inputs(tmp_path, capsys):
+    code, err = run_cli(capsys, "render-asset", tmp_path / "missing.glb", "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "missing.glb", "does not exist")
+    text = tmp_path / "model.txt"
+    text.write_text("not a model")
+    code, err = run_cli(capsys, "render-asset", text, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "model.txt", ".glb")
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_asset_unknown_animation_lists_the_real_ones(shared_data, tmp_path, capsys):
+    pytest.importorskip("bpy", reason="the render extra (bpy, Python 3.11) is not installed")
+    fox = shared_data / "models" / "Fox.glb"
+    code, err = run_cli(capsys, "render-asset", fox, "--out", tmp_path / "out", "--animation", "Jump")
+    assert_one_line_error(code, err, "Fox.glb", "Jump", "Run, Survey, Walk")
+    assert not (tmp_path / "out").exists()
