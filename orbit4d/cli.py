@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from orbit4d import train_cmd
+
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _capture_parser(sub)
     _import_parser(sub)
     _render_asset_parser(sub)
+    train_cmd.add_parsers(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from orbit4d.cli import EXIT_USER_ERROR, main
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sacre_coeur"
-COMMANDS = ["capture", "import", "render-asset"]
+COMMANDS = ["capture", "import", "render-asset", "train", "video-to-3d"]
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:

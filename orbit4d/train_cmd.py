@@ -1,0 +1,123 @@
+"""``orbit4d train`` and ``orbit4d video-to-3d``: argparse only; the stages are imported when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PRESET_NAMES = ("default", "fast", "preview")  # reconstruct.train.PRESETS, repeated so that --help imports nothing
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``train`` and ``video-to-3d`` on the ``orbit4d`` sub-command parser."""
+    _train_parser(sub)
+    _video_to_3d_parser(sub)
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train 3D Gaussian splats on a posed capture",
+        description="Train 3D Gaussian splats on a capture folder (3DGS recipe: L1 + D-SSIM, Adam, SH warm-up, "
+        "densification) and write a scene: splats.ply (3DGS layout), splats.splat, metrics.json (held-out PSNR, "
+        "SSIM), renders/, turntable.mp4, checkpoint/. Ctrl-C saves a checkpoint; --resume continues from it.",
+    )
+    p.add_argument("capture", type=Path, help="a capture folder (transforms.json, images/, optional points3D.ply)")
+    p.add_argument("--out", type=Path, required=True, help="scene folder to write")
+    _add_train_options(p)
+    p.set_defaults(func=_run_train)
+
+
+def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "video-to-3d",
+        help="a video or photo folder to a 3D splat scene (capture, then train)",
+        description="Pose a video or a folder of photos with structure from motion into DIR/capture (as "
+        "`orbit4d capture`), then train 3D Gaussian splats on it into DIR/scene (as `orbit4d train`). An existing "
+        "DIR/capture is reused unless --overwrite.",
+    )
+    p.add_argument("input", type=Path, help="a video file (.mp4, .mov, ...) or a folder of images")
+    p.add_argument("--out", type=Path, required=True, help="folder for capture/ and scene/")
+    p.add_argument("--frames", type=int, default=None, help="how many frames to select from a video (default 100)")
+    p.add_argument("--max-size", type=int, default=None, help="longest image side in pixels for SfM (default 1600)")
+    _add_train_options(p)
+    p.set_defaults(func=_run_video_to_3d)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="default: 3DGS's 30k steps, SH degree 3; fast: 7k steps; preview: 2k steps, SH degree 1, "
+                   "at most 200k Gaussians (CPU)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (overrides the preset)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="auto: CUDA (gsplat kernels) when available, else CPU (PyTorch rasterizer)")
+    p.add_argument("--downscale", type=int, default=None, help="divide image width and height by K once at load")
+    p.add_argument("--max-gaussians", type=int, default=None, help="cap on the number of Gaussians")
+    p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], default=None, help="highest SH degree of colours")
+    p.add_argument("--background", default=None,
+                   help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
+    p.add_argument("--lr-scale", type=float, default=None, help="multiply every learning rate (0.5 if it diverges)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the scene's checkpoint (an interrupted run, or a finished one to train further)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing scene once the new one is complete")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+_OPTION_FIELDS = {
+    "steps": "steps",
+    "device": "device",
+    "downscale": "downscale",
+    "max_gaussians": "max_gaussians",
+    "sh_degree": "sh_degree",
+    "background": "background",
+    "lr_scale": "lr_scale",
+    "seed": "seed",
+}
+
+
+def _train_config(args: argparse.Namespace, scene_dir: Path):
+    """The preset (or, with --resume, the checkpoint's settings) with the options given on the command line."""
+    from dataclasses import replace
+
+    from reconstruct import train
+
+    overrides = {field: getattr(args, option) for option, field in _OPTION_FIELDS.items()
+                 if getattr(args, option) is not None}  # fmt: skip
+    saved = train.saved_config(scene_dir) if args.resume else None
+    if saved is not None:
+        return replace(saved, **overrides)
+    return train.TrainConfig.preset(args.preset or "default", **overrides)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from reconstruct import train
+
+    config = _train_config(args, args.out)
+    train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"scene written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run_video_to_3d(args: argparse.Namespace) -> int:
+    from multiview import process
+    from multiview.console import info
+    from multiview.errors import InputError
+    from reconstruct import train
+
+    if not args.input.exists():
+        raise InputError(f"{args.input} does not exist: give a video file or a folder of images")
+    capture_dir, scene_dir = args.out / "capture", args.out / "scene"
+    config = _train_config(args, scene_dir)
+    config.validate()  # before minutes of structure from motion
+    if (capture_dir / "transforms.json").is_file() and not args.overwrite:
+        info(f"reusing the capture in {capture_dir} (pass --overwrite to redo it)")
+    else:
+        capture_config = process.CaptureConfig.from_options(frames=args.frames, max_size=args.max_size,
+                                                            verbose=args.debug)  # fmt: skip
+        process.run(capture_config, args.input, capture_dir, overwrite=args.overwrite)
+    train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+    print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,289 @@
+"""Pure-PyTorch twin of gsplat 1.5.3's ``rasterization`` (classic, unpacked, RGB): projection, SH, tile binning.
+
+Numbers follow gsplat's CUDA kernels rather than its ``_torch_impl.py`` where the two differ (the CUDA projection
+uses an opacity-aware extent and culls on ``opacity < 1/255``; ``_torch_impl`` does not), because the CUDA kernels
+are what the ``gsplat`` backend runs and what the two backends are tested against.
+
+All pixel coordinates in this module are gsplat's: the centre of pixel (i, j) is (j + 0.5, i + 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ALPHA_THRESHOLD = 1.0 / 255.0  # a Gaussian with a smaller alpha at a pixel is skipped there
+MAX_ALPHA = 0.999  # alpha is clamped to this
+TRANSMITTANCE_STOP = 1e-4  # a pixel stops at the first Gaussian that would bring T to this or below (exclusive)
+EPS2D = 0.3  # low-pass dilation added to the projected covariance's diagonal, in pixels^2
+MAX_EXTENT = 3.33  # radius in standard deviations, before the opacity-aware bound
+TILE_SIZE = 16
+SH_C0 = 0.2820947917738781
+
+
+@dataclass(frozen=True)
+class Projected:
+    """Gaussians seen by C cameras; entries with ``radii == 0`` are culled and carry zeros."""
+
+    means2d: Tensor  # [C, N, 2] pixels (gsplat convention), differentiable
+    conics: Tensor  # [C, N, 3] inverse 2D covariance (xx, xy, yy), differentiable
+    depths: Tensor  # [C, N] camera z, differentiable
+    radii: Tensor  # [C, N, 2] int32 half extents in pixels, 0 when culled
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[N, 4] wxyz, any norm -> [N, 3, 3] rotation matrices."""
+    w, x, y, z = F.normalize(quats, p=2, dim=-1).unbind(-1)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    )  # fmt: skip
+    return R.reshape(quats.shape[:-1] + (3, 3))
+
+
+def project(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    viewmats: Tensor,  # [C, 4, 4]
+    Ks: Tensor,  # [C, 3, 3] gsplat convention (pixel centres at +0.5)
+    width: int,
+    height: int,
+    near_plane: float,
+    far_plane: float,
+) -> Projected:
+    """EWA projection with gsplat's culling (``projection_ewa_3dgs_fused_fwd``), differentiable by autograd."""
+    M = quat_to_rotmat(quats) * scales[:, None, :]
+    covars = M @ M.transpose(-1, -2)  # [N, 3, 3]
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    means_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
+    covars_c = R[:, None] @ covars[None] @ R.transpose(-1, -2)[:, None]  # [C, N, 3, 3]
+
+    x, y, z = means_c.unbind(-1)
+    in_depth = (z >= near_plane) & (z <= far_plane)
+    z = torch.where(in_depth, z, torch.ones_like(z))  # keeps culled entries finite, also in backward
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    # The Jacobian is taken at a point clamped to 1.3x the field of view, as gsplat (and 3DGS) do.
+    lim_x_pos = (width - cx) / fx + 0.3 * (0.5 * width / fx)
+    lim_x_neg = cx / fx + 0.3 * (0.5 * width / fx)
+    lim_y_pos = (height - cy) / fy + 0.3 * (0.5 * height / fy)
+    lim_y_neg = cy / fy + 0.3 * (0.5 * height / fy)
+    tx = z * torch.minimum(torch.maximum(x / z, -lim_x_neg), lim_x_pos)
+    ty = z * torch.minimum(torch.maximum(y / z, -lim_y_neg), lim_y_pos)
+    zero = torch.zeros_like(z)
+    J = torch.stack([fx / z, zero, -fx * tx / (z * z), zero, fy / z, -fy * ty / (z * z)], dim=-1)
+    J = J.reshape(z.shape + (2, 3))
+    cov2d = J @ covars_c @ J.transpose(-1, -2)  # [C, N, 2, 2]
+    means2d = torch.stack([fx * x / z + cx, fy * y / z + cy], dim=-1)
+
+    a = cov2d[..., 0, 0] + EPS2D
+    b = 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0])
+    c = cov2d[..., 1, 1] + EPS2D
+    det = a * c - b * b
+    valid = in_depth & (det > 0)
+    det = torch.where(valid, det, torch.ones_like(det))
+    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+
+    with torch.no_grad():
+        opacity = opacities.detach().expand_as(z)
+        valid = valid & (opacity >= ALPHA_THRESHOLD)
+        # Opacity-aware bound (gsplat 1.5 / arXiv 2402.00525 B.2): beyond it alpha < 1/255 anyway.
+        ratio = (opacity / ALPHA_THRESHOLD).clamp_min(1.0)
+        extent = torch.sqrt(2.0 * torch.log(ratio)).clamp_max(MAX_EXTENT)
+        rx = torch.ceil(extent * torch.sqrt(a.detach().clamp_min(0)))
+        ry = torch.ceil(extent * torch.sqrt(c.detach().clamp_min(0)))
+        valid = valid & ((rx > 0) | (ry > 0))
+        mx, my = means2d.detach().unbind(-1)
+        valid = valid & (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        radii = torch.where(valid[..., None], torch.stack([rx, ry], dim=-1), 0).to(torch.int32)
+
+    keep = valid[..., None]
+    return Projected(
+        means2d=torch.where(keep, means2d, 0),
+        conics=torch.where(keep, conics, 0),
+        depths=means_c[..., 2],
+        radii=radii,
+    )
+
+
+def eval_sh(sh_degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
+    """gsplat's real SH (Sloan's fast form) at [..., 3] directions of any norm, [..., K, 3] coefficients -> [..., 3].
+
+    Returns the raw sum; the caller adds 0.5 and clamps at 0 as gsplat's ``rasterization`` does.
+    """
+    x, y, z = F.normalize(dirs, p=2, dim=-1).unbind(-1)
+    bases = [torch.full_like(x, SH_C0)]
+    if sh_degree >= 1:
+        bases += [-0.48860251190292 * y, 0.48860251190292 * z, -0.48860251190292 * x]
+    if sh_degree >= 2:
+        z2 = z * z
+        c1, s1 = x * x - y * y, 2 * x * y
+        bases += [
+            0.5462742152960395 * s1,
+            -1.092548430592079 * z * y,
+            0.9461746957575601 * z2 - 0.3153915652525201,
+            -1.092548430592079 * z * x,
+            0.5462742152960395 * c1,
+        ]
+    if sh_degree >= 3:
+        tmp_c = -2.285228997322329 * z2 + 0.4570457994644658
+        c2, s2 = x * c1 - y * s1, x * s1 + y * c1
+        bases += [
+            -0.5900435899266435 * s2,
+            1.445305721320277 * z * s1,
+            tmp_c * y,
+            z * (1.865881662950577 * z2 - 1.119528997770346),
+            tmp_c * x,
+            1.445305721320277 * z * c1,
+            -0.5900435899266435 * c2,
+        ]
+    if sh_degree >= 4:
+        tmp_d = z * (-4.683325804901025 * z2 + 2.007139630671868)
+        tmp_c = 3.31161143515146 * z2 - 0.47308734787878
+        c3, s3 = x * c2 - y * s2, x * s2 + y * c2
+        bases += [
+            0.6258357354491763 * s3,
+            -1.770130769779931 * z * s2,
+            tmp_c * s1,
+            tmp_d * y,
+            1.984313483298443 * z2 * (1.865881662950577 * z2 - 1.119528997770346)
+            - 1.006230589874905 * (0.9461746957575601 * z2 - 0.3153915652525201),
+            tmp_d * x,
+            tmp_c * c1,
+            -1.770130769779931 * z * c2,
+            0.6258357354491763 * c3,
+        ]
+    if sh_degree > 4:
+        raise ValueError(f"sh_degree must be at most 4 (gsplat's limit), got {sh_degree}")
+    basis = torch.stack(bases, dim=-1)  # [..., (d+1)^2]
+    return (basis[..., None] * coeffs[..., : basis.shape[-1], :]).sum(dim=-2)
+
+
+def view_colors(
+    colors: Tensor, means: Tensor, viewmats: Tensor, radii: Tensor, sh_degree: int | None
+) -> Tensor:
+    """Per-camera RGB [C, N, 3]: ``colors`` as given, or SH seen from each camera centre, +0.5, clamped at 0."""
+    C = viewmats.shape[0]
+    if sh_degree is None:
+        return colors.expand(C, *colors.shape)
+    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+    dirs = means[None] - campos[:, None]  # [C, N, 3]
+    rgb = eval_sh(sh_degree, dirs, colors[None])
+    rgb = torch.where((radii > 0).all(-1, keepdim=True), rgb, 0)  # gsplat masks culled entries to 0
+    return torch.clamp_min(rgb + 0.5, 0.0)
+
+
+@dataclass(frozen=True)
+class Intersections:
+    """Gaussian-tile pairs sorted by (camera, tile, depth), as gsplat's ``isect_tiles`` + ``isect_offset_encode``."""
+
+    tiles_per_gauss: Tensor  # [C, N] int32
+    isect_ids: Tensor  # [M] int64: (camera << (32 + tile bits)) | (tile << 32) | depth bits
+    flatten_ids: Tensor  # [M] int32 index into C * N
+    isect_offsets: Tensor  # [C, tile_height, tile_width] int32 start of each tile's range
+    tile_width: int
+    tile_height: int
+
+
+@torch.no_grad()
+def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> Intersections:
+    C, N = radii.shape[:2]
+    device = means2d.device
+    tile_width = math.ceil(width / TILE_SIZE)
+    tile_height = math.ceil(height / TILE_SIZE)
+    tmin, tmax = tile_ranges(means2d, radii, tile_width, tile_height)
+    spans = (tmax - tmin).clamp_min(0)
+    counts = spans[..., 0] * spans[..., 1]
+    counts = torch.where((radii > 0).all(-1), counts, 0).reshape(-1)  # [C * N]
+
+    flatten_ids = torch.repeat_interleave(torch.arange(C * N, device=device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    local = torch.arange(flatten_ids.numel(), device=device) - starts[flatten_ids]
+    span_x = spans[..., 0].reshape(-1)[flatten_ids]
+    tx = tmin[..., 0].reshape(-1)[flatten_ids] + local % span_x.clamp_min(1)
+    ty = tmin[..., 1].reshape(-1)[flatten_ids] + local // span_x.clamp_min(1)
+    cam = flatten_ids // N
+    tile_bits = (tile_width * tile_height).bit_length()
+    depth_bits = depths.detach().to(torch.float32).reshape(-1)[flatten_ids].view(torch.int32).to(torch.int64)
+    depth_bits &= 0xFFFFFFFF
+    isect_ids = (cam << (32 + tile_bits)) | ((ty * tile_width + tx) << 32) | depth_bits
+    isect_ids, order = torch.sort(isect_ids, stable=True)
+    flatten_ids = flatten_ids[order]
+
+    tile_of_isect = isect_ids >> 32  # camera and tile
+    cam_of = tile_of_isect >> tile_bits
+    flat_tile = cam_of * (tile_width * tile_height) + (tile_of_isect & ((1 << tile_bits) - 1))
+    per_tile = torch.bincount(flat_tile, minlength=C * tile_width * tile_height)
+    offsets = (torch.cumsum(per_tile, 0) - per_tile).reshape(C, tile_height, tile_width)
+    return Intersections(
+        tiles_per_gauss=counts.reshape(C, N).to(torch.int32),
+        isect_ids=isect_ids,
+        flatten_ids=flatten_ids.to(torch.int32),
+        isect_offsets=offsets.to(torch.int32),
+        tile_width=tile_width,
+        tile_height=tile_height,
+    )
+
+
+def tile_ranges(means2d: Tensor, radii: Tensor, tile_width: int, tile_height: int) -> tuple[Tensor, Tensor]:
+    """[C, N, 2] inclusive min and exclusive max tile (x, y) of each Gaussian's box, as gsplat's kernel clamps them."""
+    centre = means2d.detach().to(torch.float32) / TILE_SIZE
+    extent = radii.to(torch.float32) / TILE_SIZE
+    limit = torch.tensor([tile_width, tile_height], device=means2d.device)
+    tmin = torch.minimum(torch.floor(centre - extent).clamp_min(0).to(torch.int64), limit)
+    tmax = torch.minimum(torch.ceil(centre + extent).clamp_min(0).to(torch.int64), limit)
+    return tmin, tmax
+
+
+def composite_dense(
+    means2d: Tensor,  # [C, N, 2]
+    conics: Tensor,  # [C, N, 3]
+    colors: Tensor,  # [C, N, 3]
+    opacities: Tensor,  # [N]
+    backgrounds: Tensor | None,  # [C, 3]
+    radii: Tensor,  # [C, N, 2]
+    depths: Tensor,  # [C, N]
+    width: int,
+    height: int,
+) -> tuple[Tensor, Tensor]:
+    """Every Gaussian-pixel pair, front to back, by autograd: simple and slow (small scenes only)."""
+    C = means2d.shape[0]
+    device, dtype = means2d.device, means2d.dtype
+    tile_width, tile_height = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
+    tmin, tmax = tile_ranges(means2d, radii, tile_width, tile_height)
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    pix = torch.stack([xs, ys], -1).reshape(-1, 2)  # [P, 2]
+    pix_tile = pix // TILE_SIZE
+    images, alphas = [], []
+    for cam in range(C):
+        ids = torch.nonzero((radii[cam] > 0).all(-1)).squeeze(1)
+        ids = ids[torch.sort(depths[cam, ids].detach(), stable=True).indices]
+        in_tiles = ((pix_tile[:, None] >= tmin[cam, ids][None]) & (pix_tile[:, None] < tmax[cam, ids][None])).all(-1)
+        d = means2d[cam, ids][None] - (pix[:, None].to(dtype) + 0.5)  # [P, G, 2]
+        cx, cy, cz = conics[cam, ids].unbind(-1)
+        sigma = 0.5 * (cx * d[..., 0] ** 2 + cz * d[..., 1] ** 2) + cy * d[..., 0] * d[..., 1]
+        alpha = torch.clamp_max(opacities[ids] * torch.exp(-sigma), MAX_ALPHA)
+        a = torch.where(in_tiles & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, 0)
+        keep = (a > 0) & (torch.cumprod(1 - a.detach(), dim=1) > TRANSMITTANCE_STOP)
+        a = torch.where(keep, a, 0)
+        trans = torch.cumprod(torch.cat([a.new_ones(a.shape[0], 1), 1 - a], 1), dim=1)
+        weights = a * trans[:, :-1]
+        image = weights @ colors[cam, ids]
+        T_final = trans[:, -1:]
+        if backgrounds is not None:
+            image = image + T_final * backgrounds[cam]
+        images.append(image.reshape(height, width, 3))
+        alphas.append((1 - T_final).reshape(height, width, 1))
+    return torch.stack(images), torch.stack(alphas)

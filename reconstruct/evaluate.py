@@ -1,0 +1,192 @@
+"""Rendering trained splats for people: held-out metrics, side-by-side images, a turntable video."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import Tensor
+
+from multiview.camera import Camera
+from reconstruct.data import View
+from reconstruct.metrics import psnr, ssim
+from reconstruct.rasterize import rasterize
+from reconstruct.splats import Splats, view_volume
+
+
+def render_tensors(
+    tensors: Mapping[str, Tensor],  # Splats.tensors() or the training parameters
+    viewmat: Tensor,  # [4, 4] cam_from_world
+    K: Tensor,  # [3, 3] Camera.K convention
+    width: int,
+    height: int,
+    sh_degree: int,
+    background: Tensor | None = None,  # [3]
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, dict]:
+    """One view of the splats: ([H, W, 3] colour, [H, W, 1] alpha, rasterizer meta); differentiable."""
+    device = tensors["means"].device
+    colors = torch.cat([tensors["sh0"], tensors["shN"]], dim=1)
+    image, alpha, meta = rasterize(
+        tensors["means"],
+        tensors["quats"],
+        torch.exp(tensors["scales"]),
+        torch.sigmoid(tensors["opacities"]),
+        colors,
+        viewmat.to(device)[None],
+        K.to(device)[None],
+        width,
+        height,
+        sh_degree=sh_degree,
+        backgrounds=None if background is None else background.to(device)[None],
+        backend=backend,
+    )
+    return image[0], alpha[0], meta
+
+
+@torch.no_grad()
+def render_camera(
+    splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto"
+) -> Tensor:
+    """[H, W, 3] float image of ``splats`` seen by ``camera``, clamped to [0, 1]."""
+    viewmat = torch.as_tensor(camera.cam_from_world, dtype=torch.float32)
+    K = torch.as_tensor(camera.K, dtype=torch.float32)
+    image, _, _ = render_tensors(
+        splats.tensors(), viewmat, K, camera.width, camera.height, splats.sh_degree, background, backend
+    )
+    return image.clamp(0.0, 1.0)
+
+
+def composite(view: View, background: Tensor, device: torch.device | str = "cpu") -> Tensor:
+    """[H, W, 3] the view's image, its masked-out part replaced by ``background`` [3]."""
+    image = view.image_float(device)
+    mask = view.mask_float(device)
+    return image if mask is None else image * mask + background.to(device) * (1.0 - mask)
+
+
+@torch.no_grad()
+def evaluate_views(
+    splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto"
+) -> list[dict]:
+    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image."""
+    results = []
+    for view in views:
+        target = composite(view, background, splats.device)
+        image = render_camera(splats, view.camera, background, backend)
+        results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target))})
+    return results
+
+
+@torch.no_grad()
+def write_side_by_side(
+    splats: Splats, views: Sequence[View], background: Tensor, out_dir: Path, backend: str = "auto"
+) -> list[Path]:
+    """PNG per view into ``out_dir`` (created): ground truth | render, named after the image."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for view in views:
+        target = composite(view, background, splats.device)
+        image = render_camera(splats, view.camera, background, backend)
+        pair = torch.cat([target, image], dim=1)
+        path = out_dir / (view.name.replace("/", "_").rsplit(".", 1)[0] + ".png")
+        PIL.Image.fromarray(to_uint8(pair)).save(path)
+        paths.append(path)
+    return paths
+
+
+def to_uint8(image: Tensor) -> np.ndarray:
+    """[H, W, 3] float in [0, 1] -> uint8 numpy (rounded)."""
+    return (image.detach().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+
+
+def turntable_cameras(cameras: Sequence[Camera], num_frames: int) -> list[Camera]:
+    """``num_frames`` cameras orbiting the scene centre, starting from ``cameras[0]`` (its intrinsics too).
+
+    Centre: ``view_volume``'s; axis: the cameras' mean up direction. Each frame is the first camera carried round
+    the axis, so height, distance and tilt stay those of a real view. When the cameras surround the scene (no gap
+    wider than 135 degrees between their azimuths) the orbit is a full turn; otherwise (a front-facing capture) it
+    sweeps back and forth over the arc the cameras cover, which is all the scene there is to see. Width and height
+    are cut to even numbers (H.264 needs them).
+    """
+    first = cameras[0]
+    center, _ = view_volume(cameras)
+    up = -np.mean([c.world_from_cam[:3, 1] for c in cameras], axis=0)
+    up = up / max(np.linalg.norm(up), 1e-9)
+    width, height = first.width - first.width % 2, first.height - first.height % 2
+    result = []
+    for angle in _orbit_angles(cameras, center, up, num_frames):
+        R = _rotation(up, angle)
+        world_from_moved = np.eye(4)  # x' = R (x - c) + c
+        world_from_moved[:3, :3] = R
+        world_from_moved[:3, 3] = center - R @ center
+        cam_from_world = first.cam_from_world @ np.linalg.inv(world_from_moved)
+        result.append(first.replace(cam_from_world=cam_from_world, width=width, height=height))
+    return result
+
+
+def _orbit_angles(cameras: Sequence[Camera], center: np.ndarray, up: np.ndarray, num_frames: int) -> list[float]:
+    """Rotation angles about ``up`` (radians, first camera at 0): a full turn, or a sweep over the covered arc."""
+    offsets = np.stack([c.center for c in cameras]) - center
+    offsets -= np.outer(offsets @ up, up)  # project onto the plane normal to the axis
+    reference = offsets[0]
+    azimuths = np.arctan2(np.cross(reference, offsets) @ up, offsets @ reference)  # (-pi, pi], first at 0
+    ordered = np.sort(azimuths)
+    gaps = np.diff(np.concatenate([ordered, ordered[:1] + 2 * np.pi]))
+    widest = int(np.argmax(gaps))
+    phases = 2.0 * np.pi * np.arange(num_frames) / max(num_frames, 1)
+    if gaps[widest] <= 0.75 * np.pi:
+        return phases.tolist()
+    # the covered arc runs from the azimuth after the widest gap round to the one before it; it contains 0
+    start = ordered[(widest + 1) % len(ordered)]
+    end = ordered[widest] + (0.0 if widest == len(ordered) - 1 else 2 * np.pi)
+    if start > 0:
+        start, end = start - 2 * np.pi, end - 2 * np.pi
+    middle, half = (start + end) / 2, max((end - start) / 2, 1e-6)
+    phase = math.asin(float(np.clip(-middle / half, -1.0, 1.0)))  # so that frame 0 is the first camera
+    return (middle + half * np.sin(phases + phase)).tolist()
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """Rodrigues: [3, 3] rotation by ``angle`` radians about unit ``axis``."""
+    x, y, z = axis
+    K = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return np.eye(3) + math.sin(angle) * K + (1.0 - math.cos(angle)) * K @ K
+
+
+@torch.no_grad()
+def write_turntable(
+    splats: Splats,
+    cameras: Sequence[Camera],
+    path: Path,
+    num_frames: int = 120,
+    fps: float = 30.0,
+    background: Tensor | None = None,
+    backend: str = "auto",
+) -> Path:
+    """An H.264 MP4 orbiting the scene once (``turntable_cameras``), written atomically; returns ``path``."""
+    from multiview.video import write_video
+
+    frames = (to_uint8(render_camera(splats, camera, background, backend))
+              for camera in turntable_cameras(cameras, num_frames))  # fmt: skip
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write_video(tmp, frames, fps=fps)
+    os.replace(tmp, path)
+    return path
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move the folder ``staging`` to ``target``, replacing what is there (two renames, old copy removed after)."""
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(target, trash)
+        os.replace(staging, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, target)

@@ -1,0 +1,98 @@
+"""Image metrics and losses as 3DGS computes them: PSNR, SSIM (11 x 11 Gaussian window, sigma 1.5), D-SSIM.
+
+Images are channels-last ``[..., H, W, 3]`` floats in [0, 1], what ``rasterize`` returns. SSIM follows the reference
+3DGS code (``utils/loss_utils.py``): the window is applied per channel with zero padding, C1 = 0.01^2, C2 = 0.03^2,
+and the SSIM map is averaged over pixels and channels.
+
+LPIPS needs pretrained network weights (AlexNet / VGG plus the LPIPS heads) that this project does not ship and never
+downloads at run time, so ``lpips`` reports ``None`` with ``LPIPS_UNAVAILABLE`` as the reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+LPIPS_UNAVAILABLE = "no local LPIPS weights (AlexNet/VGG + LPIPS heads); orbit4d downloads nothing at run time"
+
+
+def mse(image: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error over [..., H, W, C]; ``mask`` [..., H, W, 1] (weights in [0, 1]) restricts it."""
+    _check_pair(image, target)
+    error = (image - target) ** 2
+    if mask is None:
+        return error.mean()
+    weights = mask.expand_as(error)
+    return (error * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def psnr(image: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for a peak of 1 (``inf`` for identical images).
+
+    >>> psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.1))  # doctest: +ELLIPSIS
+    20.0...
+    """
+    error = float(mse(image.detach().double(), target.detach().double(), mask))
+    return math.inf if error == 0.0 else -10.0 * math.log10(error)
+
+
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
+    """[size, size] normalised Gaussian kernel (float64)."""
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2.0 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim_map(image: Tensor, target: Tensor, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
+    """[..., H, W, C] per-pixel SSIM (zero-padded 'same' convolution, as 3DGS)."""
+    _check_pair(image, target)
+    shape = image.shape
+    channels = shape[-1]
+    x = image.reshape(-1, *shape[-3:]).permute(0, 3, 1, 2)  # [B, C, H, W]
+    y = target.reshape(-1, *shape[-3:]).permute(0, 3, 1, 2)
+    window = gaussian_window(size, sigma).to(image)
+    window = window.expand(channels, 1, size, size).contiguous()
+
+    def blur(z: Tensor) -> Tensor:
+        return F.conv2d(z, window, padding=size // 2, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    sigma_x = blur(x * x) - mu_x**2
+    sigma_y = blur(y * y) - mu_y**2
+    sigma_xy = blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    value = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
+    return value.permute(0, 2, 3, 1).reshape(shape)
+
+
+def ssim(image: Tensor, target: Tensor) -> Tensor:
+    """Mean SSIM of [..., H, W, C] images (1 for identical images); differentiable."""
+    return ssim_map(image, target).mean()
+
+
+def dssim_loss(image: Tensor, target: Tensor) -> Tensor:
+    """D-SSIM as the 3DGS loss uses it: 1 - SSIM (0 for identical images, at most 2)."""
+    return 1.0 - ssim(image, target)
+
+
+def photometric_loss(image: Tensor, target: Tensor, ssim_weight: float = 0.2) -> Tensor:
+    """The 3DGS training loss: (1 - w) L1 + w D-SSIM."""
+    l1 = (image - target).abs().mean()
+    return (1.0 - ssim_weight) * l1 + ssim_weight * dssim_loss(image, target)
+
+
+def lpips(image: Tensor, target: Tensor) -> float | None:
+    """LPIPS is not available (see ``LPIPS_UNAVAILABLE``): always ``None``."""
+    return None
+
+
+def _check_pair(image: Tensor, target: Tensor) -> None:
+    if image.shape != target.shape or image.dim() < 3:
+        raise ValueError(f"images must be [..., H, W, C] of one shape, got {tuple(image.shape)} and "
+                         f"{tuple(target.shape)}")

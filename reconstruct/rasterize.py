@@ -1,0 +1,189 @@
+"""One rasterization function for 3D Gaussian splats, two backends: gsplat's CUDA kernels and a pure-PyTorch twin.
+
+Semantics are those of ``gsplat.rasterization`` 1.5.3 with ``packed=False``, ``rasterize_mode="classic"``,
+``render_mode="RGB"``, ``eps2d=0.3``, ``tile_size=16`` and no radius clipping: EWA projection with a 0.3 px^2
+low-pass dilation, an opacity-aware extent of at most 3.33 sigma, culling outside [near, far], outside the image and
+below opacity 1/255; per pixel, Gaussians in depth order with alpha = min(0.999, o exp(-sigma)) skipped below 1/255,
+stopping before the first one that would bring the transmittance T to 1e-4 or below; colours premultiplied,
+``C = sum_i c_i a_i T_i + T_final * background``. SH colours are evaluated from the camera centre to each mean,
+plus 0.5, clamped at 0.
+
+Intrinsics follow orbit4d (``multiview.Camera.K``: the centre of the top-left pixel is (0, 0)); both backends add
+0.5 to cx and cy before following gsplat, so ``meta`` is in gsplat's pixel convention (``meta["means2d"]`` = ours
++ 0.5), which is what gsplat's strategies expect.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from reconstruct import _torch_rasterizer as _tr
+from reconstruct._tile_compositor import composite
+
+BACKENDS = ("auto", "torch", "gsplat")
+
+
+def rasterize(
+    means: Tensor,  # [N, 3] world
+    quats: Tensor,  # [N, 4] wxyz, not necessarily normalized
+    scales: Tensor,  # [N, 3] linear scales
+    opacities: Tensor,  # [N] in [0, 1]
+    colors: Tensor,  # [N, 3] RGB, or [N, K, 3] SH coefficients when sh_degree is not None
+    viewmats: Tensor,  # [C, 4, 4] cam_from_world, OpenCV
+    Ks: Tensor,  # [C, 3, 3] orbit4d convention (pixel centres at integers)
+    width: int,
+    height: int,
+    sh_degree: int | None = None,
+    backgrounds: Tensor | None = None,  # [C, 3]
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, dict]:
+    """Render N Gaussians into C images; returns colors [C, H, W, 3], alphas [C, H, W, 1] and gsplat's ``meta``.
+
+    ``backend``: ``"auto"`` takes gsplat for CUDA tensors and the PyTorch twin otherwise; ``"torch"`` runs anywhere
+    (float32 or float64); ``"gsplat"`` needs CUDA float32 tensors.
+
+    ``meta`` carries gsplat's keys for a ``packed=False`` call, so ``gsplat.strategy.DefaultStrategy`` works on it:
+    ``means2d`` [C, N, 2] (a non-leaf tensor whose ``.grad`` gsplat's strategies read), ``radii`` [C, N, 2] int32,
+    ``depths`` [C, N], ``conics`` [C, N, 3], ``opacities`` [C, N], ``width``, ``height``, ``n_cameras``,
+    ``gaussian_ids`` (None), tile data (``isect_ids``, ``flatten_ids``, ``isect_offsets``, ...).
+
+    Example:
+        >>> import torch
+        >>> means = torch.tensor([[0.0, 0.0, 2.0]])
+        >>> quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+        >>> scales = torch.full((1, 3), 0.05)
+        >>> K = torch.tensor([[[50.0, 0, 16.0], [0, 50.0, 12.0], [0, 0, 1]]])  # mean lands on pixel (16, 12)
+        >>> img, alpha, meta = rasterize(means, quats, scales, torch.ones(1), torch.ones(1, 3),
+        ...                              torch.eye(4)[None], K, width=32, height=24)
+        >>> img.shape, alpha.shape, meta["radii"].shape
+        (torch.Size([1, 24, 32, 3]), torch.Size([1, 24, 32, 1]), torch.Size([1, 1, 2]))
+        >>> round(alpha.max().item(), 3)
+        0.999
+    """
+    _validate(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
+        near_plane, far_plane, backend,
+    )  # fmt: skip
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda else "torch"
+    # orbit4d's pixel centres are at integers; gsplat's at +0.5.
+    offset = torch.zeros(3, 3, dtype=Ks.dtype, device=Ks.device)
+    offset[0, 2] = offset[1, 2] = 0.5
+    Ks = Ks + offset
+    args = (means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
+    if backend == "gsplat":
+        return _rasterize_gsplat(*args, near_plane, far_plane)
+    return _rasterize_torch(*args, near_plane, far_plane)
+
+
+def _rasterize_torch(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far
+) -> tuple[Tensor, Tensor, dict]:
+    C, N = viewmats.shape[0], means.shape[0]
+    proj = _tr.project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
+    rgb = _tr.view_colors(colors, means, viewmats, proj.radii, sh_degree)
+    isect = _tr.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height)
+    image, alpha = composite(proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height)
+    meta = {
+        "batch_ids": None,
+        "camera_ids": None,
+        "gaussian_ids": None,
+        "radii": proj.radii,
+        "means2d": proj.means2d,
+        "depths": proj.depths,
+        "conics": proj.conics,
+        "opacities": opacities.expand(C, N),
+        "tile_width": isect.tile_width,
+        "tile_height": isect.tile_height,
+        "tiles_per_gauss": isect.tiles_per_gauss,
+        "isect_ids": isect.isect_ids,
+        "flatten_ids": isect.flatten_ids,
+        "isect_offsets": isect.isect_offsets,
+        "width": width,
+        "height": height,
+        "tile_size": _tr.TILE_SIZE,
+        "n_batches": 1,
+        "n_cameras": C,
+    }
+    return image, alpha, meta
+
+
+def _rasterize_gsplat(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far
+) -> tuple[Tensor, Tensor, dict]:
+    from gsplat import rasterization
+
+    return rasterization(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+        near_plane=near, far_plane=far, radius_clip=0.0, eps2d=_tr.EPS2D, sh_degree=sh_degree, packed=False,
+        tile_size=_tr.TILE_SIZE, backgrounds=backgrounds, render_mode="RGB", rasterize_mode="classic",
+    )  # fmt: skip
+
+
+def _validate(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, backend
+) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
+               "viewmats": viewmats, "Ks": Ks}  # fmt: skip
+    if backgrounds is not None:
+        tensors["backgrounds"] = backgrounds
+    for name, t in tensors.items():
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if means.ndim != 2 or means.shape[1] != 3:
+        raise ValueError(f"means must have shape [N, 3], got {tuple(means.shape)}")
+    N = means.shape[0]
+    if viewmats.ndim != 3 or viewmats.shape[1:] != (4, 4):
+        raise ValueError(f"viewmats must have shape [C, 4, 4] (cam_from_world), got {tuple(viewmats.shape)}")
+    C = viewmats.shape[0]
+    if C == 0:
+        raise ValueError("viewmats must hold at least one camera")
+    expected = {"quats": (N, 4), "scales": (N, 3), "opacities": (N,), "Ks": (C, 3, 3)}
+    if backgrounds is not None:
+        expected["backgrounds"] = (C, 3)
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(tensors[name].shape)}")
+    if sh_degree is None:
+        if tuple(colors.shape) != (N, 3):
+            raise ValueError(f"colors must have shape [N, 3] = [{N}, 3] without sh_degree, got {list(colors.shape)}")
+    else:
+        if not isinstance(sh_degree, int) or not 0 <= sh_degree <= 4:
+            raise ValueError(f"sh_degree must be an int in 0..4 or None, got {sh_degree!r}")
+        needed = (sh_degree + 1) ** 2
+        if colors.ndim != 3 or colors.shape[0] != N or colors.shape[2] != 3 or colors.shape[1] < needed:
+            raise ValueError(
+                f"colors must have shape [N, K, 3] with N = {N} and K >= (sh_degree + 1)^2 = {needed} SH "
+                f"coefficients, got {list(colors.shape)}"
+            )
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (0 < near < far):
+        raise ValueError(f"need 0 < near_plane < far_plane, got near_plane={near}, far_plane={far}")
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+        raise ValueError(f"all tensors must share one floating dtype, got { {k: t.dtype for k, t in tensors.items()} }")
+    devices = {t.device for t in tensors.values()}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device, got { {k: str(t.device) for k, t in tensors.items()} }")
+    finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()])
+    if not bool(finite.all()):  # one host sync on CUDA
+        bad = [name for name, ok in zip(tensors, finite.tolist()) if not ok]
+        raise ValueError(f"{', '.join(bad)} has NaN or Inf values")
+    if backend == "gsplat":
+        if not means.is_cuda:
+            raise ValueError("gsplat needs CUDA; use backend='torch' for tensors on the CPU")
+        if means.dtype != torch.float32:
+            raise ValueError(f"gsplat's kernels take float32 tensors, got {means.dtype}; use backend='torch'")
+    if backend == "auto" and means.is_cuda and means.dtype != torch.float32:
+        raise ValueError(f"backend='auto' on CUDA runs gsplat, which takes float32, got {means.dtype}")
+    if math.prod((C, N)) >= 2**31:
+        raise ValueError(f"C * N = {C * N} Gaussian views exceed gsplat's int32 indices")

@@ -1,0 +1,623 @@
+"""The reconstruct stage: a capture folder in, a trained 3D Gaussian-splat scene out (``orbit4d train``).
+
+The loop is 3DGS's and reads top to bottom in ``train_step``: one training view per step, L1 + 0.2 D-SSIM, one Adam
+per parameter with 3DGS's learning rates (means scaled by the scene size, decaying exponentially), SH degree raised
+one step at a time, densification by gsplat's ``DefaultStrategy`` (``reconstruct.strategy``).
+
+Output folder (``scene/``)::
+
+    splats.ply       3DGS layout, for SuperSplat, Spark, gsplat, Blender add-ons
+    splats.splat     antimatter15 layout, for web viewers
+    metrics.json     held-out PSNR / SSIM (LPIPS null), #Gaussians, steps, seconds, test views, PSNR-vs-time samples
+    renders/         ground truth | render, per held-out view
+    turntable.mp4    one orbit around the scene centre
+    checkpoint/      checkpoint.pt, to resume or extend training
+
+A fresh run trains in ``.<name>.partial/`` beside ``out_dir`` (checkpoints included) and renames it into place when
+everything is written, so an existing scene is never half replaced. ``--resume`` continues from the checkpoint of
+``out_dir`` itself (a finished scene: train further) or of the ``.partial`` folder an interrupted run left.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multiview.console import console, info, warn
+from multiview.errors import InputError, Orbit4dError, OutputExistsError
+from multiview.outputs import write_json
+from reconstruct import metrics as M
+from reconstruct.checkpoint import (
+    TrainState,
+    checkpoint_path,
+    read_checkpoint,
+    restore_state,
+    save_checkpoint,
+)
+from reconstruct.data import SceneData, View, load_scene
+from reconstruct.evaluate import (
+    composite,
+    evaluate_views,
+    render_tensors,
+    replace_dir,
+    write_side_by_side,
+    write_turntable,
+)
+from reconstruct.ply import write_ply, write_splat
+from reconstruct.splats import Splats, camera_extent, random_splats, splats_from_points, view_volume
+from reconstruct.strategy import Densifier, default_strategy
+
+MAX_SAMPLE_VIEWS = 8  # held-out views rendered for each PSNR-vs-time sample
+
+
+class TrainError(Orbit4dError):
+    """Training cannot go on (diverged, out of memory); the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``orbit4d train`` can be told. Defaults are 3DGS's 30k-step recipe; see ``PRESETS``."""
+
+    steps: int = 30_000
+    """Optimisation steps, one training image each (3DGS: 30,000)."""
+    sh_degree: int = 3
+    """Highest spherical-harmonics degree of the colours (0: view-independent colour, 3: 3DGS)."""
+    sh_degree_interval: int | None = None
+    """Steps between raising the SH degree by one; None: 1,000 x steps / 30,000 (3DGS's 1,000 at 30k)."""
+    ssim_weight: float = 0.2
+    """Weight of D-SSIM in the loss (1 - w) L1 + w D-SSIM."""
+    lr_means: float = 1.6e-4
+    """Initial learning rate of the means, times the scene scale (3DGS's position_lr_init)."""
+    lr_means_final: float = 1.6e-6
+    """Final learning rate of the means, times the scene scale; exponential decay in between."""
+    lr_scales: float = 5e-3
+    """Learning rate of the log-scales."""
+    lr_quats: float = 1e-3
+    """Learning rate of the rotations."""
+    lr_opacities: float = 5e-2
+    """Learning rate of the opacity logits."""
+    lr_sh0: float = 2.5e-3
+    """Learning rate of the SH DC colour."""
+    lr_shN: float = 2.5e-3 / 20
+    """Learning rate of the higher SH coefficients (3DGS: the DC rate / 20)."""
+    lr_scale: float = 1.0
+    """Multiplies every learning rate (lower it when training diverges)."""
+    init_opacity: float = 0.1
+    """Opacity of every Gaussian at initialisation."""
+    random_init_points: int = 100_000
+    """Gaussians of the random initialisation, used when the capture has no points3D.ply."""
+    densify: bool = True
+    """Clone, split and prune Gaussians with gsplat's DefaultStrategy on a schedule scaled to ``steps``."""
+    grow_grad2d: float = 2e-4
+    """Mean screen-space gradient above which a Gaussian is cloned or split (3DGS: 0.0002)."""
+    max_gaussians: int | None = None
+    """Cap on the number of Gaussians (least opaque ones removed beyond it); None: no cap."""
+    background: str = "random"
+    """Background behind the splats and masked-out pixels while training: random (per step), black, white or
+    #rrggbb. Evaluation and renders use it when fixed, white when random."""
+    downscale: int = 1
+    """Divide image width and height by this once at load (2: a quarter of the pixels)."""
+    test_every: int = 8
+    """Hold out every n-th view (sorted by name, from the first) for evaluation; 0: hold out none."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+    backend: str = "auto"
+    """Rasterizer: auto (gsplat on CUDA, PyTorch on CPU), torch or gsplat."""
+    seed: int = 0
+    """Seed of the initialisation, the view order, random backgrounds and densification."""
+    checkpoint_every: int = 1000
+    """Save a checkpoint every this many steps (and at the end, and on Ctrl-C); 0: only then."""
+    psnr_samples: int = 10
+    """Times during training that held-out PSNR is measured (PSNR-vs-time in metrics.json); 0: none."""
+    turntable_frames: int = 120
+    """Frames of turntable.mp4 (30 fps); 0: no video."""
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> TrainConfig:
+        """A named preset (``PRESETS``) with ``overrides`` applied."""
+        if name not in PRESETS:
+            raise InputError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return replace(cls(**PRESETS[name]), **overrides)
+
+    def validate(self) -> None:
+        """InputError naming the option for values training cannot use."""
+        positive = {"steps": self.steps, "downscale": self.downscale, "random_init_points": self.random_init_points}
+        for name, value in positive.items():
+            if value < 1:
+                raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if self.max_gaussians is not None and self.max_gaussians < 1:
+            raise InputError(f"--max-gaussians {self.max_gaussians}: must be at least 1")
+        if not 0 <= self.sh_degree <= 3:
+            raise InputError(f"sh_degree {self.sh_degree}: use 0, 1, 2 or 3")
+        if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
+            raise InputError(f"--lr-scale {self.lr_scale}: use a positive number (0.5 halves every learning rate)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"--device {self.device}: use auto, cpu or cuda")
+        if self.backend not in ("auto", "torch", "gsplat"):
+            raise InputError(f"backend {self.backend}: use auto, torch or gsplat")
+        parse_background(self.background)
+
+
+PRESETS: dict[str, dict] = {
+    "default": {},  # 3DGS: 30k steps, SH degree 3
+    "fast": {"steps": 7_000},  # 3DGS's 7k-step results
+    "preview": {"steps": 2_000, "sh_degree": 1, "max_gaussians": 200_000, "turntable_frames": 60},  # CPU previews
+}
+_RUN_CONTROL = ("steps", "device", "backend", "lr_scale", "checkpoint_every", "psnr_samples", "turntable_frames")
+
+
+def parse_background(text: str) -> torch.Tensor | None:
+    """[3] colour for black, white or #rrggbb; None for random."""
+    named = {"black": "#000000", "white": "#ffffff"}
+    if text == "random":
+        return None
+    value = named.get(text, text)
+    if len(value) != 7 or value[0] != "#" or any(c not in "0123456789abcdefABCDEF" for c in value[1:]):
+        raise InputError(f"--background {text}: use random, black, white or #rrggbb")
+    return torch.tensor([int(value[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
+
+
+# --- the stage -------------------------------------------------------------------------------------------------
+
+
+def run(
+    config: TrainConfig,
+    capture_dir: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_step: Callable[[TrainState], None] | None = None,
+) -> Path:
+    """Train splats on the capture at ``capture_dir`` and write the scene to ``out_dir``; return ``out_dir``.
+
+    ``resume``: continue from the checkpoint (its settings win, except ``_RUN_CONTROL`` fields such as ``steps``).
+    ``on_step(state)`` runs after every step (a KeyboardInterrupt raised there stops like Ctrl-C: checkpoint saved).
+    """
+    config.validate()
+    out_dir = Path(out_dir).absolute()
+    work, in_place = _work_dir(out_dir, resume, overwrite)
+    payload = read_checkpoint(checkpoint_path(work)) if resume else None
+    if payload is not None:
+        config = _resumed_config(payload["config"], config)
+        if payload["step"] > config.steps:
+            raise InputError(f"{checkpoint_path(work)} is at step {payload['step']}, beyond --steps {config.steps}: "
+                             "pass a larger --steps")
+    device = _device(config)
+    scene = load_scene(capture_dir, config.downscale, config.test_every)
+    if payload is not None:
+        state = _resumed_state(payload, config, scene, device)
+        info(f"resuming {work} at step {state.step} of {config.steps}")
+    else:
+        state = _fresh_state(config, scene, device)
+        shutil.rmtree(work, ignore_errors=True)  # an interrupted run's folder, when --overwrite allowed it
+        work.mkdir(parents=True)
+    densifier = Densifier(_strategy(config), config.max_gaussians)
+    clean = False
+    try:
+        _train(config, scene, state, densifier, device, work, on_step)
+        try:
+            report = _export(config, scene, state, work, device)
+        except (MemoryError, RuntimeError) as error:
+            if not _is_out_of_memory(error):
+                raise
+            raise TrainError(f"out of memory while evaluating {len(state.params['means']):,} Gaussians at "
+                             f"full resolution; training is saved in {checkpoint_path(work)}: rerun with --resume "
+                             f"--downscale {config.downscale * 2}") from None
+        clean = True
+    finally:
+        if not clean and not in_place and not checkpoint_path(work).is_file():
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave no empty partial folder
+    if not in_place:
+        replace_dir(work, out_dir)
+    _print_summary(report, out_dir)
+    return out_dir
+
+
+def saved_config(out_dir: Path) -> TrainConfig | None:
+    """The config stored in the checkpoint ``--resume`` would use for ``out_dir``, or None when there is none."""
+    out_dir = Path(out_dir).absolute()
+    for folder in (_partial_dir(out_dir), out_dir):
+        if checkpoint_path(folder).is_file():
+            return _config_from_dict(read_checkpoint(checkpoint_path(folder))["config"])
+    return None
+
+
+def _partial_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def _work_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
+    """(folder to train in, whether it is ``out_dir`` itself); refuses what would lose work; creates nothing."""
+    partial = _partial_dir(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another --out")
+    if resume:  # an interrupted run first: it is newer than a finished scene it was going to replace
+        if checkpoint_path(partial).is_file():
+            return partial, False
+        if checkpoint_path(out_dir).is_file():
+            return out_dir, True
+        raise InputError(f"{out_dir}: no checkpoint to resume (looked in {out_dir}/checkpoint and "
+                         f"{partial}/checkpoint): train without --resume")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --resume to train it further, "
+                                "--overwrite to replace it, or choose another --out")
+    if partial.exists() and not overwrite:
+        raise OutputExistsError(f"{partial} holds an interrupted run: pass --resume to continue it or "
+                                "--overwrite to start over")
+    return partial, False
+
+
+def _resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
+    base = _config_from_dict(saved)
+    ignored = [f.name for f in fields(TrainConfig)
+               if f.name not in _RUN_CONTROL and getattr(given, f.name) != getattr(base, f.name)]  # fmt: skip
+    if ignored:
+        warn("--resume keeps the checkpoint's settings; ignoring "
+             + ", ".join(f"{name}={getattr(given, name)!r}" for name in ignored))
+    return replace(base, **{name: getattr(given, name) for name in _RUN_CONTROL})
+
+
+def _config_from_dict(saved: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def _device(config: TrainConfig) -> torch.device:
+    name = config.device
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible to torch: use --device cpu (or auto)")
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if config.backend == "gsplat" and device.type != "cuda":
+        raise InputError("the gsplat rasterizer needs CUDA and none is in use: use backend auto or torch on the CPU")
+    return device
+
+
+def _strategy(config: TrainConfig):
+    strategy = default_strategy(config.steps)
+    strategy.grow_grad2d = config.grow_grad2d
+    if not config.densify:
+        strategy.refine_stop_iter = 0
+    return strategy
+
+
+# --- state -----------------------------------------------------------------------------------------------------
+
+
+def make_optimizers(config: TrainConfig, params: dict, scene_scale: float) -> dict[str, torch.optim.Adam]:
+    """One Adam per parameter (gsplat's strategies need exactly one group each), 3DGS's learning rates."""
+    rates = {
+        "means": config.lr_means * scene_scale,
+        "scales": config.lr_scales,
+        "quats": config.lr_quats,
+        "opacities": config.lr_opacities,
+        "sh0": config.lr_sh0,
+        "shN": config.lr_shN,
+    }
+    return {
+        name: torch.optim.Adam([params[name]], lr=rate * config.lr_scale, eps=1e-15)
+        for name, rate in rates.items()
+    }
+
+
+def means_learning_rate(config: TrainConfig, step: int, scene_scale: float) -> float:
+    """lr_means -> lr_means_final, log-linear over the steps (3DGS's get_expon_lr_func without delay)."""
+    t = min(max(step / max(config.steps, 1), 0.0), 1.0)
+    rate = math.exp((1 - t) * math.log(config.lr_means) + t * math.log(config.lr_means_final))
+    return rate * scene_scale * config.lr_scale
+
+
+def initial_splats(config: TrainConfig, scene: SceneData) -> Splats:
+    """From the capture's points (3DGS), else random in the cameras' view volume; at most ``max_gaussians``."""
+    capture = scene.capture
+    limit = config.max_gaussians or math.inf
+    if capture.points is not None and len(capture.points) > 0:
+        points, colors = capture.points, capture.colors
+        if len(points) > limit:
+            keep = np.sort(np.random.default_rng(config.seed).choice(len(points), int(limit), replace=False))
+            points, colors = points[keep], None if colors is None else colors[keep]
+        info(f"initialising {len(points):,} Gaussians from the capture's points")
+        return splats_from_points(points, colors, config.sh_degree, config.init_opacity)
+    num = int(min(config.random_init_points, limit))
+    center, radius = view_volume([view.camera for view in scene.train])
+    info(f"no points in the capture: {num:,} random Gaussians in the ball the cameras see "
+         f"(centre {np.round(center, 3).tolist()}, radius {radius:.3g})")
+    return random_splats([view.camera for view in scene.train], num, config.sh_degree, config.seed,
+                         config.init_opacity)  # fmt: skip
+
+
+def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) -> TrainState:
+    torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
+    params = {k: torch.nn.Parameter(v.to(device)) for k, v in initial_splats(config, scene).parameters().items()}
+    scene_scale = camera_extent([view.camera for view in scene.train])
+    return TrainState(
+        step=0,
+        params=params,
+        optimizers=make_optimizers(config, params, scene_scale),
+        strategy_state=_strategy(config).initialize_state(scene_scale=scene_scale),
+        generator=torch.Generator().manual_seed(config.seed),
+        order=[],
+        position=0,
+        config=asdict(config),
+    )
+
+
+def _resumed_state(payload: dict, config: TrainConfig, scene: SceneData, device: torch.device) -> TrainState:
+    scene_scale = float(payload["strategy_state"]["scene_scale"])
+    state = restore_state(payload, device, lambda params: make_optimizers(config, params, scene_scale))
+    if any(i >= len(scene.train) for i in state.order):
+        raise InputError(f"the checkpoint was made from a capture with more training views than {scene.capture.root}"
+                         ": resume with the capture it was trained on")
+    state.config = asdict(config)
+    return state
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+
+def train_step(config: TrainConfig, views: list[View], state: TrainState, densifier: Densifier,
+               device: torch.device) -> tuple[float, float]:  # fmt: skip
+    """One 3DGS step on the next training view; returns (loss, PSNR of that view)."""
+    step, params = state.step, state.params
+    scene_scale = state.strategy_state["scene_scale"]
+    state.optimizers["means"].param_groups[0]["lr"] = means_learning_rate(config, step, scene_scale)
+    view = views[_next_view(state, len(views))]
+    fixed = parse_background(config.background)
+    background = (fixed if fixed is not None else torch.rand(3, generator=state.generator)).to(device)
+    target = composite(view, background, device)
+    interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
+    degree = min(config.sh_degree, step // interval)
+    image, _, meta = render_tensors(params, view.viewmat(), view.K(), view.camera.width, view.camera.height,
+                                    degree, background, config.backend)  # fmt: skip
+    if config.densify:
+        densifier.step_pre_backward(params, state.optimizers, state.strategy_state, step, meta)
+    loss = M.photometric_loss(image, target, config.ssim_weight)
+    if not torch.isfinite(loss):
+        raise _diverged(step, "the loss", state)
+    loss.backward()
+    for optimizer in state.optimizers.values():
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if config.densify:
+        densifier.step_post_backward(params, state.optimizers, state.strategy_state, step, meta)
+    return loss.item(), M.psnr(image.detach(), target)
+
+
+def _next_view(state: TrainState, num_views: int) -> int:
+    """Views in a fresh random order each epoch (3DGS's shuffled stack)."""
+    if state.position >= len(state.order):
+        state.order = torch.randperm(num_views, generator=state.generator).tolist()
+        state.position = 0
+    state.position += 1
+    return state.order[state.position - 1]
+
+
+def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: Densifier, device: torch.device,
+           work: Path, on_step: Callable[[TrainState], None] | None) -> None:  # fmt: skip
+    """Steps until ``config.steps``; checkpoints on schedule, on Ctrl-C and at the end."""
+    sample_steps = _sample_steps(config)
+    between_steps = True
+    if sample_steps and state.step == 0:
+        state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
+    with _progress(config.steps, state.step) as progress, _deferred_sigint() as interrupted:
+        try:
+            while state.step < config.steps:
+                between_steps = False
+                _check_finite(state)
+                tic = time.perf_counter()
+                try:
+                    loss, step_psnr = train_step(config, scene.train, state, densifier, device)
+                except (MemoryError, RuntimeError) as error:
+                    if not _is_out_of_memory(error):
+                        raise
+                    raise _out_of_memory(config, state) from None
+                state.seconds += time.perf_counter() - tic
+                state.step += 1
+                between_steps = True
+                progress(state.step, loss, step_psnr, len(state.params["means"]))
+                if on_step is not None:
+                    on_step(state)
+                if interrupted():
+                    raise KeyboardInterrupt
+                if state.step in sample_steps:
+                    state.history.append(_sample(config, scene, state))
+                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+                    _save(state, work)
+        except KeyboardInterrupt:
+            if between_steps:
+                _save(state, work)
+                info(f"interrupted at step {state.step}: checkpoint saved in {checkpoint_path(work)}; "
+                     "rerun with --resume to continue")
+            raise
+    if not state.history or state.history[-1]["step"] != state.step:
+        state.history.append(_sample(config, scene, state))
+    _save(state, work)
+
+
+def _save(state: TrainState, work: Path) -> None:
+    _check_finite(state)
+    save_checkpoint(checkpoint_path(work), state)
+    state.saved_step = state.step
+
+
+def _check_finite(state: TrainState) -> None:
+    for name, value in state.params.items():
+        if not torch.isfinite(value).all():
+            raise _diverged(state.step, f"the {name}", state)
+
+
+def _diverged(step: int, what: str, state: TrainState) -> TrainError:
+    kept = f"the last good checkpoint (step {state.saved_step}) is kept; " if state.saved_step is not None else ""
+    return TrainError(f"training diverged at step {step + 1}: {what} became NaN or Inf; {kept}"
+                      "rerun with --lr-scale 0.5 (with --resume to continue from the checkpoint) or --downscale 2")
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", MemoryError)  # CUDA's; the CPU allocator raises RuntimeError
+    message = str(error).lower()
+    return isinstance(error, (MemoryError, oom)) or any(
+        text in message for text in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+
+
+def _out_of_memory(config: TrainConfig, state: TrainState) -> TrainError:
+    n = len(state.params["means"])
+    kept = f"the last checkpoint (step {state.saved_step}) is kept; " if state.saved_step is not None else ""
+    return TrainError(f"out of memory at step {state.step + 1} with {n:,} Gaussians; {kept}pass --downscale "
+                      f"{config.downscale * 2} or --max-gaussians {max(n // 2, 1)}")
+
+
+def _sample_steps(config: TrainConfig) -> set[int]:
+    n = config.psnr_samples
+    return {max(1, round(k * config.steps / n)) for k in range(1, n + 1)} if n > 0 else set()
+
+
+@torch.no_grad()
+def _sample(config: TrainConfig, scene: SceneData, state: TrainState) -> dict:
+    """One PSNR-vs-time sample on up to ``MAX_SAMPLE_VIEWS`` held-out views (training views when none)."""
+    splats = Splats.from_parameters(state.params)
+    views = (scene.test or scene.train)[:MAX_SAMPLE_VIEWS]
+    results = evaluate_views(splats, views, _eval_background(config), config.backend)
+    return {
+        "step": state.step,
+        "seconds": round(state.seconds, 3),
+        "psnr": _finite(float(np.mean([r["psnr"] for r in results]))),
+        "num_gaussians": len(splats),
+    }
+
+
+def _eval_background(config: TrainConfig) -> torch.Tensor:
+    fixed = parse_background(config.background)
+    return fixed if fixed is not None else torch.ones(3)
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+
+
+def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path, device: torch.device) -> dict:
+    """Evaluate, then write splats.ply, splats.splat, renders/, turntable.mp4 and metrics.json into ``work``."""
+    tic = time.perf_counter()
+    splats = Splats.from_parameters(state.params)
+    views = scene.test or scene.train
+    background = _eval_background(config)
+    info(f"evaluating on {len(views)} {'held-out' if scene.test else 'training'} views")
+    per_view = evaluate_views(splats, views, background, config.backend)
+    staging = work / ".renders.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    write_side_by_side(splats, views, background, staging, config.backend)
+    replace_dir(staging, work / "renders")
+    if config.turntable_frames > 0:
+        info("rendering the turntable video")
+        write_turntable(splats, [v.camera for v in scene.train], work / "turntable.mp4", config.turntable_frames,
+                        background=background, backend=config.backend)  # fmt: skip
+    splats_cpu = splats.to("cpu")
+    write_ply(work / "splats.ply", splats_cpu)
+    write_splat(work / "splats.splat", splats_cpu)
+    report = {
+        "psnr": _finite(float(np.mean([r["psnr"] for r in per_view]))),
+        "ssim": float(np.mean([r["ssim"] for r in per_view])),
+        "lpips": None,
+        "lpips_reason": M.LPIPS_UNAVAILABLE,
+        "num_gaussians": len(splats),
+        "steps": state.step,
+        "seconds": round(state.seconds, 3),
+        "evaluation_seconds": round(time.perf_counter() - tic, 3),
+        "evaluated_on": "test" if scene.test else "train (the capture has too few views to hold any out)",
+        "test_views": [view.name for view in scene.test],
+        "per_view": [{**r, "psnr": _finite(r["psnr"])} for r in per_view],
+        "psnr_vs_time": state.history,
+        "image_size": [views[0].camera.width, views[0].camera.height],
+        "device": str(device),
+        "capture": str(scene.capture.root),
+        "config": asdict(config),
+    }
+    write_json(work / "metrics.json", report)
+    return report
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no Infinity: identical images (PSNR inf) are reported as null."""
+    return value if math.isfinite(value) else None
+
+
+def _print_summary(report: dict, out_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"train → {out_dir}", show_header=False, title_justify="left")
+    psnr = "n/a" if report["psnr"] is None else f"{report['psnr']:.2f} dB"
+    table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}")
+    table.add_row("Gaussians", f"{report['num_gaussians']:,}")
+    table.add_row("steps", f"{report['steps']:,} in {report['seconds']:.1f} s on {report['device']}")
+    table.add_row("outputs", "splats.ply, splats.splat, metrics.json, renders/"
+                  + (", turntable.mp4" if (out_dir / "turntable.mp4").is_file() else ""))
+    console.print(table)
+
+
+# --- console and signals ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress(total: int, start: int) -> Iterator[Callable[[int, float, float, int], None]]:
+    """A rich progress bar (loss, PSNR, #Gaussians, ETA); plain lines every 10% when stderr is not a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]training"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  PSNR {task.fields[psnr]:.2f} dB  {task.fields[gaussians]:,} splats"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    smooth = {"loss": math.nan, "psnr": math.nan}
+    terminal = console.is_terminal
+    with Progress(*columns, console=console, transient=False, disable=not terminal) as bar:
+        task = bar.add_task("training", total=total, completed=start, loss=0.0, psnr=0.0, gaussians=0)
+
+        def update(step: int, loss: float, step_psnr: float, gaussians: int) -> None:
+            for key, value in (("loss", loss), ("psnr", min(step_psnr, 99.0))):
+                smooth[key] = value if math.isnan(smooth[key]) else 0.9 * smooth[key] + 0.1 * value
+            bar.update(task, completed=step, loss=smooth["loss"], psnr=smooth["psnr"], gaussians=gaussians)
+            if not terminal and (step % max(1, total // 10) == 0 or step == total):
+                info(f"step {step}/{total}: loss {smooth['loss']:.4f}, PSNR {smooth['psnr']:.2f} dB, "
+                     f"{gaussians:,} Gaussians")
+
+        yield update
+
+
+@contextmanager
+def _deferred_sigint() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C finishes the current step (then a checkpoint is saved); a second Ctrl-C stops at once."""
+    raised = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield raised.is_set
+        return
+
+    def handler(signum, frame):
+        if raised.is_set():
+            raise KeyboardInterrupt
+        raised.set()
+        console.print("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield raised.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,283 @@
+"""reconstruct.rasterize: the PyTorch backend against a float64 every-pair reference, gsplat's strategy on its meta,
+edge cases, input validation; on CUDA, the PyTorch backend against gsplat's kernels."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reconstruct.rasterize import rasterize
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+GAUSSIAN_PARAMS = ("means", "quats", "scales", "opacities", "colors")
+
+
+def look_at(eye, target, up=(0.0, -1.0, 0.0)) -> torch.Tensor:
+    """OpenCV cam_from_world [4, 4] for a camera at ``eye`` looking at ``target`` (y down)."""
+    eye, target, up = (torch.tensor(v, dtype=torch.float64) for v in (eye, target, up))
+    z = torch.nn.functional.normalize(target - eye, dim=0)
+    x = torch.nn.functional.normalize(torch.linalg.cross(-up, z), dim=0)
+    y = torch.linalg.cross(z, x)
+    R = torch.stack([x, y, z])
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3] = R
+    T[:3, 3] = -R @ eye
+    return T
+
+
+def make_scene(
+    num: int = 200,
+    width: int = 32,
+    height: int = 24,
+    sh_degree: int | None = None,
+    cameras: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    backgrounds: bool = True,
+    scale: tuple[float, float] = (0.02, 0.15),
+) -> dict:
+    """Gaussians in a unit cube seen by ``cameras`` cameras on a circle of radius 3, some outside the view."""
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(num, 3, generator=g, dtype=torch.float64) * 2 - 1) * 1.2
+    quats = torch.randn(num, 4, generator=g, dtype=torch.float64) * 2
+    lo, hi = scale
+    scales = torch.exp(torch.rand(num, 3, generator=g, dtype=torch.float64) * math.log(hi / lo)) * lo
+    opacities = torch.rand(num, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    if sh_degree is None:
+        colors = torch.rand(num, 3, generator=g, dtype=torch.float64)
+    else:
+        colors = torch.randn(num, (sh_degree + 1) ** 2 + 1, 3, generator=g, dtype=torch.float64) * 0.3
+    viewmats = torch.stack(
+        [look_at((3 * math.sin(a), 0.4 * i, -3 * math.cos(a)), (0.0, 0.0, 0.0)) for i, a in
+         enumerate(torch.linspace(0, 1.5, cameras).tolist())]
+    )  # fmt: skip
+    f = 0.9 * width
+    K = torch.tensor([[f, 0, (width - 1) / 2 + 0.3], [0, 1.1 * f, (height - 1) / 2 - 0.2], [0, 0, 1]])
+    scene = dict(
+        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
+        viewmats=viewmats, Ks=K[None].repeat(cameras, 1, 1).to(torch.float64), width=width, height=height,
+        sh_degree=sh_degree,
+    )  # fmt: skip
+    if backgrounds:
+        scene["backgrounds"] = torch.rand(cameras, 3, generator=g, dtype=torch.float64)
+    return {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
+
+
+# --- float64 reference: every Gaussian-pixel pair, gsplat 1.5.3's CUDA semantics --------------------------------
+
+
+def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense reference built on gsplat's own PyTorch projection and SH twins, with the CUDA kernels' culling."""
+    from gsplat.cuda._torch_impl import _eval_sh_bases_fast, _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
+
+    means, viewmats, W, H = scene["means"], scene["viewmats"], scene["width"], scene["height"]
+    Ks = scene["Ks"].clone()
+    Ks[:, :2, 2] += 0.5  # orbit4d -> gsplat pixel convention
+    covars, _ = _quat_scale_to_covar_preci(scene["quats"], scene["scales"], True, False)
+    means_c, covars_c = _world_to_cam(means, covars, viewmats)
+    means2d, cov2d = _persp_proj(means_c, covars_c, Ks, W, H)
+    cov2d = cov2d + 0.3 * torch.eye(2, dtype=cov2d.dtype)
+    det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
+    conic = torch.stack([cov2d[..., 1, 1], -cov2d[..., 0, 1], cov2d[..., 0, 0]], -1) / det[..., None]
+    opac = scene["opacities"]
+    extent = torch.sqrt(2 * torch.log(opac.detach().clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp_max(3.33)
+    radii = torch.ceil(extent[..., None] * torch.sqrt(torch.diagonal(cov2d.detach(), dim1=-2, dim2=-1)))
+    z = means_c[..., 2].detach()
+    m = means2d.detach()
+    visible = (z >= near) & (z <= far) & (det.detach() > 0) & (opac.detach() >= ALPHA_THRESHOLD)
+    visible &= (m + radii > 0).all(-1) & (m[..., 0] - radii[..., 0] < W) & (m[..., 1] - radii[..., 1] < H)
+
+    if scene["sh_degree"] is None:
+        rgb = scene["colors"].expand(len(viewmats), -1, -1)
+    else:
+        d = scene["sh_degree"]
+        campos = torch.linalg.inv(viewmats)[:, :3, 3]
+        dirs = torch.nn.functional.normalize(means[None] - campos[:, None], dim=-1)
+        bases = _eval_sh_bases_fast((d + 1) ** 2, dirs)
+        rgb = torch.clamp_min((bases[..., None] * scene["colors"][None, :, : (d + 1) ** 2]).sum(-2) + 0.5, 0)
+
+    tiles_w, tiles_h = math.ceil(W / 16), math.ceil(H / 16)
+    ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    pix = torch.stack([xs, ys], -1).reshape(-1, 2)
+    images, alphas = [], []
+    for c in range(len(viewmats)):
+        ids = torch.nonzero(visible[c]).squeeze(1)
+        ids = ids[torch.sort(z[c, ids].float(), stable=True).indices]  # gsplat sorts float32 depths
+        tmin = torch.floor(m[c, ids] / 16 - radii[c, ids] / 16).clamp_min(0)
+        tmax = torch.ceil(m[c, ids] / 16 + radii[c, ids] / 16).clamp_min(0)
+        tmin = torch.minimum(tmin, torch.tensor([tiles_w, tiles_h]))
+        tmax = torch.minimum(tmax, torch.tensor([tiles_w, tiles_h]))
+        tile = (pix // 16)[:, None]
+        in_tile = ((tile >= tmin[None]) & (tile < tmax[None])).all(-1)  # [P, G]
+        delta = means2d[c, ids][None] - (pix[:, None] + 0.5)
+        q = conic[c, ids]
+        sigma = 0.5 * (q[:, 0] * delta[..., 0] ** 2 + q[:, 2] * delta[..., 1] ** 2) + q[:, 1] * delta[..., 0] * delta[..., 1]
+        alpha = torch.clamp_max(opac[ids] * torch.exp(-sigma), 0.999)
+        a = torch.where(in_tile & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, 0)
+        a = torch.where(torch.cumprod(1 - a.detach(), 1) > 1e-4, a, 0)  # stop before T <= 1e-4
+        T = torch.cumprod(torch.cat([a.new_ones(a.shape[0], 1), 1 - a], 1), 1)
+        img = (a * T[:, :-1]) @ rgb[c, ids]
+        if scene.get("backgrounds") is not None:
+            img = img + T[:, -1:] * scene["backgrounds"][c]
+        images.append(img.reshape(H, W, 3))
+        alphas.append((1 - T[:, -1]).reshape(H, W, 1))
+    return torch.stack(images), torch.stack(alphas)
+
+
+def call(scene: dict, **kwargs):
+    return rasterize(**scene, **kwargs)
+
+
+def leaf_scene(scene: dict, names=GAUSSIAN_PARAMS + ("viewmats", "backgrounds")) -> dict:
+    out = dict(scene)
+    for k in names:
+        if out.get(k) is not None:
+            out[k] = out[k].detach().clone().requires_grad_(True)
+    return out
+
+
+def grads_of(fn, scene: dict, weights: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    s = leaf_scene(scene)
+    img, alpha = fn(s)[:2]
+    ((img * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
+    grads = {k: s[k].grad for k in GAUSSIAN_PARAMS + ("viewmats", "backgrounds") if s.get(k) is not None}
+    return img.detach(), alpha.detach(), grads
+
+
+def assert_close_and_finite(ours: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float, name: str) -> None:
+    assert ours is not None, f"{name}: no gradient"
+    assert torch.isfinite(ours).all(), f"{name} has NaN/Inf"
+    torch.testing.assert_close(ours, ref, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+# --- forward and gradients against the reference ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sh_degree, num, seed, backgrounds",
+    [(None, 150, 0, True), (0, 60, 1, False), (3, 300, 2, True), (None, 300, 3, False)],
+)
+def test_matches_dense_reference_float64(sh_degree, num, seed, backgrounds):
+    scene = make_scene(num=num, sh_degree=sh_degree, seed=seed, backgrounds=backgrounds)
+    g = torch.Generator().manual_seed(seed + 100)
+    weights = (torch.randn(2, 24, 32, 3, generator=g, dtype=torch.float64),
+               torch.randn(2, 24, 32, 1, generator=g, dtype=torch.float64))  # fmt: skip
+    img, alpha, grads = grads_of(lambda s: call(s, backend="torch"), scene, weights)
+    ref_img, ref_alpha, ref_grads = grads_of(reference_rasterize, scene, weights)
+    assert ref_alpha.max() > 0.9 and (ref_alpha < 0.5).any(), "scene should have covered and empty pixels"
+    assert_close_and_finite(img, ref_img, 1e-10, 1e-9, "image")
+    assert_close_and_finite(alpha, ref_alpha, 1e-10, 1e-9, "alpha")
+    for name, ref in ref_grads.items():
+        assert_close_and_finite(grads[name], ref, 1e-8, 1e-7, f"d/d{name}")
+
+
+def test_matches_dense_reference_float32():
+    scene = make_scene(num=250, sh_degree=2, seed=4)
+    weights = (torch.rand(2, 24, 32, 3, dtype=torch.float64), torch.rand(2, 24, 32, 1, dtype=torch.float64))
+    ref_img, ref_alpha, ref_grads = grads_of(reference_rasterize, scene, weights)
+    s32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
+    img, alpha, grads = grads_of(lambda s: call(s, backend="torch"), s32, tuple(w.float() for w in weights))
+    assert_close_and_finite(img.double(), ref_img, 2e-4, 1e-3, "image")
+    assert_close_and_finite(alpha.double(), ref_alpha, 2e-4, 1e-3, "alpha")
+    for name, ref in ref_grads.items():
+        scale = ref.abs().max().item()
+        assert_close_and_finite(grads[name].double(), ref, 2e-3 * scale, 1e-2, f"d/d{name}")
+
+
+# --- meta works with gsplat's DefaultStrategy ------------------------------------------------------------------
+
+
+def test_meta_drives_gsplat_default_strategy():
+    from gsplat.strategy import DefaultStrategy
+
+    scene = make_scene(num=120, seed=5, dtype=torch.float32)
+    params = torch.nn.ParameterDict({k: torch.nn.Parameter(scene[k].clone()) for k in GAUSSIAN_PARAMS})
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    strategy = DefaultStrategy(refine_start_iter=1000, verbose=False)
+    strategy.check_sanity(params, optimizers)
+    state = strategy.initialize_state(scene_scale=1.0)
+    for step in range(2):
+        img, alpha, meta = rasterize(
+            params["means"], params["quats"], params["scales"], params["opacities"], params["colors"],
+            scene["viewmats"], scene["Ks"], scene["width"], scene["height"], backgrounds=scene["backgrounds"],
+        )  # fmt: skip
+        assert meta["means2d"].shape == (2, 120, 2) and not meta["means2d"].is_leaf
+        assert meta["radii"].shape == (2, 120, 2) and meta["radii"].dtype == torch.int32
+        assert meta["depths"].shape == (2, 120) and meta["n_cameras"] == 2
+        strategy.step_pre_backward(params, optimizers, state, step, meta)
+        img.mean().backward()
+        strategy.step_post_backward(params, optimizers, state, step, meta, packed=False)
+    visible = (meta["radii"] > 0).all(-1).sum(0)
+    assert visible.sum() > 0
+    torch.testing.assert_close(state["count"], 2 * visible.float())
+    assert torch.isfinite(state["grad2d"]).all() and (state["grad2d"] > 0).any()
+    assert (state["grad2d"][visible == 0] == 0).all()
+
+
+# --- edge cases ------------------------------------------------------------------------------------------------
+
+
+def test_zero_gaussians_render_background():
+    scene = make_scene(num=0, seed=6)
+    img, alpha, meta = call(scene)
+    torch.testing.assert_close(img, scene["backgrounds"][:, None, None, :].expand(2, 24, 32, 3))
+    assert (alpha == 0).all() and meta["radii"].shape == (2, 0, 2)
+
+
+def test_behind_camera_outside_image_and_transparent_gaussians_are_culled():
+    scene = make_scene(num=4, seed=7, backgrounds=False)
+    scene["viewmats"] = torch.eye(4, dtype=torch.float64)[None].repeat(2, 1, 1)
+    scene["means"] = leaf = torch.tensor(
+        [[0.0, 0.0, -2.0], [0.0, 0.0, 0.005], [50.0, 0.0, 2.0], [0.0, 0.0, 2.0]], dtype=torch.float64
+    ).requires_grad_(True)
+    scene["opacities"] = torch.tensor([0.9, 0.9, 0.9, 0.0], dtype=torch.float64)
+    img, alpha, meta = call(scene)
+    assert (meta["radii"] == 0).all()
+    assert (img == 0).all() and (alpha == 0).all()
+    img.sum().backward()
+    assert torch.isfinite(leaf.grad).all() and (leaf.grad == 0).all()
+
+
+def test_non_square_image_and_float32():
+    scene = make_scene(num=100, width=48, height=20, seed=8, dtype=torch.float32)
+    img, alpha, _ = call(scene)
+    assert img.shape == (2, 20, 48, 3) and alpha.shape == (2, 20, 48, 1) and img.dtype == torch.float32
+    ref_img, ref_alpha = reference_rasterize({k: v.double() if isinstance(v, torch.Tensor) else v
+                                              for k, v in scene.items()})  # fmt: skip
+    torch.testing.assert_close(img.double(), ref_img, atol=2e-4, rtol=1e-3)
+
+
+def test_near_far_planes_cull_by_depth():
+    scene = make_scene(num=200, seed=9, backgrounds=False)
+    full = call(scene)[1]
+    clipped = call(scene, near_plane=2.9, far_plane=3.1)[1]
+    ref = reference_rasterize(scene, near=2.9, far=3.1)[1]
+    torch.testing.assert_close(clipped, ref)
+    assert clipped.sum() < 0.8 * full.sum()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(means=torch.zeros(5, 2)), r"means must have shape \[N, 3\]"),
+        (dict(quats=torch.zeros(4, 4)), r"quats must have shape \[5, 4\]"),
+        (dict(colors=torch.zeros(5, 3, 3)), r"colors must have shape \[N, 3\]"),
+        (dict(colors=torch.zeros(5, 3, 3), sh_degree=1), r"K >= \(sh_degree \+ 1\)\^2 = 4"),
+        (dict(viewmats=torch.zeros(2, 3, 4)), r"viewmats must have shape \[C, 4, 4\]"),
+        (dict(Ks=torch.zeros(1, 3, 3)), r"Ks must have shape \[2, 3, 3\]"),
+        (dict(backgrounds=torch.zeros(2, 4)), r"backgrounds must have shape \[2, 3\]"),
+        (dict(width=0), "width must be a positive int"),
+        (dict(near_plane=0.0), "0 < near_plane < far_plane"),
+        (dict(backend="cuda"), "backend must be one of"),
+        (dict(means=torch.full((5, 3), float("nan"))), "means has NaN or Inf"),
+        (dict(scales=torch.ones(5, 3, dtype=torch.float64)), "share one floating dtype"),
+        (dict(backend="gsplat"), "gsplat needs CUDA; use backend='torch'"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, match):
+    scene = make_scene(num=5, seed=10, dtype=torch.float32)
+    scene.update(change)
+    with pytest.raises(ValueError, match=match):
+        call(scene)

@@ -1,0 +1,428 @@
+"""reconstruct.train on a tiny synthetic capture: PSNR rises, outputs are complete, resume is exact, failures are one
+line and keep what was written before; the densifier (gsplat's DefaultStrategy) on CPU; orbit4d train / video-to-3d."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from multiview.capture import Frame, write_transforms
+from multiview.errors import InputError, OutputExistsError
+from multiview.layouts import orbit
+from reconstruct import train
+from reconstruct.checkpoint import checkpoint_path, read_checkpoint
+from reconstruct.data import load_scene
+from reconstruct.ply import read_ply
+from reconstruct.rasterize import rasterize
+from reconstruct.splats import Splats
+from reconstruct.strategy import Densifier, default_strategy
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+# Short, exact-resume-friendly settings: one refinement (step 20), SH degree raised at steps 20 and 40, random
+# backgrounds, a Gaussian cap, no evaluation extras.
+RESUME_CONFIG = train.TrainConfig(
+    steps=60, sh_degree=2, sh_degree_interval=20, random_init_points=300, max_gaussians=450,
+    background="random", checkpoint_every=0, psnr_samples=0, turntable_frames=0,
+)  # fmt: skip
+
+
+def make_capture(root: Path, num_views: int = 12, size: int = SIZE, rgba: bool = False, seed: int = 0) -> Path:
+    """A capture of 40 random Gaussians rendered by ``rasterize`` from two orbit rings (no points3D.ply).
+
+    ``rgba``: straight-alpha RGBA images (the object on a transparent background) instead of RGB on black.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = 40
+    means = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 0.5 * torch.rand(n, 1, generator=g)
+    quats, colors = torch.randn(n, 4, generator=g), torch.rand(n, 3, generator=g)
+    scales = 0.05 + 0.12 * torch.rand(n, 3, generator=g)
+    opacities = 0.6 + 0.4 * torch.rand(n, generator=g)
+    (root / "images").mkdir(parents=True)
+    frames = []
+    for i, camera in enumerate(orbit(num_views, (15.0, 45.0), radius=2.5, fov_deg=40.0, width=size, height=size)):
+        viewmat = torch.tensor(camera.cam_from_world, dtype=torch.float32)[None]
+        K = torch.tensor(camera.K, dtype=torch.float32)[None]
+        image, alpha, _ = rasterize(means, quats, scales, opacities, colors, viewmat, K, size, size,
+                                    backgrounds=torch.zeros(1, 3))  # fmt: skip
+        rgb, a = image[0].clamp(0, 1).numpy(), alpha[0].clamp(0, 1).numpy()
+        path = root / "images" / f"view_{i:03d}.png"
+        if rgba:
+            straight = np.where(a > 1e-3, rgb / np.maximum(a, 1e-3), 0.0).clip(0, 1)
+            pixels = (np.concatenate([straight, a], -1) * 255 + 0.5).astype(np.uint8)
+            PIL.Image.fromarray(pixels, "RGBA").save(path)
+        else:
+            PIL.Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(path)
+        frames.append(Frame(path.absolute(), camera))
+    write_transforms(root / "transforms.json", frames, root)
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: deterministic, and no OpenMP spinning on the shared 2-core machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def capture(tmp_path_factory) -> Path:
+    return make_capture(tmp_path_factory.mktemp("synthetic") / "capture")
+
+
+@pytest.fixture(scope="module")
+def reference_scene(capture, tmp_path_factory) -> Path:
+    """RESUME_CONFIG trained without interruption."""
+    return train.run(RESUME_CONFIG, capture, tmp_path_factory.mktemp("reference") / "scene")
+
+
+def assert_same_splats(a: Path, b: Path) -> None:
+    first, second = read_ply(a / "splats.ply"), read_ply(b / "splats.ply")
+    assert len(first) == len(second)
+    for name, value in first.tensors().items():
+        assert torch.equal(value, getattr(second, name)), name
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    """Run ``orbit4d`` in-process; registers train / video-to-3d if cli.py does not hook them in yet."""
+    from orbit4d import cli as cli_module
+    from orbit4d import train_cmd
+
+    build = cli_module.build_parser
+
+    def build_with_training():
+        parser = build()
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        if "train" not in sub.choices:
+            train_cmd.add_parsers(sub)
+        return parser
+
+    cli_module.build_parser = build_with_training
+    try:
+        code = cli_module.main([str(a) for a in argv])
+    finally:
+        cli_module.build_parser = build
+    return code, capsys.readouterr().err
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --- training works --------------------------------------------------------------------------------------------
+
+
+def test_trains_a_small_scene_and_psnr_rises(capture, tmp_path):
+    config = train.TrainConfig(
+        steps=300, sh_degree=1, random_init_points=500, max_gaussians=1000, background="black",
+        checkpoint_every=100, psnr_samples=3, turntable_frames=4,
+    )  # fmt: skip
+    out = train.run(config, capture, tmp_path / "scene")
+    report = json.loads((out / "metrics.json").read_text())
+    curve = [sample["psnr"] for sample in report["psnr_vs_time"]]
+    assert [s["step"] for s in report["psnr_vs_time"]] == [0, 100, 200, 300]
+    assert curve[-1] > curve[0] + 8.0 and report["psnr"] > 22.0, curve
+    assert report["psnr"] == pytest.approx(curve[-1])
+    assert 0.7 < report["ssim"] <= 1.0
+    assert report["lpips"] is None and "weights" in report["lpips_reason"]
+    assert report["test_views"] == ["images/view_000.png", "images/view_008.png"]
+    assert report["steps"] == 300 and report["seconds"] > 0
+    assert 0 < report["num_gaussians"] <= 1000
+    splats = read_ply(out / "splats.ply")
+    assert len(splats) == report["num_gaussians"] and splats.sh_degree == 1
+    assert (out / "splats.splat").stat().st_size == 32 * len(splats)
+    assert sorted(p.name for p in (out / "renders").iterdir()) == ["images_view_000.png", "images_view_008.png"]
+    assert PIL.Image.open(out / "renders" / "images_view_000.png").size == (2 * SIZE, SIZE)
+    import av
+
+    with av.open(str(out / "turntable.mp4")) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 4
+    assert read_checkpoint(checkpoint_path(out))["step"] == 300
+    assert not list(tmp_path.glob(".*"))  # the staging folder was renamed into place
+
+
+def test_masks_and_downscale(tmp_path):
+    """RGBA images: alpha becomes the mask; --downscale 2 halves images and intrinsics once at load."""
+    capture = make_capture(tmp_path / "capture", num_views=4, rgba=True)
+    scene = load_scene(capture, downscale=2, test_every=8)
+    assert len(scene.train) == 3 and [v.name for v in scene.test] == ["images/view_000.png"]
+    view = scene.train[0]
+    assert view.image.shape == (SIZE // 2, SIZE // 2, 3) and view.mask.shape == (SIZE // 2, SIZE // 2, 1)
+    assert view.camera.width == SIZE // 2 and view.camera.fx == pytest.approx(scene.capture.frames[1].camera.fx / 2)
+    assert view.mask.min() == 0 and view.mask.max() == 255
+    config = replace(RESUME_CONFIG, steps=10, downscale=2, background="white")
+    report = json.loads((train.run(config, capture, tmp_path / "scene") / "metrics.json").read_text())
+    assert report["image_size"] == [SIZE // 2, SIZE // 2]
+
+
+# --- resume ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["exception", "sigint"])
+def test_resume_after_interrupt_matches_uninterrupted_run(capture, reference_scene, tmp_path, how):
+    out = tmp_path / "scene"
+
+    def interrupt(state):
+        if state.step == 15:  # mid-way through the gradient window of the refinement at step 20
+            if how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)  # the handler lets the step finish, then the loop stops
+            else:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(RESUME_CONFIG, capture, out, on_step=interrupt)
+    assert not out.exists()
+    partial = tmp_path / ".scene.partial"
+    assert read_checkpoint(checkpoint_path(partial))["step"] == 15
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train.run(RESUME_CONFIG, capture, out)
+    train.run(RESUME_CONFIG, capture, out, resume=True)
+    assert not partial.exists()
+    assert_same_splats(reference_scene, out)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(capture, reference_scene, tmp_path):
+    """A SIGKILLed run resumes from its last on-disk checkpoint (atomic writes: never a torn file)."""
+    out = tmp_path / "scene"
+    script = (
+        "import sys, time, torch; from pathlib import Path; from dataclasses import replace;"
+        "import tests.test_train as t;"
+        "torch.set_num_threads(1);"
+        "config = replace(t.RESUME_CONFIG, checkpoint_every=10);"
+        "t.train.run(config, Path(sys.argv[1]), Path(sys.argv[2]), on_step=lambda s: time.sleep(0.1))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(capture), str(out)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    checkpoint = checkpoint_path(tmp_path / ".scene.partial")
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL and not out.exists()
+    step = read_checkpoint(checkpoint)["step"]
+    assert 10 <= step < 60 and step % 10 == 0
+    train.run(RESUME_CONFIG, capture, out, resume=True)
+    assert_same_splats(reference_scene, out)
+
+
+def test_resume_a_finished_scene_trains_further(capture, reference_scene, tmp_path):
+    import shutil
+
+    out = tmp_path / "scene"
+    shutil.copytree(reference_scene, out)
+    train.run(replace(RESUME_CONFIG, steps=70), capture, out, resume=True)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["steps"] == 70 and read_checkpoint(checkpoint_path(out))["step"] == 70
+    assert not list(tmp_path.glob(".*"))
+
+
+# --- failures --------------------------------------------------------------------------------------------------
+
+
+def test_nan_stops_with_one_line_and_keeps_earlier_outputs(capture, reference_scene, tmp_path, capsys, monkeypatch):
+    """Through the CLI: --overwrite of a finished scene diverges -> exit 1, one line, old scene untouched."""
+    import shutil
+
+    out = tmp_path / "scene"
+    shutil.copytree(reference_scene, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    original_step = train.train_step
+
+    def poisoned_step(config, views, state, densifier, device):
+        result = original_step(config, views, state, densifier, device)
+        if state.step == 14:  # the step just run is step 15 (1-based) once the loop counts it
+            state.params["means"].data[0, 0] = float("nan")
+        return result
+
+    monkeypatch.setattr(train, "train_step", poisoned_step)
+    code, err = cli(capsys, "train", capture, "--out", out, "--steps", "40", "--overwrite",
+                    "--max-gaussians", "450", "--sh-degree", "1")  # fmt: skip
+    assert code == 1
+    line = error_line(err)
+    assert "diverged at step 16" in line and "means" in line and "--lr-scale" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (tmp_path / ".scene.partial").exists()  # no checkpoint was due: nothing to resume, nothing left
+
+
+def test_nan_keeps_the_last_good_checkpoint(capture, tmp_path, monkeypatch):
+    def poison(state):
+        if state.step == 25:
+            state.params["opacities"].data[3] = float("inf")
+
+    config = replace(RESUME_CONFIG, checkpoint_every=10)
+    with pytest.raises(train.TrainError, match=r"step 26: the opacities .* checkpoint \(step 20\) is kept"):
+        train.run(config, capture, tmp_path / "scene", on_step=poison)
+    payload = read_checkpoint(checkpoint_path(tmp_path / ".scene.partial"))
+    assert payload["step"] == 20 and all(torch.isfinite(p).all() for p in payload["params"].values())
+
+
+def test_out_of_memory_is_one_line(capture, tmp_path, monkeypatch):
+    def exhausted(*args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(train, "train_step", exhausted)
+    with pytest.raises(train.TrainError, match="out of memory at step 1 with 300 Gaussians.*--downscale 2"):
+        train.run(RESUME_CONFIG, capture, tmp_path / "scene")
+    monkeypatch.setattr(train, "train_step", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other errors are bugs: not disguised
+        train.run(RESUME_CONFIG, capture, tmp_path / "scene2")
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys, capture):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "transforms.json").write_text(json.dumps({"fl_x": 10, "fl_y": 10, "cx": 8, "cy": 8, "w": 16, "h": 16,
+                                                       "frames": [{"file_path": "images/a.png",
+                                                                   "transform_matrix": np.eye(4).tolist()}]}))
+    code, err = cli(capsys, "train", empty, "--out", tmp_path / "s1")
+    assert code == 1 and "none of its 1 images exist" in error_line(err) and "transforms.json" in error_line(err)
+    code, err = cli(capsys, "train", tmp_path / "nowhere", "--out", tmp_path / "s2")
+    assert code == 1 and "nowhere" in error_line(err)
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "s3", "--resume")
+    assert code == 1 and "no checkpoint to resume" in error_line(err)
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "s4", "--downscale", "0")
+    assert code == 1 and "--downscale 0" in error_line(err)
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "s5", "--background", "pink")
+    assert code == 1 and "--background pink" in error_line(err)
+    assert not any(tmp_path.glob("s[1-5]")) and not any(tmp_path.glob(".s*"))
+    with pytest.raises(InputError, match="leaves none to train on"):
+        load_scene(capture, test_every=1)
+
+
+# --- the densifier on CPU --------------------------------------------------------------------------------------
+
+
+def test_default_strategy_runs_on_cpu_with_reset_and_cap():
+    """gsplat's DefaultStrategy grows and prunes CPU tensors through ops; Densifier adds the reset and the cap."""
+    torch.manual_seed(0)
+    cameras = orbit(4, (20.0,), radius=2.5, fov_deg=40.0, width=24, height=24)
+    splats = Splats(torch.randn(200, 3) * 0.3, torch.randn(200, 4), torch.full((200, 3), -2.5),
+                    torch.zeros(200), torch.randn(200, 1, 3), torch.zeros(200, 3, 3))  # fmt: skip
+    params = splats.parameters()
+    optimizers = train.make_optimizers(train.TrainConfig(), params, 1.0)
+    strategy = default_strategy(600)  # refine every 10 steps after step 10 until 300, reset opacities every 100
+    strategy.grow_grad2d = 1e-6  # everything qualifies
+    densifier = Densifier(strategy, max_gaussians=500)
+    densifier.strategy.check_sanity(params, optimizers)
+    state = densifier.initialize_state(scene_scale=1.0)
+    sizes = []
+    for step in range(101):
+        camera = cameras[step % 4]
+        image, _, meta = train.render_tensors(
+            params, torch.tensor(camera.cam_from_world, dtype=torch.float32),
+            torch.tensor(camera.K, dtype=torch.float32), 24, 24, 1, torch.zeros(3),
+        )
+        densifier.step_pre_backward(params, optimizers, state, step, meta)
+        image.mean().backward()
+        for optimizer in optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        densifier.step_post_backward(params, optimizers, state, step, meta)
+        sizes.append(len(params["means"]))
+        assert all(len(p) == sizes[-1] for p in params.values()) and len(state["grad2d"]) == sizes[-1]
+        for name, optimizer in optimizers.items():  # optimizer state stays aligned with the parameters
+            assert optimizer.state[params[name]]["exp_avg"].shape == params[name].shape
+    assert sizes[10] == 200 and sizes[20] > 200  # first refinement after step 10
+    assert max(sizes) == 500  # capped
+    assert torch.sigmoid(params["opacities"]).max() <= 0.01 + 1e-6  # reset at step 100 (gsplat 1.5.3 skips it)
+
+
+def test_strategy_schedule_scales_with_steps():
+    full = default_strategy(30_000)
+    schedule = (full.refine_start_iter, full.refine_stop_iter, full.refine_every, full.reset_every)
+    assert schedule == (500, 15_000, 100, 3000)
+    short = default_strategy(300)
+    assert short.refine_every == 10 and short.refine_start_iter == 10 and short.refine_stop_iter == 150
+    assert short.reset_every == 100
+
+
+def test_learning_rates_follow_3dgs():
+    config = train.TrainConfig(steps=1000)
+    assert train.means_learning_rate(config, 0, 2.0) == pytest.approx(3.2e-4)
+    assert train.means_learning_rate(config, 500, 2.0) == pytest.approx(3.2e-5)
+    assert train.means_learning_rate(config, 1000, 2.0) == pytest.approx(3.2e-6)
+    splats = Splats(torch.zeros(1, 3), torch.ones(1, 4), torch.zeros(1, 3), torch.zeros(1), torch.zeros(1, 1, 3),
+                    torch.zeros(1, 15, 3))  # fmt: skip
+    rates = {k: o.param_groups[0]["lr"] for k, o in train.make_optimizers(config, splats.parameters(), 2.0).items()}
+    assert rates == pytest.approx({"means": 3.2e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2,
+                                   "sh0": 2.5e-3, "shN": 1.25e-4})  # fmt: skip
+    assert train.TrainConfig.preset("fast").steps == 7000
+    with pytest.raises(InputError, match="unknown preset"):
+        train.TrainConfig.preset("slow")
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def test_help_stays_light():
+    code = (
+        "import sys, argparse; from orbit4d import train_cmd; p = argparse.ArgumentParser();"
+        "train_cmd.add_parsers(p.add_subparsers());"
+        "print(','.join(m for m in ('numpy', 'torch', 'gsplat', 'rich', 'reconstruct') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == ""
+
+
+def test_cli_train_and_resume(capture, tmp_path, capsys):
+    out = tmp_path / "scene"
+    code, err = cli(capsys, "train", capture, "--out", out, "--steps", "20", "--sh-degree", "0",
+                    "--max-gaussians", "400", "--background", "black", "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["steps"] == 20 and report["config"]["background"] == "black"
+    code, err = cli(capsys, "train", capture, "--out", out)
+    assert code == 1 and "--resume" in error_line(err)
+    code, err = cli(capsys, "train", capture, "--out", out, "--resume", "--steps", "25")
+    assert code == 0, err
+    report = json.loads((out / "metrics.json").read_text())  # the checkpoint's settings, the new step count
+    assert report["steps"] == 25 and report["config"]["sh_degree"] == 0 and report["config"]["max_gaussians"] == 400
+
+
+def test_turntable_orbits_or_sweeps_what_the_cameras_cover():
+    from multiview.camera import Camera
+    from multiview.layouts import intrinsics, look_at, spherical_eye
+    from reconstruct.evaluate import turntable_cameras
+
+    ring = orbit(12, (20.0,), radius=2.5, fov_deg=40.0, width=33, height=32)
+    frames = turntable_cameras(ring, 8)
+    assert np.allclose(frames[0].cam_from_world, ring[0].cam_from_world)
+    assert (frames[0].width, frames[0].height) == (32, 32)  # even for H.264
+    assert np.allclose(frames[2].center, ring[3].center)  # a quarter turn, same height and distance
+    K = intrinsics(40.0, 32, 32)
+    arc = [Camera(K, look_at(spherical_eye(a, 10.0, 3.0)), 32, 32) for a in (100, 80, 90, 110, 120, 70)]
+    azimuths = [math.degrees(math.atan2(c.center[1], c.center[0])) for c in turntable_cameras(arc, 24)]
+    assert azimuths[0] == pytest.approx(100) and min(azimuths) > 69.9 and max(azimuths) < 120.1
+    assert max(azimuths) - min(azimuths) > 45  # sweeps the whole arc
+
+
+@pytest.mark.slow
+def test_video_to_3d_chains_capture_and_train(tmp_path, capsys):
+    """A photo folder through structure from motion and training; a second call reuses the capture."""
+    out = tmp_path / "out"
+    code, err = cli(capsys, "video-to-3d", REPO / "examples" / "sacre_coeur", "--out", out, "--max-size", "400",
+                    "--steps", "20", "--preset", "preview")  # fmt: skip
+    assert code == 0, err
+    assert (out / "capture" / "transforms.json").is_file() and (out / "scene" / "splats.ply").is_file()
+    code, err = cli(capsys, "video-to-3d", REPO / "examples" / "sacre_coeur", "--out", out, "--resume",
+                    "--steps", "25")  # fmt: skip
+    assert code == 0 and "reusing the capture" in err
+    assert json.loads((out / "scene" / "metrics.json").read_text())["steps"] == 25
