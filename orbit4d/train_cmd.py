@@ -24,7 +24,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "SSIM), renders/, turntable.mp4, checkpoint/. Ctrl-C saves a checkpoint; --resume continues from it.",
     )
     p.add_argument("capture", type=Path, help="a capture folder (transforms.json, images/, optional points3D.ply)")
-    p.add_argument("--out", type=Path, required=True, help="scene folder to write")
+    p.add_argument("--out", type=Path, required=True, metavar="SCENE", help="scene folder to write")
     _add_train_options(p)
     p.set_defaults(func=_run_train)
 
@@ -38,9 +38,11 @@ def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
         "DIR/capture is reused unless --overwrite.",
     )
     p.add_argument("input", type=Path, help="a video file (.mp4, .mov, ...) or a folder of images")
-    p.add_argument("--out", type=Path, required=True, help="folder for capture/ and scene/")
-    p.add_argument("--frames", type=int, default=None, help="how many frames to select from a video (default 100)")
-    p.add_argument("--max-size", type=int, default=None, help="longest image side in pixels for SfM (default 1600)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for capture/ and scene/")
+    p.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="how many frames to select from a video (default 100)")
+    p.add_argument("--max-size", type=int, default=None, metavar="PX",
+                   help="longest image side in pixels for SfM (default 1600)")
     _add_train_options(p)
     p.set_defaults(func=_run_video_to_3d)
 
@@ -49,16 +51,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="default: 3DGS's 30k steps, SH degree 3; fast: 7k steps; preview: 2k steps, SH degree 1, "
                    "at most 200k Gaussians (CPU)")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (overrides the preset)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (overrides the preset)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="auto: CUDA (gsplat kernels) when available, else CPU (PyTorch rasterizer)")
-    p.add_argument("--downscale", type=int, default=None, help="divide image width and height by K once at load")
-    p.add_argument("--max-gaussians", type=int, default=None, help="cap on the number of Gaussians")
+    p.add_argument("--downscale", type=int, default=None, metavar="K",
+                   help="divide image width and height by K once at load")
+    p.add_argument("--max-gaussians", type=int, default=None, metavar="N", help="cap on the number of Gaussians")
     p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], default=None, help="highest SH degree of colours")
-    p.add_argument("--background", default=None,
+    p.add_argument("--background", default=None, metavar="COLOR",
                    help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
-    p.add_argument("--lr-scale", type=float, default=None, help="multiply every learning rate (0.5 if it diverges)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--lr-scale", type=float, default=None, metavar="X",
+                   help="multiply every learning rate (0.5 if it diverges)")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the scene's checkpoint (an interrupted run, or a finished one to train further)")
     p.add_argument("--overwrite", action="store_true",

@@ -1,8 +1,10 @@
 """Densification: gsplat's ``DefaultStrategy`` (3DGS's clone / split / prune / opacity reset), scaled to a schedule.
 
 3DGS tunes its schedule for 30,000 steps: refine every 100 steps from step 500 to 15,000, reset opacities every 3,000.
-``default_strategy`` scales those numbers to the run's length, with floors so that short runs still accumulate
-gradients over several steps between refinements.
+``default_strategy`` scales the start, stop and reset steps to the run's length but keeps refining every 100 steps
+down to 3,000-step runs (shorter runs: every steps / 30, at least 10): Gaussians just cloned or split need those steps
+to move before their gradients are judged again; refining every 10 steps in a 3,000-step run (gsplat's
+``steps_scaler`` scales the interval too) grew 1.5k SfM points to 420k Gaussians on 8 photos by step 1,500.
 
 ``Densifier`` wraps the strategy with what gsplat 1.5.3 lacks:
 
@@ -31,7 +33,7 @@ REFERENCE_STEPS = 30_000
 def default_strategy(steps: int, refine_fraction: float = 0.5) -> DefaultStrategy:
     """3DGS's densification schedule scaled from 30,000 steps to ``steps``; refinement stops at ``refine_fraction``."""
     scale = steps / REFERENCE_STEPS
-    refine_every = max(10, round(100 * scale))
+    refine_every = min(100, max(10, round(steps / 30)))
     return DefaultStrategy(
         refine_start_iter=max(refine_every, round(500 * scale)),
         refine_stop_iter=round(refine_fraction * steps),

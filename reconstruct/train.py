@@ -153,7 +153,12 @@ PRESETS: dict[str, dict] = {
     "fast": {"steps": 7_000},  # 3DGS's 7k-step results
     "preview": {"steps": 2_000, "sh_degree": 1, "max_gaussians": 200_000, "turntable_frames": 60},  # CPU previews
 }
-_RUN_CONTROL = ("steps", "device", "backend", "lr_scale", "checkpoint_every", "psnr_samples", "turntable_frames")
+# What a resumed run may change (the rest comes from the checkpoint): what to do when a run diverged or ran out of
+# memory, how long to train, where, and what to measure.
+_RUN_CONTROL = (
+    "steps", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every", "psnr_samples",
+    "turntable_frames",
+)  # fmt: skip
 
 
 def parse_background(text: str) -> torch.Tensor | None:

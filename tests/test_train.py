@@ -36,7 +36,7 @@ SIZE = 32
 # backgrounds, a Gaussian cap, no evaluation extras.
 RESUME_CONFIG = train.TrainConfig(
     steps=60, sh_degree=2, sh_degree_interval=20, random_init_points=300, max_gaussians=450,
-    background="random", checkpoint_every=0, psnr_samples=0, turntable_frames=0,
+    background="random", checkpoint_every=0, psnr_samples=0, turntable_frames=0, device="cpu",
 )  # fmt: skip
 
 
@@ -99,24 +99,10 @@ def assert_same_splats(a: Path, b: Path) -> None:
 
 
 def cli(capsys, *argv) -> tuple[int, str]:
-    """Run ``orbit4d`` in-process; registers train / video-to-3d if cli.py does not hook them in yet."""
-    from orbit4d import cli as cli_module
-    from orbit4d import train_cmd
+    """Run ``orbit4d`` in-process; (exit code, stderr)."""
+    from orbit4d.cli import main
 
-    build = cli_module.build_parser
-
-    def build_with_training():
-        parser = build()
-        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-        if "train" not in sub.choices:
-            train_cmd.add_parsers(sub)
-        return parser
-
-    cli_module.build_parser = build_with_training
-    try:
-        code = cli_module.main([str(a) for a in argv])
-    finally:
-        cli_module.build_parser = build
+    code = main([str(a) for a in argv])
     return code, capsys.readouterr().err
 
 
@@ -132,7 +118,7 @@ def error_line(err: str) -> str:
 def test_trains_a_small_scene_and_psnr_rises(capture, tmp_path):
     config = train.TrainConfig(
         steps=300, sh_degree=1, random_init_points=500, max_gaussians=1000, background="black",
-        checkpoint_every=100, psnr_samples=3, turntable_frames=4,
+        checkpoint_every=100, psnr_samples=3, turntable_frames=4, device="cpu",
     )  # fmt: skip
     out = train.run(config, capture, tmp_path / "scene")
     report = json.loads((out / "metrics.json").read_text())
@@ -167,6 +153,12 @@ def test_masks_and_downscale(tmp_path):
     assert view.image.shape == (SIZE // 2, SIZE // 2, 3) and view.mask.shape == (SIZE // 2, SIZE // 2, 1)
     assert view.camera.width == SIZE // 2 and view.camera.fx == pytest.approx(scene.capture.frames[1].camera.fx / 2)
     assert view.mask.min() == 0 and view.mask.max() == 255
+    masked = [Frame(f.image_path, f.camera, f.image_path.with_name(f"mask_{i}.png"))
+              for i, f in enumerate(scene.capture.frames)]  # fmt: skip
+    for frame in masked:
+        PIL.Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(frame.mask_path)
+    write_transforms(capture / "transforms.json", masked, capture)
+    assert (load_scene(capture, downscale=2).train[0].mask == 255).all()  # mask_path wins over alpha
     config = replace(RESUME_CONFIG, steps=10, downscale=2, background="white")
     report = json.loads((train.run(config, capture, tmp_path / "scene") / "metrics.json").read_text())
     assert report["image_size"] == [SIZE // 2, SIZE // 2]
@@ -254,7 +246,7 @@ def test_nan_stops_with_one_line_and_keeps_earlier_outputs(capture, reference_sc
 
     monkeypatch.setattr(train, "train_step", poisoned_step)
     code, err = cli(capsys, "train", capture, "--out", out, "--steps", "40", "--overwrite",
-                    "--max-gaussians", "450", "--sh-degree", "1")  # fmt: skip
+                    "--max-gaussians", "450", "--sh-degree", "1", "--device", "cpu")  # fmt: skip
     assert code == 1
     line = error_line(err)
     assert "diverged at step 16" in line and "means" in line and "--lr-scale" in line
@@ -318,8 +310,10 @@ def test_default_strategy_runs_on_cpu_with_reset_and_cap():
                     torch.zeros(200), torch.randn(200, 1, 3), torch.zeros(200, 3, 3))  # fmt: skip
     params = splats.parameters()
     optimizers = train.make_optimizers(train.TrainConfig(), params, 1.0)
-    strategy = default_strategy(600)  # refine every 10 steps after step 10 until 300, reset opacities every 100
-    strategy.grow_grad2d = 1e-6  # everything qualifies
+    from gsplat.strategy import DefaultStrategy
+
+    strategy = DefaultStrategy(refine_start_iter=10, refine_stop_iter=300, refine_every=10, reset_every=100,
+                               grow_grad2d=1e-6)  # everything qualifies  # fmt: skip
     densifier = Densifier(strategy, max_gaussians=500)
     densifier.strategy.check_sanity(params, optimizers)
     state = densifier.initialize_state(scene_scale=1.0)
@@ -349,6 +343,8 @@ def test_strategy_schedule_scales_with_steps():
     full = default_strategy(30_000)
     schedule = (full.refine_start_iter, full.refine_stop_iter, full.refine_every, full.reset_every)
     assert schedule == (500, 15_000, 100, 3000)
+    fast = default_strategy(7000)  # start, stop and reset scale; new Gaussians still get 100 steps to settle
+    assert (fast.refine_start_iter, fast.refine_stop_iter, fast.refine_every, fast.reset_every) == (117, 3500, 100, 1000)
     short = default_strategy(300)
     assert short.refine_every == 10 and short.refine_start_iter == 10 and short.refine_stop_iter == 150
     assert short.reset_every == 100
@@ -380,6 +376,9 @@ def test_help_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == ""
+    from orbit4d.train_cmd import PRESET_NAMES
+
+    assert PRESET_NAMES == tuple(train.PRESETS)
 
 
 def test_cli_train_and_resume(capture, tmp_path, capsys):
@@ -419,10 +418,23 @@ def test_video_to_3d_chains_capture_and_train(tmp_path, capsys):
     """A photo folder through structure from motion and training; a second call reuses the capture."""
     out = tmp_path / "out"
     code, err = cli(capsys, "video-to-3d", REPO / "examples" / "sacre_coeur", "--out", out, "--max-size", "400",
-                    "--steps", "20", "--preset", "preview")  # fmt: skip
+                    "--steps", "20", "--preset", "preview", "--device", "cpu")  # fmt: skip
     assert code == 0, err
     assert (out / "capture" / "transforms.json").is_file() and (out / "scene" / "splats.ply").is_file()
     code, err = cli(capsys, "video-to-3d", REPO / "examples" / "sacre_coeur", "--out", out, "--resume",
                     "--steps", "25")  # fmt: skip
     assert code == 0 and "reusing the capture" in err
     assert json.loads((out / "scene" / "metrics.json").read_text())["steps"] == 25
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trains_on_cuda_with_gsplat(capture, tmp_path):
+    """The CUDA path: gsplat's kernels, DefaultStrategy on gsplat's own meta, outputs as on the CPU."""
+    config = train.TrainConfig(steps=300, sh_degree=1, random_init_points=500, background="black", device="cuda",
+                               psnr_samples=3, turntable_frames=4)  # fmt: skip
+    out = train.run(config, capture, tmp_path / "scene")
+    report = json.loads((out / "metrics.json").read_text())
+    curve = [sample["psnr"] for sample in report["psnr_vs_time"]]
+    assert report["device"].startswith("cuda") and curve[-1] > curve[0] + 8.0, curve
+    assert len(read_ply(out / "splats.ply")) == report["num_gaussians"] > 500  # densified
