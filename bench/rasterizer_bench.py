@@ -15,7 +15,6 @@ one camera (f = 1.2 x size), scales 0.002..0.022, so each covers a few to a few 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -25,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reconstruct import _torch_rasterizer as _tr  # noqa: E402
-from reconstruct.rasterize import rasterize  # noqa: E402
+from reconstruct import _torch_rasterizer as _tr
+from reconstruct.rasterize import rasterize
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -35,15 +34,15 @@ def random_scene(num: int, size: int, device: str = "cpu", seed: int = 0) -> dic
     g = torch.Generator().manual_seed(seed)
     means = torch.rand(num, 3, generator=g) * 2 - 1
     means[:, 2] += 3.0
-    scene = dict(
-        means=means,
-        quats=torch.nn.functional.normalize(torch.randn(num, 4, generator=g), dim=-1),
-        scales=torch.rand(num, 3, generator=g) * 0.02 + 0.002,
-        opacities=torch.rand(num, generator=g) * 0.8 + 0.1,
-        colors=torch.rand(num, 3, generator=g),
-        viewmats=torch.eye(4)[None],
-        Ks=torch.tensor([[1.2 * size, 0, (size - 1) / 2], [0, 1.2 * size, (size - 1) / 2], [0, 0, 1]])[None],
-    )
+    scene = {
+        "means": means,
+        "quats": torch.nn.functional.normalize(torch.randn(num, 4, generator=g), dim=-1),
+        "scales": torch.rand(num, 3, generator=g) * 0.02 + 0.002,
+        "opacities": torch.rand(num, generator=g) * 0.8 + 0.1,
+        "colors": torch.rand(num, 3, generator=g),
+        "viewmats": torch.eye(4)[None],
+        "Ks": torch.tensor([[1.2 * size, 0, (size - 1) / 2], [0, 1.2 * size, (size - 1) / 2], [0, 0, 1]])[None],
+    }
     scene = {k: v.to(device) for k, v in scene.items()}
     for k in PARAMS:
         scene[k].requires_grad_(True)
@@ -98,6 +97,16 @@ def baseline_rasterize(scene: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return image.reshape(1, H, W, 3), acc.reshape(1, H, W, 1)
 
 
+def gsplat_direct(scene: dict, packed: bool = False):
+    """``gsplat.rasterization`` called directly, the reference for ``rasterize(backend="gsplat")``'s overhead."""
+    from gsplat import rasterization
+
+    Ks = scene["Ks"].clone()
+    Ks[:, :2, 2] += 0.5
+    return rasterization(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["colors"],
+                         scene["viewmats"], Ks, scene["width"], scene["height"], packed=packed)  # fmt: skip
+
+
 def timed(fn, repeats: int, sync) -> list[float]:
     samples = []
     for _ in range(repeats):
@@ -128,8 +137,8 @@ def measure(methods: dict, scene: dict, repeats: int, sync) -> dict[str, tuple[f
     samples = {name: ([], []) for name in methods}
     for _ in range(repeats):
         for name, fn in methods.items():
-            samples[name][0].extend(timed(lambda: forward(fn), 1, sync))
-            samples[name][1].extend(timed(lambda: forward_backward(fn), 1, sync))
+            samples[name][0].extend(timed(lambda fn=fn: forward(fn), 1, sync))
+            samples[name][1].extend(timed(lambda fn=fn: forward_backward(fn), 1, sync))
     return {name: (statistics.median(f), statistics.median(fb)) for name, (f, fb) in samples.items()}
 
 
@@ -140,6 +149,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--skip-cpu", action="store_true", help="with --device cuda: time the GPU only")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,21 +163,35 @@ def main() -> None:
             with torch.no_grad():
                 meta = rasterize(**scene)[2]
             isects = meta["flatten_ids"].numel()
-            cpu = measure(
-                {"baseline": baseline_rasterize, "torch": lambda s: rasterize(**s, backend="torch")},
-                scene, args.repeats, lambda: None,
-            )  # fmt: skip
-            row = dict(num=num, size=size, isects=isects, cpu=cpu)
+            row = {"num": num, "size": size, "isects": isects}
+            if not args.skip_cpu:
+                row["cpu"] = measure(
+                    {"baseline": baseline_rasterize, "torch": lambda s: rasterize(**s, backend="torch")},
+                    scene, args.repeats, lambda: None,
+                )  # fmt: skip
             if args.device == "cuda":
                 gpu_scene = random_scene(num, size, "cuda")
                 row["cuda"] = measure(
                     {"gsplat": lambda s: rasterize(**s, backend="gsplat"),
+                     "gsplat direct": gsplat_direct,
+                     "gsplat direct packed": lambda s: gsplat_direct(s, packed=True),
                      "torch": lambda s: rasterize(**s, backend="torch")},
                     gpu_scene, max(args.repeats, 10), torch.cuda.synchronize,
                 )  # fmt: skip
             rows.append(row)
             print_row(row)
 
+    print_tables(rows, cpu=not args.skip_cpu, cuda=args.device == "cuda")
+
+
+def print_tables(rows: list[dict], cpu: bool, cuda: bool) -> None:
+    if cpu:
+        print_cpu_table(rows)
+    if cuda:
+        print_cuda_table(rows)
+
+
+def print_cpu_table(rows: list[dict]) -> None:
     print("\n| Gaussians | image | tile pairs | baseline fwd s | baseline fwd+bwd s | torch fwd s | torch fwd+bwd s "
           "| speed-up fwd | speed-up fwd+bwd |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -175,19 +199,28 @@ def main() -> None:
         (bf, bfb), (tf, tfb) = r["cpu"]["baseline"], r["cpu"]["torch"]
         print(f"| {r['num']:,} | {r['size']}×{r['size']} | {r['isects']:,} | {bf:.3f} | {bfb:.3f} | {tf:.3f} | "
               f"{tfb:.3f} | {bf / tf:.1f}× | {bfb / tfb:.1f}× |")
-    if args.device == "cuda":
-        print("\n| Gaussians | image | gsplat fwd ms | gsplat fwd+bwd ms | torch (GPU) fwd ms | torch (GPU) fwd+bwd ms |")
-        print("|---|---|---|---|---|---|")
-        for r in rows:
-            (gf, gfb), (tf, tfb) = r["cuda"]["gsplat"], r["cuda"]["torch"]
-            print(f"| {r['num']:,} | {r['size']}×{r['size']} | {1e3 * gf:.2f} | {1e3 * gfb:.2f} | {1e3 * tf:.2f} | "
-                  f"{1e3 * tfb:.2f} |")
+
+
+def print_cuda_table(rows: list[dict]) -> None:
+    print("\n| Gaussians | image | method | fwd ms | fwd+bwd ms |")
+    print("|---|---|---|---|---|")
+    names = {"gsplat": "rasterize(backend='gsplat')", "gsplat direct": "gsplat.rasterization, packed=False",
+             "gsplat direct packed": "gsplat.rasterization, packed=True", "torch": "rasterize(backend='torch')"}
+    for r in rows:
+        for key, name in names.items():
+            f, fb = r["cuda"][key]
+            print(f"| {r['num']:,} | {r['size']}×{r['size']} | {name} | {1e3 * f:.2f} | {1e3 * fb:.2f} |")
 
 
 def print_row(row: dict) -> None:
-    (bf, bfb), (tf, tfb) = row["cpu"]["baseline"], row["cpu"]["torch"]
-    print(f"{row['num']:>9,} Gaussians {row['size']}²: baseline {bf:.3f} / {bfb:.3f} s, torch {tf:.3f} / {tfb:.3f} s "
-          f"(fwd / fwd+bwd) -> {bf / tf:.1f}× / {bfb / tfb:.1f}×", flush=True)
+    line = f"{row['num']:>9,} Gaussians {row['size']}², {row['isects']:,} tile pairs:"
+    if "cpu" in row:
+        (bf, bfb), (tf, tfb) = row["cpu"]["baseline"], row["cpu"]["torch"]
+        line += (f" CPU baseline {bf:.3f} / {bfb:.3f} s, torch {tf:.3f} / {tfb:.3f} s (fwd / fwd+bwd) -> "
+                 f"{bf / tf:.1f}× / {bfb / tfb:.1f}×")  # fmt: skip
+    if "cuda" in row:
+        line += " CUDA " + ", ".join(f"{k} {1e3 * f:.2f} / {1e3 * fb:.2f} ms" for k, (f, fb) in row["cuda"].items())
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

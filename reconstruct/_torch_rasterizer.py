@@ -21,7 +21,7 @@ MAX_ALPHA = 0.999  # alpha is clamped to this
 TRANSMITTANCE_STOP = 1e-4  # a pixel stops at the first Gaussian that would bring T to this or below (exclusive)
 EPS2D = 0.3  # low-pass dilation added to the projected covariance's diagonal, in pixels^2
 MAX_EXTENT = 3.33  # radius in standard deviations, before the opacity-aware bound
-TILE_SIZE = 16
+TILE_SIZE = 16  # gsplat's tile; the CPU compositor bins with its own (any size gives the same image, see below)
 SH_C0 = 0.2820947917738781
 
 
@@ -191,99 +191,74 @@ class Intersections:
     isect_ids: Tensor  # [M] int64: (camera << (32 + tile bits)) | (tile << 32) | depth bits
     flatten_ids: Tensor  # [M] int32 index into C * N
     isect_offsets: Tensor  # [C, tile_height, tile_width] int32 start of each tile's range
+    tile_size: int
     tile_width: int
     tile_height: int
 
 
 @torch.no_grad()
-def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> Intersections:
+def intersect_tiles(
+    means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int, tile_size: int = TILE_SIZE
+) -> Intersections:
+    """Every (Gaussian, tile) pair whose tile meets the Gaussian's box [mean - radius, mean + radius].
+
+    Outside that box a Gaussian's alpha is below 1/255 (the radius is ceil(extent * sigma) with the opacity-aware
+    extent sqrt(2 log(255 o)), always < 3.33 for o <= 1), so the tile size changes which pairs are tried, not the
+    image: gsplat's 16 px tiles and smaller ones render the same.
+    """
     C, N = radii.shape[:2]
     device = means2d.device
-    tile_width = math.ceil(width / TILE_SIZE)
-    tile_height = math.ceil(height / TILE_SIZE)
-    tmin, tmax = tile_ranges(means2d, radii, tile_width, tile_height)
+    tile_width = math.ceil(width / tile_size)
+    tile_height = math.ceil(height / tile_size)
+    tiles_per_camera = tile_width * tile_height
+    tmin, tmax = tile_ranges(means2d, radii, tile_width, tile_height, tile_size)
     spans = (tmax - tmin).clamp_min(0)
-    counts = spans[..., 0] * spans[..., 1]
-    counts = torch.where((radii > 0).all(-1), counts, 0).reshape(-1)  # [C * N]
+    visible = (radii > 0).all(-1)
+    counts = torch.where(visible, spans[..., 0] * spans[..., 1], 0)  # [C, N]
 
-    flatten_ids = torch.repeat_interleave(torch.arange(C * N, device=device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    local = torch.arange(flatten_ids.numel(), device=device) - starts[flatten_ids]
-    span_x = spans[..., 0].reshape(-1)[flatten_ids]
-    tx = tmin[..., 0].reshape(-1)[flatten_ids] + local % span_x.clamp_min(1)
-    ty = tmin[..., 1].reshape(-1)[flatten_ids] + local // span_x.clamp_min(1)
-    cam = flatten_ids // N
-    tile_bits = (tile_width * tile_height).bit_length()
-    depth_bits = depths.detach().to(torch.float32).reshape(-1)[flatten_ids].view(torch.int32).to(torch.int64)
-    depth_bits &= 0xFFFFFFFF
-    isect_ids = (cam << (32 + tile_bits)) | ((ty * tile_width + tx) << 32) | depth_bits
-    isect_ids, order = torch.sort(isect_ids, stable=True)
-    flatten_ids = flatten_ids[order]
+    # Gaussians in (camera, float32 depth, index) order, gsplat's sort key; a stable sort by tile keeps it.
+    depth32 = depths.detach().to(torch.float32)
+    order = torch.sort(torch.where(visible, depth32, torch.inf), dim=1, stable=True).indices
+    order = (order + N * torch.arange(C, device=device)[:, None]).reshape(-1)
+    n = counts.reshape(-1)[order]
+    # Per Gaussian, repeated once per tile it touches (int32 and few temporaries: these arrays are the big ones).
+    first_tile = tmin[..., 1] * tile_width + tmin[..., 0] + tiles_per_camera * torch.arange(C, device=device)[:, None]
+    repeat = torch.repeat_interleave(torch.arange(order.numel(), device=device, dtype=torch.int32), n)
+    local = torch.arange(repeat.numel(), device=device, dtype=torch.int32)
+    local -= (torch.cumsum(n, 0) - n).to(torch.int32)[repeat]
+    span_x = spans[..., 0].reshape(-1)[order].to(torch.int32).clamp_min_(1)[repeat]
+    row = torch.div(local, span_x, rounding_mode="floor")
+    tile = first_tile.reshape(-1)[order].to(torch.int32)[repeat]
+    tile += local
+    tile += row * (tile_width - span_x)
+    tile, perm = torch.sort(tile, stable=True)
+    flatten_ids = order[repeat[perm]]
 
-    tile_of_isect = isect_ids >> 32  # camera and tile
-    cam_of = tile_of_isect >> tile_bits
-    flat_tile = cam_of * (tile_width * tile_height) + (tile_of_isect & ((1 << tile_bits) - 1))
-    per_tile = torch.bincount(flat_tile, minlength=C * tile_width * tile_height)
+    per_tile = torch.bincount(tile, minlength=C * tiles_per_camera)
     offsets = (torch.cumsum(per_tile, 0) - per_tile).reshape(C, tile_height, tile_width)
+    # gsplat's 64-bit keys: camera | tile | float32 depth bits
+    tile_bits = tiles_per_camera.bit_length()
+    camera = torch.div(tile, tiles_per_camera, rounding_mode="floor")
+    key = ((camera << tile_bits) | (tile - camera * tiles_per_camera)).to(torch.int64) << 32
+    isect_ids = key | (depth32.reshape(-1)[flatten_ids].view(torch.int32).to(torch.int64) & 0xFFFFFFFF)
     return Intersections(
-        tiles_per_gauss=counts.reshape(C, N).to(torch.int32),
+        tiles_per_gauss=counts.to(torch.int32),
         isect_ids=isect_ids,
         flatten_ids=flatten_ids.to(torch.int32),
         isect_offsets=offsets.to(torch.int32),
+        tile_size=tile_size,
         tile_width=tile_width,
         tile_height=tile_height,
     )
 
 
-def tile_ranges(means2d: Tensor, radii: Tensor, tile_width: int, tile_height: int) -> tuple[Tensor, Tensor]:
+def tile_ranges(
+    means2d: Tensor, radii: Tensor, tile_width: int, tile_height: int, tile_size: int
+) -> tuple[Tensor, Tensor]:
     """[C, N, 2] inclusive min and exclusive max tile (x, y) of each Gaussian's box, as gsplat's kernel clamps them."""
-    centre = means2d.detach().to(torch.float32) / TILE_SIZE
-    extent = radii.to(torch.float32) / TILE_SIZE
+    centre = means2d.detach().to(torch.float32) / tile_size
+    extent = radii.to(torch.float32) / tile_size
     limit = torch.tensor([tile_width, tile_height], device=means2d.device)
     tmin = torch.minimum(torch.floor(centre - extent).clamp_min(0).to(torch.int64), limit)
     tmax = torch.minimum(torch.ceil(centre + extent).clamp_min(0).to(torch.int64), limit)
     return tmin, tmax
-
-
-def composite_dense(
-    means2d: Tensor,  # [C, N, 2]
-    conics: Tensor,  # [C, N, 3]
-    colors: Tensor,  # [C, N, 3]
-    opacities: Tensor,  # [N]
-    backgrounds: Tensor | None,  # [C, 3]
-    radii: Tensor,  # [C, N, 2]
-    depths: Tensor,  # [C, N]
-    width: int,
-    height: int,
-) -> tuple[Tensor, Tensor]:
-    """Every Gaussian-pixel pair, front to back, by autograd: simple and slow (small scenes only)."""
-    C = means2d.shape[0]
-    device, dtype = means2d.device, means2d.dtype
-    tile_width, tile_height = math.ceil(width / TILE_SIZE), math.ceil(height / TILE_SIZE)
-    tmin, tmax = tile_ranges(means2d, radii, tile_width, tile_height)
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
-    )
-    pix = torch.stack([xs, ys], -1).reshape(-1, 2)  # [P, 2]
-    pix_tile = pix // TILE_SIZE
-    images, alphas = [], []
-    for cam in range(C):
-        ids = torch.nonzero((radii[cam] > 0).all(-1)).squeeze(1)
-        ids = ids[torch.sort(depths[cam, ids].detach(), stable=True).indices]
-        in_tiles = ((pix_tile[:, None] >= tmin[cam, ids][None]) & (pix_tile[:, None] < tmax[cam, ids][None])).all(-1)
-        d = means2d[cam, ids][None] - (pix[:, None].to(dtype) + 0.5)  # [P, G, 2]
-        cx, cy, cz = conics[cam, ids].unbind(-1)
-        sigma = 0.5 * (cx * d[..., 0] ** 2 + cz * d[..., 1] ** 2) + cy * d[..., 0] * d[..., 1]
-        alpha = torch.clamp_max(opacities[ids] * torch.exp(-sigma), MAX_ALPHA)
-        a = torch.where(in_tiles & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, 0)
-        keep = (a > 0) & (torch.cumprod(1 - a.detach(), dim=1) > TRANSMITTANCE_STOP)
-        a = torch.where(keep, a, 0)
-        trans = torch.cumprod(torch.cat([a.new_ones(a.shape[0], 1), 1 - a], 1), dim=1)
-        weights = a * trans[:, :-1]
-        image = weights @ colors[cam, ids]
-        T_final = trans[:, -1:]
-        if backgrounds is not None:
-            image = image + T_final * backgrounds[cam]
-        images.append(image.reshape(height, width, 3))
-        alphas.append((1 - T_final).reshape(height, width, 1))
-    return torch.stack(images), torch.stack(alphas)

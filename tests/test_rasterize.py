@@ -55,11 +55,11 @@ def make_scene(
     )  # fmt: skip
     f = 0.9 * width
     K = torch.tensor([[f, 0, (width - 1) / 2 + 0.3], [0, 1.1 * f, (height - 1) / 2 - 0.2], [0, 0, 1]])
-    scene = dict(
-        means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
-        viewmats=viewmats, Ks=K[None].repeat(cameras, 1, 1).to(torch.float64), width=width, height=height,
-        sh_degree=sh_degree,
-    )  # fmt: skip
+    scene = {
+        "means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
+        "viewmats": viewmats, "Ks": K[None].repeat(cameras, 1, 1).to(torch.float64), "width": width, "height": height,
+        "sh_degree": sh_degree,
+    }  # fmt: skip
     if backgrounds:
         scene["backgrounds"] = torch.rand(cameras, 3, generator=g, dtype=torch.float64)
     return {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
@@ -70,7 +70,12 @@ def make_scene(
 
 def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense reference built on gsplat's own PyTorch projection and SH twins, with the CUDA kernels' culling."""
-    from gsplat.cuda._torch_impl import _eval_sh_bases_fast, _persp_proj, _quat_scale_to_covar_preci, _world_to_cam
+    from gsplat.cuda._torch_impl import (
+        _eval_sh_bases_fast,
+        _persp_proj,
+        _quat_scale_to_covar_preci,
+        _world_to_cam,
+    )
 
     means, viewmats, W, H = scene["means"], scene["viewmats"], scene["width"], scene["height"]
     Ks = scene["Ks"].clone()
@@ -98,13 +103,20 @@ def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10) -> t
         bases = _eval_sh_bases_fast((d + 1) ** 2, dirs)
         rgb = torch.clamp_min((bases[..., None] * scene["colors"][None, :, : (d + 1) ** 2]).sum(-2) + 0.5, 0)
 
+    return reference_composite(means2d, conic, opac.expand(len(viewmats), -1), rgb, scene.get("backgrounds"),
+                               visible, radii, z, W, H)  # fmt: skip
+
+
+def reference_composite(means2d, conics, opacities, rgb, backgrounds, visible, radii, depths, W, H):
+    """Every pair of a visible Gaussian (depth order, gsplat's 16 px tiles) and a pixel, composited front to back."""
     tiles_w, tiles_h = math.ceil(W / 16), math.ceil(H / 16)
     ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
     pix = torch.stack([xs, ys], -1).reshape(-1, 2)
+    m = means2d.detach()
     images, alphas = [], []
-    for c in range(len(viewmats)):
+    for c in range(len(means2d)):
         ids = torch.nonzero(visible[c]).squeeze(1)
-        ids = ids[torch.sort(z[c, ids].float(), stable=True).indices]  # gsplat sorts float32 depths
+        ids = ids[torch.sort(depths[c, ids].float(), stable=True).indices]  # gsplat sorts float32 depths
         tmin = torch.floor(m[c, ids] / 16 - radii[c, ids] / 16).clamp_min(0)
         tmax = torch.ceil(m[c, ids] / 16 + radii[c, ids] / 16).clamp_min(0)
         tmin = torch.minimum(tmin, torch.tensor([tiles_w, tiles_h]))
@@ -112,18 +124,43 @@ def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10) -> t
         tile = (pix // 16)[:, None]
         in_tile = ((tile >= tmin[None]) & (tile < tmax[None])).all(-1)  # [P, G]
         delta = means2d[c, ids][None] - (pix[:, None] + 0.5)
-        q = conic[c, ids]
+        q = conics[c, ids]
         sigma = 0.5 * (q[:, 0] * delta[..., 0] ** 2 + q[:, 2] * delta[..., 1] ** 2) + q[:, 1] * delta[..., 0] * delta[..., 1]
-        alpha = torch.clamp_max(opac[ids] * torch.exp(-sigma), 0.999)
+        alpha = torch.clamp_max(opacities[c, ids] * torch.exp(-sigma), 0.999)
         a = torch.where(in_tile & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD), alpha, 0)
         a = torch.where(torch.cumprod(1 - a.detach(), 1) > 1e-4, a, 0)  # stop before T <= 1e-4
         T = torch.cumprod(torch.cat([a.new_ones(a.shape[0], 1), 1 - a], 1), 1)
         img = (a * T[:, :-1]) @ rgb[c, ids]
-        if scene.get("backgrounds") is not None:
-            img = img + T[:, -1:] * scene["backgrounds"][c]
+        if backgrounds is not None:
+            img = img + T[:, -1:] * backgrounds[c]
         images.append(img.reshape(H, W, 3))
         alphas.append((1 - T[:, -1]).reshape(H, W, 1))
     return torch.stack(images), torch.stack(alphas)
+
+
+def projected_2d_scene(num: int = 40, W: int = 20, H: int = 12, seed: int = 0) -> dict:
+    """Float64 screen-space Gaussians (as after projection) with their tile lists, for the compositor alone."""
+    from reconstruct import _tile_compositor, _torch_rasterizer
+
+    g = torch.Generator().manual_seed(seed)
+    C = 2
+    means2d = torch.rand(C, num, 2, generator=g, dtype=torch.float64) * torch.tensor([W + 6.0, H + 6.0]) - 3
+    L = torch.randn(C, num, 2, 2, generator=g, dtype=torch.float64) * 1.5
+    cov = L @ L.transpose(-1, -2) + 0.3 * torch.eye(2, dtype=torch.float64)
+    inv = torch.linalg.inv(cov)
+    conics = torch.stack([inv[..., 0, 0], inv[..., 0, 1], inv[..., 1, 1]], -1)
+    opacities = torch.rand(C, num, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    extent = torch.sqrt(2 * torch.log(opacities / ALPHA_THRESHOLD)).clamp_max(3.33)
+    radii = torch.ceil(extent[..., None] * torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1)))
+    visible = (means2d + radii > 0).all(-1) & (means2d[..., 0] - radii[..., 0] < W) & (means2d[..., 1] - radii[..., 1] < H)
+    radii = (radii * visible[..., None]).int()
+    depths = torch.rand(C, num, generator=g, dtype=torch.float64) + 1
+    isect = _torch_rasterizer.intersect_tiles(means2d, radii, depths, W, H, _tile_compositor.TILE_SIZE)
+    return {
+        "means2d": means2d, "conics": conics, "opacities": opacities, "rgb": torch.rand(C, num, 3, generator=g, dtype=torch.float64),
+        "backgrounds": torch.rand(C, 3, generator=g, dtype=torch.float64), "visible": visible, "radii": radii,
+        "depths": depths, "isect": isect, "W": W, "H": H,
+    }  # fmt: skip
 
 
 def call(scene: dict, **kwargs):
@@ -186,6 +223,45 @@ def test_matches_dense_reference_float32():
         assert_close_and_finite(grads[name].double(), ref, 2e-3 * scale, 1e-2, f"d/d{name}")
 
 
+def test_compositor_gradcheck_float64():
+    from reconstruct._tile_compositor import composite
+
+    sc = projected_2d_scene(num=12, W=12, H=9, seed=11)
+    inputs = [sc[k].clone().requires_grad_(True) for k in ("means2d", "conics", "rgb", "opacities", "backgrounds")]
+
+    def fn(means2d, conics, rgb, opacities, backgrounds):
+        return composite(means2d, conics, rgb, opacities, backgrounds, sc["isect"], sc["W"], sc["H"])
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-7, atol=1e-7, rtol=1e-5)
+
+
+def test_compositor_matches_reference_and_absgrad():
+    """Screen-space inputs against the every-pair reference; ``absgrad`` against per-pixel reference Jacobians."""
+    from reconstruct._tile_compositor import composite
+
+    sc = projected_2d_scene(num=60, W=20, H=12, seed=12)
+    names = ("means2d", "conics", "rgb", "opacities", "backgrounds")
+    ours = {k: sc[k].clone().requires_grad_(True) for k in names}
+    ref = {k: sc[k].clone().requires_grad_(True) for k in names}
+    img, alpha = composite(ours["means2d"], ours["conics"], ours["rgb"], ours["opacities"], ours["backgrounds"],
+                           sc["isect"], sc["W"], sc["H"], absgrad=True)  # fmt: skip
+    ref_img, ref_alpha = reference_composite(ref["means2d"], ref["conics"], ref["opacities"], ref["rgb"],
+                                             ref["backgrounds"], sc["visible"], sc["radii"], sc["depths"], sc["W"],
+                                             sc["H"])  # fmt: skip
+    torch.testing.assert_close(img, ref_img, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-12, rtol=1e-10)
+    w_img, w_alpha = torch.randn_like(img), torch.randn_like(alpha)
+    ((img * w_img).sum() + (alpha * w_alpha).sum()).backward()
+    per_pixel = torch.cat([(ref_img * w_img).sum(-1, keepdim=True) + ref_alpha * w_alpha], -1).reshape(-1)
+    eye = torch.eye(per_pixel.numel(), dtype=per_pixel.dtype)
+    (jac,) = torch.autograd.grad(per_pixel, ref["means2d"], eye, retain_graph=True, is_grads_batched=True)
+    torch.testing.assert_close(ours["means2d"].grad, jac.sum(0), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(ours["means2d"].absgrad, jac.abs().sum(0), atol=1e-10, rtol=1e-9)
+    per_pixel.sum().backward()
+    for k in names:
+        torch.testing.assert_close(ours[k].grad, ref[k].grad, atol=1e-10, rtol=1e-9)
+
+
 # --- meta works with gsplat's DefaultStrategy ------------------------------------------------------------------
 
 
@@ -199,7 +275,7 @@ def test_meta_drives_gsplat_default_strategy():
     strategy.check_sanity(params, optimizers)
     state = strategy.initialize_state(scene_scale=1.0)
     for step in range(2):
-        img, alpha, meta = rasterize(
+        img, _, meta = rasterize(
             params["means"], params["quats"], params["scales"], params["opacities"], params["colors"],
             scene["viewmats"], scene["Ks"], scene["width"], scene["height"], backgrounds=scene["backgrounds"],
         )  # fmt: skip
@@ -214,6 +290,24 @@ def test_meta_drives_gsplat_default_strategy():
     torch.testing.assert_close(state["count"], 2 * visible.float())
     assert torch.isfinite(state["grad2d"]).all() and (state["grad2d"] > 0).any()
     assert (state["grad2d"][visible == 0] == 0).all()
+
+
+def test_meta_drives_gsplat_default_strategy_with_absgrad():
+    from gsplat.strategy import DefaultStrategy
+
+    scene = make_scene(num=80, seed=13, dtype=torch.float32)
+    params = torch.nn.ParameterDict({k: torch.nn.Parameter(scene[k].clone()) for k in GAUSSIAN_PARAMS})
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    states = {}
+    for absgrad in (False, True):
+        strategy = DefaultStrategy(refine_start_iter=1000, absgrad=absgrad, verbose=False)
+        state = strategy.initialize_state()
+        img, _, meta = rasterize(**{**scene, **params}, absgrad=absgrad)
+        strategy.step_pre_backward(params, optimizers, state, 0, meta)
+        img.mean().backward()
+        strategy.step_post_backward(params, optimizers, state, 0, meta, packed=False)
+        states[absgrad] = state["grad2d"]
+    assert (states[True] >= states[False] * (1 - 1e-5)).all() and (states[True] > states[False]).any()
 
 
 # --- edge cases ------------------------------------------------------------------------------------------------
@@ -247,6 +341,7 @@ def test_non_square_image_and_float32():
     ref_img, ref_alpha = reference_rasterize({k: v.double() if isinstance(v, torch.Tensor) else v
                                               for k, v in scene.items()})  # fmt: skip
     torch.testing.assert_close(img.double(), ref_img, atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(alpha.double(), ref_alpha, atol=2e-4, rtol=1e-3)
 
 
 def test_near_far_planes_cull_by_depth():
@@ -261,19 +356,19 @@ def test_near_far_planes_cull_by_depth():
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(means=torch.zeros(5, 2)), r"means must have shape \[N, 3\]"),
-        (dict(quats=torch.zeros(4, 4)), r"quats must have shape \[5, 4\]"),
-        (dict(colors=torch.zeros(5, 3, 3)), r"colors must have shape \[N, 3\]"),
-        (dict(colors=torch.zeros(5, 3, 3), sh_degree=1), r"K >= \(sh_degree \+ 1\)\^2 = 4"),
-        (dict(viewmats=torch.zeros(2, 3, 4)), r"viewmats must have shape \[C, 4, 4\]"),
-        (dict(Ks=torch.zeros(1, 3, 3)), r"Ks must have shape \[2, 3, 3\]"),
-        (dict(backgrounds=torch.zeros(2, 4)), r"backgrounds must have shape \[2, 3\]"),
-        (dict(width=0), "width must be a positive int"),
-        (dict(near_plane=0.0), "0 < near_plane < far_plane"),
-        (dict(backend="cuda"), "backend must be one of"),
-        (dict(means=torch.full((5, 3), float("nan"))), "means has NaN or Inf"),
-        (dict(scales=torch.ones(5, 3, dtype=torch.float64)), "share one floating dtype"),
-        (dict(backend="gsplat"), "gsplat needs CUDA; use backend='torch'"),
+        ({"means": torch.zeros(5, 2)}, r"means must have shape \[N, 3\]"),
+        ({"quats": torch.zeros(4, 4)}, r"quats must have shape \[5, 4\]"),
+        ({"colors": torch.zeros(5, 3, 3)}, r"colors must have shape \[N, 3\]"),
+        ({"colors": torch.zeros(5, 3, 3), "sh_degree": 1}, r"K >= \(sh_degree \+ 1\)\^2 = 4"),
+        ({"viewmats": torch.zeros(2, 3, 4)}, r"viewmats must have shape \[C, 4, 4\]"),
+        ({"Ks": torch.zeros(1, 3, 3)}, r"Ks must have shape \[2, 3, 3\]"),
+        ({"backgrounds": torch.zeros(2, 4)}, r"backgrounds must have shape \[2, 3\]"),
+        ({"width": 0}, "width must be a positive int"),
+        ({"near_plane": 0.0}, "0 < near_plane < far_plane"),
+        ({"backend": "cuda"}, "backend must be one of"),
+        ({"means": torch.full((5, 3), float("nan"))}, "means has NaN or Inf"),
+        ({"scales": torch.ones(5, 3, dtype=torch.float64)}, "share one floating dtype"),
+        ({"backend": "gsplat"}, "gsplat needs CUDA; use backend='torch'"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, match):
@@ -281,3 +376,51 @@ def test_bad_inputs_raise_clear_errors(change, match):
     scene.update(change)
     with pytest.raises(ValueError, match=match):
         call(scene)
+
+
+# --- CUDA: the PyTorch backend against gsplat's kernels --------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat's kernels)")
+@pytest.mark.parametrize(
+    "num, width, height, sh_degree",
+    [(1000, 64, 48, None), (5000, 128, 96, 3), (10000, 256, 256, 1), (10000, 200, 120, None)],
+)
+def test_torch_backend_matches_gsplat_on_cuda(num, width, height, sh_degree):
+    scene = make_scene(num=num, width=width, height=height, sh_degree=sh_degree, seed=num, dtype=torch.float32,
+                       scale=(0.005, 0.05))  # fmt: skip
+    scene = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
+    weights = (torch.rand(2, height, width, 3, device="cuda"), torch.rand(2, height, width, 1, device="cuda"))
+    out = {}
+    for backend in ("gsplat", "torch"):
+        s = leaf_scene(scene)
+        img, alpha, meta = rasterize(**s, backend=backend)
+        ((img * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
+        out[backend] = (img.detach(), alpha.detach(), meta,
+                        {k: s[k].grad for k in GAUSSIAN_PARAMS + ("backgrounds", "viewmats")})  # fmt: skip
+    (g_img, g_alpha, g_meta, g_grads), (t_img, t_alpha, t_meta, t_grads) = out["gsplat"], out["torch"]
+    same_radii = (g_meta["radii"] == t_meta["radii"]).all(-1).float().mean().item()
+    report = [f"radii equal for {100 * same_radii:.3f}% of Gaussian views"]
+    for name, a, b in [("image", t_img, g_img), ("alpha", t_alpha, g_alpha)] + [
+        (f"d/d{k}", t_grads[k], g_grads[k]) for k in g_grads
+    ]:
+        assert torch.isfinite(a).all(), f"{name} has NaN/Inf"
+        diff = (a - b).abs()
+        scale = b.abs().max().item()
+        report.append(f"{name}: max |diff| {diff.max().item():.2e}, mean {diff.mean().item():.2e}, max |gsplat| {scale:.2e}")
+        assert diff.max().item() <= 2e-3 * max(scale, 1.0), report[-1]
+        assert diff.mean().item() <= 1e-4 * max(scale, 1.0), report[-1]
+    print("\n".join(report))
+    assert same_radii > 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat's kernels)")
+@pytest.mark.parametrize("backend", ["gsplat", "torch"])
+def test_non_finite_inputs_raise_on_cuda(backend):
+    scene = make_scene(num=50, seed=14, dtype=torch.float32)
+    scene = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
+    scene["scales"][3, 1] = float("inf")
+    with pytest.raises(ValueError, match="scales has NaN or Inf"):
+        rasterize(**scene, backend=backend)
