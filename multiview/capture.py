@@ -433,8 +433,7 @@ def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         data = path.read_bytes()
     except OSError as error:
         raise InputError(f"{path} is not readable ({error.strerror}): check the path") from None
-    fmt, elements, body_start = _parse_ply_header(data, path)
-    vertices = _read_ply_vertices(data[body_start:], fmt, elements, path)
+    vertices = ply_vertices(data, path)
     names = vertices.dtype.names
     if not {"x", "y", "z"} <= set(names):
         raise InputError(f"{path} has no x, y, z vertex properties: not a point cloud")
@@ -447,6 +446,15 @@ def read_points_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if rgb.dtype.kind == "f":  # some writers store colours as floats in [0, 1]
         rgb = np.round(np.clip(rgb, 0.0, 1.0) * 255.0)
     return xyz, rgb.astype(np.uint8)
+
+
+def ply_vertices(data: bytes, path: Path) -> np.ndarray:
+    """The vertex element of a PLY file's bytes (binary or ASCII) as a structured array.
+
+    A malformed header, unknown property types, repeated names or a truncated body raise InputError naming ``path``.
+    """
+    fmt, elements, body_start = _parse_ply_header(data, path)
+    return _read_ply_vertices(data[body_start:], fmt, elements, path)
 
 
 def _parse_ply_header(data: bytes, path: Path) -> tuple[str, list[tuple[str, int, list]], int]:
@@ -489,7 +497,10 @@ def _read_ply_vertices(body: bytes, fmt: str, elements: list, path: Path) -> np.
     if fmt == "ascii":
         return _read_ply_ascii(body, sum(c for _, c, _ in before), count, properties, path)
     order = "<" if fmt == "binary_little_endian" else ">"
-    dtype = np.dtype([(name, order + kind) for name, kind in properties])
+    try:
+        dtype = np.dtype([(name, order + kind) for name, kind in properties])
+    except ValueError:
+        raise InputError(f"{path}: repeated PLY property names: the file is corrupt") from None
     offset = sum(c * np.dtype([(n, order + k) for n, k in props]).itemsize for _, c, props in before)
     if len(body) < offset + count * dtype.itemsize:
         raise InputError(f"{path} is truncated: its header promises {count} vertices: re-export the file")

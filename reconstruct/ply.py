@@ -23,14 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multiview.capture import ply_vertices
 from multiview.errors import InputError
 from reconstruct.splats import SH_C0, Splats, num_sh_bases
 
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-}  # fmt: skip
 SPLAT_RECORD = np.dtype([("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
 
 
@@ -81,7 +77,7 @@ def read_ply(path: Path) -> Splats:
         data = path.read_bytes()
     except OSError as error:
         raise InputError(f"{path} is not readable ({error.strerror}): check its permissions") from None
-    vertices = _read_vertex_element(data, path)
+    vertices = ply_vertices(data, path)
     names = set(vertices.dtype.names)
     rest = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n[7:]) if n[7:].isdigit() else -1)
     bases = len(rest) // 3 + 1
@@ -110,43 +106,6 @@ def read_ply(path: Path) -> Splats:
     if not all(torch.isfinite(t).all() for t in splats.tensors().values()):
         raise InputError(f"{path} has non-finite splat values (NaN or Inf): the file is corrupt; re-export it")
     return splats
-
-
-def _read_vertex_element(data: bytes, path: Path) -> np.ndarray:
-    """The ``vertex`` element of a binary PLY as a structured array (the first element with fixed-size records)."""
-    end = data.find(b"end_header")
-    newline = data.find(b"\n", end)
-    if not data.startswith(b"ply") or end < 0 or newline < 0:
-        raise InputError(f"{path} is not a PLY file (no 'ply' ... 'end_header' header): check the file")
-    fmt, elements = None, []
-    for line in data[:end].decode("ascii", errors="replace").splitlines()[1:]:
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format" and len(words) >= 2:
-            fmt = words[1]
-        elif words[0] == "element" and len(words) == 3 and words[2].isdigit():
-            elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property" and elements and len(words) == 3 and words[1] in _PLY_TYPES:
-            elements[-1][2].append((words[2], _PLY_TYPES[words[1]]))
-        else:
-            raise InputError(f"{path}: unsupported or malformed PLY header line {line.strip()!r}: "
-                             "expected a binary 3DGS splat file")
-    if fmt not in ("binary_little_endian", "binary_big_endian"):
-        raise InputError(f"{path}: PLY format {fmt!r} is not supported: save the splats as binary PLY")
-    if not elements or elements[0][0] != "vertex":
-        raise InputError(f"{path} has no vertex element first: not a 3DGS splat file")
-    _, count, properties = elements[0]
-    order = "<" if fmt == "binary_little_endian" else ">"
-    try:
-        dtype = np.dtype([(name, order + kind) for name, kind in properties])
-    except ValueError:
-        raise InputError(f"{path}: repeated PLY property names: the file is corrupt") from None
-    body = data[newline + 1 :]
-    if len(body) < count * dtype.itemsize:
-        raise InputError(f"{path} is truncated: its header promises {count} splats of {dtype.itemsize} bytes, "
-                         f"the file holds {len(body)} bytes of data; re-export or re-train it")
-    return np.frombuffer(body, dtype=dtype, count=count)
 
 
 def splat_bytes(splats: Splats) -> bytes:
