@@ -6,6 +6,7 @@ beside ``out_dir`` and renamed into place at the end, so an existing capture is 
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -130,12 +131,35 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     console.print(table)
 
 
-def run_import(src: Path, out_dir: Path, overwrite: bool = False) -> Path:
-    """Convert an existing capture (COLMAP, nerfstudio / instant-ngp, LLFF) into ``out_dir``."""
+def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: bool = False,
+               verbose: bool = False) -> Path:  # fmt: skip
+    """Convert an existing capture (COLMAP, nerfstudio / instant-ngp, LLFF) into ``out_dir``.
+
+    ``triangulate``: when the source has no points, triangulate them from its known cameras (``multiview.triangulate``).
+    """
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src} does not exist: give a COLMAP model folder, a transforms.json or an LLFF folder")
     with staged_dir(out_dir, overwrite) as stage:
         importers.import_capture(src, stage)
+        if triangulate:
+            add_points(stage, verbose)
     info(f"Imported {src} → {out_dir}")
     return Path(out_dir)
+
+
+def add_points(capture_dir: Path, verbose: bool = False) -> None:
+    """Triangulate points3D.ply for a capture that has none, recording how in its report.json."""
+    from multiview.triangulate import triangulate_capture
+
+    scene = capture.read_capture(capture_dir)
+    if scene.points is not None and len(scene.points):
+        info(f"{capture_dir} already has {len(scene.points):,} points: not triangulating")
+        return
+    work = Path(capture_dir) / ".triangulation"
+    result = triangulate_capture(scene, work, verbose=verbose)
+    shutil.rmtree(work, ignore_errors=True)
+    capture.write_capture(capture.Capture(scene.root, scene.frames, result.xyz, result.rgb))
+    report_path = Path(capture_dir) / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    write_json(report_path, {**report, "triangulation": result.summary()})

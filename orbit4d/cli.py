@@ -56,6 +56,9 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="a COLMAP project or model folder, a transforms.json (or its folder), "
                    "or a folder with poses_bounds.npy")
+    p.add_argument("--triangulate", action="store_true",
+                   help="when the source has no sparse points (instant-ngp, LLFF), triangulate them from its known "
+                   "cameras with COLMAP (better splat initialisation; about a minute per 50 photos)")
     _add_common(p)
     p.set_defaults(func=_run_import)
 
@@ -130,7 +133,8 @@ def _run_capture(args: argparse.Namespace) -> int:
 def _run_import(args: argparse.Namespace) -> int:
     from multiview import process
 
-    process.run_import(args.src, args.out, overwrite=args.overwrite)
+    process.run_import(args.src, args.out, overwrite=args.overwrite, triangulate=args.triangulate,
+                       verbose=args.debug)
     return 0
 
 

@@ -56,6 +56,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="auto: CUDA (gsplat kernels) when available, else CPU (PyTorch rasterizer)")
     p.add_argument("--downscale", type=int, default=None, metavar="K",
                    help="divide image width and height by K once at load")
+    p.add_argument("--strategy", choices=["default", "mcmc"], default=None,
+                   help="default: 3DGS's clone / split / prune; mcmc: 3DGS-MCMC relocation within a fixed budget "
+                   "(--max-gaussians, 1M when unset)")
     p.add_argument("--max-gaussians", type=int, default=None, metavar="N", help="cap on the number of Gaussians")
     p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], default=None, help="highest SH degree of colours")
     p.add_argument("--background", default=None, metavar="COLOR",
@@ -75,6 +78,7 @@ _OPTION_FIELDS = {
     "device": "device",
     "downscale": "downscale",
     "max_gaussians": "max_gaussians",
+    "strategy": "strategy",
     "sh_degree": "sh_degree",
     "background": "background",
     "lr_scale": "lr_scale",

@@ -15,6 +15,11 @@ to move before their gradients are judged again; refining every 10 steps in a 3,
 - a cap on the number of Gaussians: after each refinement, the least opaque Gaussians beyond ``max_gaussians`` are
   removed (``ops.remove``, which keeps optimizer state aligned).
 
+``Relocator`` is the other strategy, 3DGS-MCMC (Kheradmand et al. 2024, gsplat's ``MCMCStrategy``): a fixed budget
+of Gaussians, dead ones (opacity below 0.005) teleported onto live ones sampled by opacity, 5% more each refinement
+up to the cap, and noise on the positions of transparent Gaussians. gsplat's version calls two CUDA kernels (the
+relocation formula and the covariance for the noise); here both are PyTorch, so it trains on the CPU too.
+
 All parameter surgery goes through ``gsplat.strategy.ops``, which runs on CPU tensors.
 """
 
@@ -25,7 +30,10 @@ from typing import Any
 
 import torch
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import remove, reset_opa
+from gsplat.strategy.ops import _update_param_with_optimizer, remove, reset_opa
+from torch import Tensor
+
+from reconstruct._torch_rasterizer import quat_to_rotmat
 
 REFERENCE_STEPS = 30_000
 
@@ -70,3 +78,134 @@ class Densifier:
             drop = torch.zeros(len(params["means"]), dtype=torch.bool, device=params["means"].device)
             drop[weakest] = True
             remove(params=params, optimizers=optimizers, state=state, mask=drop)
+
+
+# --- 3DGS-MCMC ---------------------------------------------------------------------------------------------------
+
+MAX_COPIES = 51  # gsplat's n_max: a Gaussian sampled more often than this is split as if 51 times
+
+
+def relocation(opacities: Tensor, scales: Tensor, copies: Tensor) -> tuple[Tensor, Tensor]:
+    """Opacity and scales of each of ``copies`` Gaussians that together replace one (3DGS-MCMC, eq. 9).
+
+    The copies sit where the original was; their composite opacity equals the original's at the centre,
+    ``1 - (1 - o')^N = o``, and their composite alpha integrates to the original's along any line through it:
+    ``s' = o s / sum_j C(N, j) (-1)^(j-1) o'^j / sqrt(j)``. Float64 inside (the alternating sum cancels).
+    ``opacities`` [N] in (0, 1), ``scales`` [N, 3] (not log), ``copies`` [N] integers >= 1 (clamped to 51).
+    """
+    n = copies.clamp(1, MAX_COPIES).to(torch.float64)
+    o = opacities.to(torch.float64)
+    new_o = 1.0 - (1.0 - o) ** (1.0 / n)
+    j = torch.arange(1, MAX_COPIES + 1, dtype=torch.float64, device=o.device)
+    log_binom = torch.lgamma(n[:, None] + 1) - torch.lgamma(j + 1) - torch.lgamma(n[:, None] - j + 1)
+    terms = torch.where(j <= n[:, None], torch.exp(log_binom) * (-1) ** (j - 1) / j.sqrt() * new_o[:, None] ** j, 0.0)
+    new_scales = (o / terms.sum(dim=1))[:, None] * scales.to(torch.float64)
+    return new_o.to(opacities.dtype), new_scales.to(scales.dtype)
+
+
+@dataclass
+class Relocator:
+    """3DGS-MCMC's strategy (gsplat's ``MCMCStrategy``) with PyTorch relocation and noise; see the module docstring.
+
+    Same hooks as ``Densifier``. Steps follow ``default_strategy``'s scaling: refine every 100 steps from 500 to
+    25,000 of 30,000.
+    """
+
+    cap_max: int = 1_000_000
+    noise_lr: float = 5e5
+    refine_start_iter: int = 500
+    refine_stop_iter: int = 25_000
+    refine_every: int = 100
+    min_opacity: float = 0.005
+    growth: float = 0.05
+
+    @classmethod
+    def for_steps(cls, steps: int, cap_max: int) -> Relocator:
+        """MCMC's 30k-step schedule scaled to ``steps`` (refinement interval as ``default_strategy``)."""
+        scale = steps / REFERENCE_STEPS
+        every = min(100, max(10, round(steps / 30)))
+        return cls(cap_max=cap_max, refine_start_iter=max(every, round(500 * scale)),
+                   refine_stop_iter=round(25_000 * scale), refine_every=every)  # fmt: skip
+
+    def initialize_state(self, scene_scale: float) -> dict[str, Any]:
+        return {"scene_scale": scene_scale}
+
+    def step_pre_backward(self, params, optimizers, state, step: int, info: dict) -> None:
+        pass
+
+    @torch.no_grad()
+    def step_post_backward(self, params, optimizers, state, step: int, info: dict) -> None:
+        """Relocate dead Gaussians and grow on schedule; then perturb positions (scaled by the means' learning rate)."""
+        if self.refine_start_iter < step < self.refine_stop_iter and step % self.refine_every == 0:
+            self.relocate(params, optimizers)
+            self.grow(params, optimizers)
+        self.add_noise(params, optimizers["means"].param_groups[0]["lr"] * self.noise_lr)
+
+    @torch.no_grad()
+    def relocate(self, params, optimizers) -> int:
+        """Move every Gaussian at most ``min_opacity`` opaque onto a live one drawn by opacity; returns how many."""
+        opacities = torch.sigmoid(params["opacities"])
+        dead = opacities <= self.min_opacity
+        dead_idx, alive_idx = dead.nonzero()[:, 0], (~dead).nonzero()[:, 0]
+        if len(dead_idx) == 0 or len(alive_idx) == 0:
+            return 0
+        sources = alive_idx[torch.multinomial(opacities[alive_idx], len(dead_idx), replacement=True)]
+        new_o, new_scales = self._split(params, opacities, sources)
+
+        def param_fn(name: str, p: Tensor) -> Tensor:
+            if name == "opacities":
+                p[sources] = torch.logit(new_o)
+            elif name == "scales":
+                p[sources] = torch.log(new_scales)
+            p[dead_idx] = p[sources]
+            return torch.nn.Parameter(p, requires_grad=p.requires_grad)
+
+        def optimizer_fn(key: str, v: Tensor) -> Tensor:
+            v[sources] = 0
+            v[dead_idx] = 0
+            return v
+
+        _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
+        return len(dead_idx)
+
+    @torch.no_grad()
+    def grow(self, params, optimizers) -> int:
+        """Add ``growth`` more Gaussians (up to ``cap_max``), each a copy of one drawn by opacity; returns how many."""
+        count = len(params["means"])
+        n = max(0, min(self.cap_max, int((1 + self.growth) * count)) - count)
+        if n == 0:
+            return 0
+        opacities = torch.sigmoid(params["opacities"])
+        sources = torch.multinomial(opacities, n, replacement=True)
+        new_o, new_scales = self._split(params, opacities, sources)
+
+        def param_fn(name: str, p: Tensor) -> Tensor:
+            if name == "opacities":
+                p[sources] = torch.logit(new_o)
+            elif name == "scales":
+                p[sources] = torch.log(new_scales)
+            return torch.nn.Parameter(torch.cat([p, p[sources]]), requires_grad=p.requires_grad)
+
+        def optimizer_fn(key: str, v: Tensor) -> Tensor:
+            return torch.cat([v, torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=v.device)])
+
+        _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
+        return n
+
+    def _split(self, params, opacities: Tensor, sources: Tensor) -> tuple[Tensor, Tensor]:
+        """Opacity and scales of each source, shared with the copies drawn from it."""
+        copies = torch.bincount(sources, minlength=len(opacities))[sources] + 1
+        new_o, new_scales = relocation(opacities[sources], torch.exp(params["scales"][sources]), copies)
+        eps = torch.finfo(torch.float32).eps
+        return new_o.clamp(self.min_opacity, 1.0 - eps), new_scales
+
+    @torch.no_grad()
+    def add_noise(self, params, scale: float) -> None:
+        """Move near-transparent Gaussians by noise shaped by their covariance (opaque ones barely move)."""
+        opacities = torch.sigmoid(params["opacities"])
+        gate = torch.sigmoid(100.0 * ((1.0 - opacities) - 0.995))
+        R = quat_to_rotmat(params["quats"])
+        M = R * torch.exp(params["scales"])[:, None, :]
+        covariances = M @ M.transpose(-1, -2)
+        noise = torch.randn_like(params["means"]) * (gate * scale)[:, None]
+        params["means"].add_(torch.einsum("nij,nj->ni", covariances, noise))

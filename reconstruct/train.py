@@ -55,7 +55,7 @@ from reconstruct.evaluate import (
 )
 from reconstruct.ply import write_ply, write_splat
 from reconstruct.splats import Splats, camera_extent, random_splats, splats_from_points, view_volume
-from reconstruct.strategy import Densifier, default_strategy
+from reconstruct.strategy import Densifier, Relocator, default_strategy
 
 MAX_SAMPLE_VIEWS = 8  # held-out views rendered for each PSNR-vs-time sample
 
@@ -97,7 +97,14 @@ class TrainConfig:
     random_init_points: int = 100_000
     """Gaussians of the random initialisation, used when the capture has no points3D.ply."""
     densify: bool = True
-    """Clone, split and prune Gaussians with gsplat's DefaultStrategy on a schedule scaled to ``steps``."""
+    """Change the set of Gaussians during training with ``strategy`` (False: keep the initial ones)."""
+    strategy: str = "default"
+    """default: 3DGS's clone / split / prune (gsplat's DefaultStrategy); mcmc: 3DGS-MCMC's relocation up to
+    ``max_gaussians`` (1M when unset), with opacity and scale regularisers."""
+    opacity_reg: float | None = None
+    """Weight of the mean opacity in the loss; None: 0.01 with mcmc (3DGS-MCMC), 0 with default."""
+    scale_reg: float | None = None
+    """Weight of the mean scale in the loss; None: 0.01 with mcmc (3DGS-MCMC), 0 with default."""
     grow_grad2d: float = 2e-4
     """Mean screen-space gradient above which a Gaussian is cloned or split (3DGS: 0.0002)."""
     max_gaussians: int | None = None
@@ -143,6 +150,8 @@ class TrainConfig:
             raise InputError(f"--lr-scale {self.lr_scale}: use a positive number (0.5 halves every learning rate)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"--device {self.device}: use auto, cpu or cuda")
+        if self.strategy not in ("default", "mcmc"):
+            raise InputError(f"--strategy {self.strategy}: use default or mcmc")
         if self.backend not in ("auto", "torch", "gsplat"):
             raise InputError(f"backend {self.backend}: use auto, torch or gsplat")
         parse_background(self.background)
@@ -207,7 +216,7 @@ def run(
         state = _fresh_state(config, scene, device)
         shutil.rmtree(work, ignore_errors=True)  # an interrupted run's folder, when --overwrite allowed it
         work.mkdir(parents=True)
-    densifier = Densifier(_strategy(config), config.max_gaussians)
+    densifier = _densifier(config)
     clean = False
     try:
         _train(config, scene, state, densifier, device, work, on_step)
@@ -288,12 +297,27 @@ def _device(config: TrainConfig) -> torch.device:
     return device
 
 
-def _strategy(config: TrainConfig):
+MCMC_DEFAULT_CAP = 1_000_000  # gsplat's MCMCStrategy.cap_max
+
+
+def _densifier(config: TrainConfig) -> Densifier | Relocator:
+    if config.strategy == "mcmc":
+        relocator = Relocator.for_steps(config.steps, config.max_gaussians or MCMC_DEFAULT_CAP)
+        if not config.densify:
+            relocator.refine_stop_iter = 0
+        return relocator
     strategy = default_strategy(config.steps)
     strategy.grow_grad2d = config.grow_grad2d
     if not config.densify:
         strategy.refine_stop_iter = 0
-    return strategy
+    return Densifier(strategy, config.max_gaussians)
+
+
+def regularizer_weights(config: TrainConfig) -> tuple[float, float]:
+    """(opacity, scale) weights of the loss's regularisers; 3DGS-MCMC's 0.01 each when unset with mcmc."""
+    default = 0.01 if config.strategy == "mcmc" else 0.0
+    return (default if config.opacity_reg is None else config.opacity_reg,
+            default if config.scale_reg is None else config.scale_reg)  # fmt: skip
 
 
 # --- state -----------------------------------------------------------------------------------------------------
@@ -349,7 +373,7 @@ def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) ->
         step=0,
         params=params,
         optimizers=make_optimizers(config, params, scene_scale),
-        strategy_state=_strategy(config).initialize_state(scene_scale=scene_scale),
+        strategy_state=_densifier(config).initialize_state(scene_scale=scene_scale),
         generator=torch.Generator().manual_seed(config.seed),
         order=[],
         position=0,
@@ -370,7 +394,7 @@ def _resumed_state(payload: dict, config: TrainConfig, scene: SceneData, device:
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
-def train_step(config: TrainConfig, views: list[View], state: TrainState, densifier: Densifier,
+def train_step(config: TrainConfig, views: list[View], state: TrainState, densifier: Densifier | Relocator,
                device: torch.device) -> tuple[float, float]:  # fmt: skip
     """One 3DGS step on the next training view; returns (loss, PSNR of that view)."""
     step, params = state.step, state.params
@@ -387,6 +411,11 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     if config.densify:
         densifier.step_pre_backward(params, state.optimizers, state.strategy_state, step, meta)
     loss = M.photometric_loss(image, target, config.ssim_weight)
+    opacity_reg, scale_reg = regularizer_weights(config)
+    if opacity_reg:
+        loss = loss + opacity_reg * torch.sigmoid(params["opacities"]).mean()
+    if scale_reg:
+        loss = loss + scale_reg * torch.exp(params["scales"]).mean()
     if not torch.isfinite(loss):
         raise _diverged(step, "the loss", state)
     loss.backward()
@@ -407,7 +436,8 @@ def _next_view(state: TrainState, num_views: int) -> int:
     return state.order[state.position - 1]
 
 
-def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: Densifier, device: torch.device,
+def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: Densifier | Relocator,
+           device: torch.device,
            work: Path, on_step: Callable[[TrainState], None] | None) -> None:  # fmt: skip
     """Steps until ``config.steps``; checkpoints on schedule, on Ctrl-C and at the end."""
     sample_steps = _sample_steps(config)

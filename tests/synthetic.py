@@ -48,3 +48,37 @@ def synthetic_colmap_project(
     for index, image in enumerate(reconstruction.images.values()):
         write_noise_image(root / "images" / image.name, seed=index)
     return reconstruction
+
+
+def textured_plane_capture(root: Path, num_views: int = 10, size: int = 320, seed: int = 0) -> Path:
+    """A capture of the plane z = 0 (a 2 x 2 square of multi-scale noise, grey around it) seen from ``num_views``
+    cameras on a ring at 55 degrees elevation, rendered exactly by ray casting; writes images/ and transforms.json.
+
+    The answer is known: every surface point has z = 0 and |x|, |y| <= 1.
+    """
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    from multiview.capture import Frame, write_transforms
+    from multiview.layouts import orbit
+
+    rng = np.random.default_rng(seed)
+    texture = sum(gaussian_filter(rng.normal(size=(1024, 1024)), sigma) * sigma for sigma in (1.5, 4.0, 12.0))
+    texture = np.clip(128 + 60 * texture / texture.std(), 0, 255)
+    frames = []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for index, camera in enumerate(orbit(num_views, (55.0,), radius=3.0, fov_deg=50.0, width=size, height=size)):
+        v, u = np.mgrid[0:size, 0:size].astype(np.float64)
+        rays_cam = np.stack([u, v, np.ones_like(u)], axis=-1) @ np.linalg.inv(camera.K).T
+        world_from_cam = camera.world_from_cam
+        rays = rays_cam @ world_from_cam[:3, :3].T
+        origin = world_from_cam[:3, 3]
+        t = -origin[2] / np.where(np.abs(rays[..., 2]) > 1e-9, rays[..., 2], -1e-9)
+        hit = origin + t[..., None] * rays
+        inside = (t > 0) & (np.abs(hit[..., 0]) <= 1) & (np.abs(hit[..., 1]) <= 1)
+        coords = [(hit[..., 1] + 1) / 2 * 1023, (hit[..., 0] + 1) / 2 * 1023]
+        gray = np.where(inside, map_coordinates(texture, coords, order=1, mode="nearest"), 128.0)
+        path = root / "images" / f"{index:03d}.png"
+        PIL.Image.fromarray(np.repeat(gray[..., None], 3, axis=-1).astype(np.uint8)).save(path)
+        frames.append(Frame(path, camera))
+    write_transforms(root / "transforms.json", frames, root)
+    return root
