@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -138,3 +139,23 @@ def test_relocation_matches_gsplat_kernel():
     assert torch.allclose(ours_o, theirs_o.cpu(), rtol=1e-4, atol=1e-6)
     assert torch.allclose(ours_s, theirs_s.cpu(), rtol=1e-3, atol=1e-6)
     assert math.isfinite(ours_s.sum().item())
+
+
+def test_mcmc_resume_matches_uninterrupted_run(tmp_path):
+    """Relocation draws from torch's generator, which the checkpoint carries: a resumed run ends identical."""
+    from reconstruct.checkpoint import checkpoint_path, read_checkpoint
+    from test_train import RESUME_CONFIG, assert_same_splats
+
+    capture = make_capture(tmp_path / "capture")
+    config = replace(RESUME_CONFIG, strategy="mcmc", max_gaussians=330)
+    reference = train.run(config, capture, tmp_path / "reference")
+
+    def interrupt(state):
+        if state.step == 25:  # between the refinements at steps 20 and 30
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, capture, tmp_path / "scene", on_step=interrupt)
+    assert read_checkpoint(checkpoint_path(tmp_path / ".scene.partial"))["step"] == 25
+    train.run(config, capture, tmp_path / "scene", resume=True)
+    assert_same_splats(reference, tmp_path / "scene")
