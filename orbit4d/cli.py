@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orbit4d import train_cmd
+from orbit4d import generate_cmd, train_cmd
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     _import_parser(sub)
     _render_asset_parser(sub)
     train_cmd.add_parsers(sub)
+    generate_cmd.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,197 @@
+"""``OrbitPipeline``: one image in, an orbit clip with known cameras out (SV3D's sampling, in diffusers' manner).
+
+The loop in ``__call__`` reads top to bottom: embed the input view (image embedding for cross attention, its latent
+with a little noise "cond_aug" for concatenation), draw noise, step the scheduler with classifier-free guidance
+whose scale grows with the distance from the input view, decode the latents a few frames at a time.
+
+Model folder (``save_pretrained`` / ``from_pretrained``), diffusers' layout with safetensors only::
+
+    model_index.json       the pipeline: orbit defaults (frames, size, field of view, radius), VAE class
+    unet/                  OrbitUNet: config.json + diffusion_pytorch_model.safetensors
+    vae/                   AutoencoderKL or AutoencoderKLTemporalDecoder
+    image_encoder/         CLIPVisionTower
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
+from torch import Tensor
+
+from generate.cameras import Orbit, plucker_rays, sv3d_orbit, triangular_guidance
+from generate.models.image_encoder import CLIPVisionTower
+from generate.models.unet import OrbitUNet
+from generate.schedulers import DDIMScheduler, Denoiser, EulerEDMScheduler
+from generate.weights import WeightsError, load_model, save_model
+
+INDEX_NAME = "model_index.json"
+VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderKLTemporalDecoder)}
+
+
+@dataclass(frozen=True)
+class OrbitDefaults:
+    """How the model was trained to see orbits; ``orbit4d generate`` uses these unless told otherwise."""
+
+    num_frames: int = 21
+    image_size: int = 576
+    fov_deg: float = 33.8
+    radius: float = 2.0
+    elevation_deg: float = 10.0
+
+    def orbit(self, num_frames: int | None = None, elevation_deg: float | None = None) -> Orbit:
+        return sv3d_orbit(num_frames or self.num_frames,
+                          self.elevation_deg if elevation_deg is None else elevation_deg,
+                          self.radius, self.fov_deg, self.image_size)  # fmt: skip
+
+
+def make_scheduler(name: str) -> EulerEDMScheduler | DDIMScheduler:
+    """euler: EDM Euler with SV3D's sigmas (700 to 0.002, rho 7); ddim: deterministic DDIM."""
+    if name == "euler":
+        return EulerEDMScheduler(sigma_min=0.002, sigma_max=700.0, rho=7.0)
+    if name == "ddim":
+        return DDIMScheduler()
+    raise ValueError(f"unknown sampler {name!r}: use euler or ddim")
+
+
+class OrbitPipeline:
+    """The generator's parts and its sampling loop; see the module docstring."""
+
+    def __init__(self, unet: OrbitUNet, vae: AutoencoderKL | AutoencoderKLTemporalDecoder,
+                 image_encoder: CLIPVisionTower, defaults: OrbitDefaults = OrbitDefaults()) -> None:  # fmt: skip
+        self.unet, self.vae, self.image_encoder, self.defaults = unet, vae, image_encoder, defaults
+        self.denoiser = Denoiser()
+        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> OrbitPipeline:
+        for module in (self.unet, self.vae, self.image_encoder):
+            module.to(device=device, dtype=dtype)
+        return self
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Tensor,
+        orbit: Orbit,
+        num_steps: int = 25,
+        sampler: str = "euler",
+        min_guidance: float = 1.0,
+        max_guidance: float = 2.5,
+        cond_aug: float = 1e-5,
+        seed: int = 0,
+        decode_chunk: int = 7,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
+        """[F, 3, H, W] frames in [0, 1] of ``orbit`` around the object in ``image`` ([3, H, W] in [0, 1], white
+        background, the model's size). ``seed`` fixes every random draw; ``decode_chunk`` frames are decoded at once."""
+        self.check_request(image, orbit)
+        device, dtype = self.device, self.dtype
+        generator = torch.Generator().manual_seed(seed)
+        frames, size = orbit.num_frames, image.shape[-1]
+        h = w = size // self.vae_scale
+
+        # 1. the input view: image embedding (cross attention) and noise-augmented latent (concatenated)
+        pixels = (image[None].to(device, dtype) * 2 - 1)
+        embedding = self.image_encoder(image[None].to(device, dtype))[:, None]  # [1, 1, D]
+        noisy = pixels + cond_aug * torch.randn(pixels.shape, generator=generator).to(device, dtype)
+        image_latent = self.vae.encode(noisy).latent_dist.mode()  # unscaled, as SVD / SV3D
+        image_latent = image_latent[:, None].expand(1, frames, *image_latent.shape[1:])
+        extra = [image_latent]
+        if self.unet.config.ray_channels:
+            extra.append(plucker_rays(orbit.cameras, h, w)[None].to(device, dtype))
+        conditions = torch.stack([torch.full((frames,), cond_aug), orbit.polar_rad(), orbit.relative_azimuth_rad()],
+                                 dim=-1)[None].to(device, dtype)  # fmt: skip
+        guidance = triangular_guidance(orbit, min_guidance, max_guidance).to(device, dtype)[None, :, None, None, None]
+
+        def denoise(x: Tensor, sigma: float) -> Tensor:
+            """Guided x_0 estimate: the unconditional branch sees a zero image embedding and latent (SV3D)."""
+            s = torch.tensor(sigma, device=device, dtype=torch.float32)
+            scaled = (self.denoiser.c_in(s) * x).to(dtype)
+            cond_in = torch.cat([scaled, *extra], dim=2)
+            uncond_in = torch.cat([scaled, torch.zeros_like(image_latent), *extra[1:]], dim=2)
+            out = self.unet(torch.cat([uncond_in, cond_in]), self.denoiser.c_noise(s).expand(2),
+                            torch.cat([torch.zeros_like(embedding), embedding]), conditions.expand(2, -1, -1))  # fmt: skip
+            uncond, cond = self.denoiser.denoised(out.float(), x.float(), s).chunk(2)
+            return (uncond + guidance * (cond - uncond)).to(x.dtype)
+
+        # 2. sampling
+        scheduler = make_scheduler(sampler)
+        scheduler.set_timesteps(num_steps)
+        shape = (1, frames, self.unet.latent_channels, h, w)
+        x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device) * scheduler.init_noise_sigma
+        for i in range(num_steps):
+            x = scheduler.step(denoise, x, i, generator)
+            if on_step is not None:
+                on_step(i + 1, num_steps)
+
+        # 3. decoding, a few frames at a time
+        return self.decode(x[0] / self.vae.config.scaling_factor, decode_chunk)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor, chunk: int) -> Tensor:
+        """[F, C, h, w] latents -> [F, 3, H, W] images in [0, 1], ``chunk`` frames per VAE call (memory)."""
+        images = []
+        for start in range(0, len(latents), max(1, chunk)):
+            part = latents[start : start + chunk].to(self.dtype)
+            if isinstance(self.vae, AutoencoderKLTemporalDecoder):
+                decoded = self.vae.decode(part, num_frames=len(part)).sample
+            else:
+                decoded = self.vae.decode(part).sample
+            images.append((decoded.float() / 2 + 0.5).clamp(0, 1).cpu())
+        return torch.cat(images)
+
+    def check_request(self, image: Tensor, orbit: Orbit) -> None:
+        """ValueError for requests this model cannot serve (size, frame count)."""
+        if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] != image.shape[2]:
+            raise ValueError(f"image must be [3, S, S], got {tuple(image.shape)}")
+        if image.shape[-1] % self.vae_scale:
+            raise ValueError(f"image size {image.shape[-1]} is not a multiple of the VAE's {self.vae_scale}")
+        limit = self.unet.config.num_frames
+        if not 2 <= orbit.num_frames <= limit:
+            raise ValueError(f"{orbit.num_frames} frames: this model makes 2 to {limit} frames per orbit "
+                             f"(trained on {self.defaults.num_frames})")
+
+    # --- files ----------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: Path) -> Path:
+        folder = Path(folder)
+        for name in ("unet", "vae", "image_encoder"):
+            save_model(getattr(self, name), folder / name)
+        index = {"_class_name": "OrbitPipeline", "vae": type(self.vae).__name__, "orbit": asdict(self.defaults)}
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: Path, dtype: torch.dtype = torch.float32) -> OrbitPipeline:
+        """Load a model folder (safetensors only; every key checked)."""
+        folder = Path(folder)
+        if folder.is_file():
+            load_model(OrbitUNet, folder.parent)  # names the problem (a pickle, a stray file) in the user's terms
+        index_path = folder / INDEX_NAME
+        if not index_path.is_file():
+            raise WeightsError(f"{folder} is not an orbit4d model folder (no {INDEX_NAME}): give the folder that "
+                               "holds model_index.json, unet/, vae/ and image_encoder/")
+        index = json.loads(index_path.read_text())
+        if index.get("vae") not in VAE_CLASSES:
+            raise WeightsError(f"{index_path}: unknown VAE class {index.get('vae')!r} (expected one of "
+                               f"{', '.join(VAE_CLASSES)})")
+        return cls(
+            load_model(OrbitUNet, folder / "unet", dtype),
+            load_model(VAE_CLASSES[index["vae"]], folder / "vae", dtype),
+            load_model(CLIPVisionTower, folder / "image_encoder", dtype),
+            OrbitDefaults(**index.get("orbit", {})),
+        )

@@ -1,0 +1,153 @@
+"""The generate stage: one photo in, an orbit capture out (``orbit4d generate``).
+
+Output folder (the capture layout of DESIGN.md, read by ``orbit4d train`` as it is)::
+
+    images/frame_000.png ...   the orbit, SV3D's order: the input view is the last frame
+    input.png                  the input as the model saw it (object centred on white, model size)
+    transforms.json            the exact camera of every frame (the requested orbit)
+    report.json                model, sampler, steps, seed, guidance, elevation, azimuths, seconds
+
+The input view's frame holds the input itself rather than the model's copy of it: its camera is the input camera
+by construction, and the photo is sharper than any reproduction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+from generate.pipeline import OrbitPipeline
+from multiview.capture import Frame, write_transforms
+from multiview.console import console, info
+from multiview.errors import InputError
+from multiview.outputs import staged_dir, write_json
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything ``orbit4d generate`` can be told; None takes the model's own default."""
+
+    weights: Path | None = None
+    """A model folder (model_index.json, unet/, vae/, image_encoder/; safetensors)."""
+    num_frames: int | None = None
+    """Frames of the orbit (the model's training count when None)."""
+    elevation_deg: float | None = None
+    """Camera elevation in degrees (the model's default when None)."""
+    steps: int = 25
+    """Sampling steps."""
+    sampler: str = "euler"
+    """euler (EDM Euler, SV3D's sigmas) or ddim."""
+    min_guidance: float = 1.0
+    """Classifier-free guidance at the input view."""
+    max_guidance: float = 2.5
+    """Classifier-free guidance opposite the input view (linear in between)."""
+    cond_aug: float = 1e-5
+    """Noise added to the input view before encoding (SV3D: 1e-5)."""
+    object_ratio: float = 0.85
+    """Share of the image side the object's larger side fills (RGBA inputs)."""
+    seed: int = 0
+    device: str = "auto"
+    """auto, cpu or cuda."""
+    half: bool = False
+    """fp16 on CUDA (bf16 when the GPU supports it); fp32 on CPU always."""
+
+
+def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool = False) -> Path:
+    """Generate the orbit of the object in ``image_path`` into the capture folder ``out_dir``; return it."""
+    tic = time.perf_counter()
+    if config.weights is None:
+        raise InputError("no --weights given: pass a model folder (model_index.json, unet/, vae/, image_encoder/); "
+                         "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
+    device = _device(config.device)
+    dtype = _dtype(device, config.half)
+    pipeline = OrbitPipeline.from_pretrained(config.weights, dtype).to(device)
+    size = pipeline.defaults.image_size
+    image = prepare_image(image_path, size, config.object_ratio)
+    orbit = pipeline.defaults.orbit(config.num_frames, config.elevation_deg)
+    try:
+        pipeline.check_request(torch.zeros(3, size, size), orbit)
+    except ValueError as error:
+        raise InputError(f"{config.weights}: {error}") from None
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("sampling", total=config.steps)
+        frames = pipeline(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, orbit, num_steps=config.steps,
+                          sampler=config.sampler, min_guidance=config.min_guidance, max_guidance=config.max_guidance,
+                          cond_aug=config.cond_aug, seed=config.seed,
+                          on_step=lambda i, n: bar.update(task, completed=i))  # fmt: skip
+    if not torch.isfinite(frames).all():
+        raise InputError(f"{config.weights}: the model produced NaN or Inf frames; try without --half or other weights")
+    with staged_dir(out_dir, overwrite) as stage:
+        (stage / "images").mkdir()
+        PIL.Image.fromarray(image).save(stage / "input.png")
+        written = []
+        for index, (pixels, camera) in enumerate(zip(frames, orbit.cameras)):
+            path = stage / "images" / f"frame_{index:03d}.png"
+            array = image if index == orbit.input_index else _to_uint8(pixels)
+            PIL.Image.fromarray(array).save(path)
+            written.append(Frame(path, camera))
+        write_transforms(stage / "transforms.json", written, stage)
+        write_json(stage / "report.json", {
+            "source_format": "generate", "source": str(Path(image_path).absolute()),
+            "weights": str(Path(config.weights).absolute()), "frames": orbit.num_frames,
+            "input_frame": f"images/frame_{orbit.input_index:03d}.png",
+            "elevations_deg": orbit.elevations_deg.tolist(), "azimuths_deg": orbit.azimuths_deg.tolist(),
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        })  # fmt: skip
+    info(f"generated {orbit.num_frames} views in {time.perf_counter() - tic:.1f} s → {out_dir}")
+    return Path(out_dir)
+
+
+def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarray:
+    """[size, size, 3] uint8: an RGBA image's object centred on white, filling ``object_ratio`` of the side;
+    an RGB image centre-cropped to a square. SV3D's published preprocessing, without background removal."""
+    path = Path(path)
+    try:
+        with PIL.Image.open(path) as opened:
+            opened.load()
+            image = opened.convert("RGBA") if "A" in opened.getbands() or opened.mode == "P" else opened.convert("RGB")
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: give an image file (.png with transparency works best)") from None
+    except (OSError, PIL.Image.DecompressionBombError, ValueError) as error:
+        raise InputError(f"{path} is not a readable image ({error}): give a .png or .jpg") from None
+    if image.mode == "RGBA":
+        alpha = np.asarray(image)[..., 3]
+        rows, cols = np.nonzero(alpha > 0)
+        if len(rows) == 0:
+            raise InputError(f"{path} is fully transparent: nothing to generate an orbit of")
+        box = image.crop((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1))
+        side = int(round(max(box.size) / object_ratio))
+        canvas = PIL.Image.new("RGBA", (side, side), (255, 255, 255, 255))
+        canvas.alpha_composite(box, ((side - box.width) // 2, (side - box.height) // 2))
+        image = canvas.convert("RGB")
+    else:
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    return np.array(image.resize((size, size), PIL.Image.Resampling.LANCZOS))
+
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    return (pixels.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible to torch: use --device cpu (or auto)")
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device {name}: use auto, cpu or cuda")
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def _dtype(device: torch.device, half: bool) -> torch.dtype:
+    if not half or device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+

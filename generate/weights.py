@@ -1,0 +1,102 @@
+"""Model weights on disk: safetensors only, every key accounted for.
+
+A model folder is diffusers' layout: ``config.json`` (the constructor's arguments) beside
+``diffusion_pytorch_model.safetensors``. ``load_model`` builds the class from the config and loads the tensors
+strictly; a file meant for another architecture fails with the first missing, unexpected and mis-shaped keys named.
+Pickle-based files (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) are refused without being opened by pickle: unpickling runs
+code chosen by whoever wrote the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from multiview.errors import InputError
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+CONFIG_NAME = "config.json"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
+SHOWN_KEYS = 5
+
+
+class WeightsError(InputError):
+    """A weights file that cannot be used: wrong format, wrong architecture, unreadable."""
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file (on the CPU); refuses pickles and names the file on any failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path} does not exist: give the path of a .safetensors file or a model folder")
+    refuse_pickle(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path} is not a readable safetensors file ({error}): download or convert it again") \
+            from None  # fmt: skip
+
+
+def refuse_pickle(path: Path) -> None:
+    """WeightsError for pickle-based checkpoints, judged by name and by the first bytes (zip or pickle protocol)."""
+    with open(path, "rb") as file:
+        head = file.read(2)
+    if path.suffix.lower() in PICKLE_SUFFIXES or head == b"PK" or head[:1] == b"\x80":
+        raise WeightsError(f"{path} is a pickle-based checkpoint; orbit4d loads weights only from .safetensors "
+                           "(loading a pickle runs code from the file): convert it where you trust it, e.g. "
+                           "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """WeightsError naming the first missing, unexpected and mis-shaped keys when ``state`` does not fit ``model``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]  # fmt: skip
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    if problems:
+        raise WeightsError(f"{source} does not fit {type(model).__name__} ({'; '.join(problems)}): "
+                           "these weights are for another architecture or size; check the model's config.json")
+
+
+def save_model(model, folder: Path) -> Path:
+    """``config.json`` + ``diffusion_pytorch_model.safetensors`` in ``folder`` (a diffusers ``ModelMixin``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    config["_class_name"] = type(model).__name__
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=list) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = folder / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / WEIGHTS_NAME)
+    return folder
+
+
+def load_model(cls, folder: Path, dtype: torch.dtype = torch.float32):
+    """An instance of ``cls`` built from ``folder/config.json`` with the weights of its safetensors file."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        stray = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES) if folder.is_dir() else []
+        if stray:
+            refuse_pickle(folder / stray[0])
+        raise WeightsError(f"{folder} has no {CONFIG_NAME}: a model folder holds config.json and {WEIGHTS_NAME}")
+    try:
+        config = json.loads(config_path.read_text())
+        model = cls.from_config(config)
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise WeightsError(f"{config_path} does not configure a {cls.__name__} ({error})") from None
+    state = read_safetensors(folder / WEIGHTS_NAME)
+    check_state_dict(model, state, folder / WEIGHTS_NAME)
+    model.load_state_dict(state, strict=True)
+    return torch.nn.Module.to(model, dtype).eval()  # ModelMixin.to warns about fp32 modules we do not have
