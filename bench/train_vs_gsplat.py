@@ -49,7 +49,8 @@ def gsplat_render(params: dict, view, degree: int, background: torch.Tensor):
 def minimal_loop(config: train.TrainConfig, capture: Path) -> dict:
     scene = load_scene(capture)
     torch.manual_seed(config.seed)
-    params = {k: torch.nn.Parameter(v.cuda()) for k, v in train.initial_splats(config, scene).parameters().items()}
+    splats = train.initial_splats(config, scene, torch.device("cuda"))
+    params = {k: torch.nn.Parameter(v.cuda()) for k, v in splats.parameters().items()}
     scene_scale = camera_extent([view.camera for view in scene.train])
     optimizers = train.make_optimizers(config, params, scene_scale)
     densifier = Densifier(train._strategy(config), config.max_gaussians)

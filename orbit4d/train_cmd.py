@@ -60,6 +60,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="default: 3DGS's clone / split / prune; mcmc: 3DGS-MCMC relocation within a fixed budget "
                    "(--max-gaussians, 1M when unset)")
     p.add_argument("--max-gaussians", type=int, default=None, metavar="N", help="cap on the number of Gaussians")
+    p.add_argument("--init-points", type=int, default=None, metavar="N",
+                   help="random Gaussians to start from when the capture has no points3D.ply "
+                   "(default 100,000 on CUDA, 10,000 on the CPU)")
     p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], default=None, help="highest SH degree of colours")
     p.add_argument("--background", default=None, metavar="COLOR",
                    help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
@@ -79,6 +82,7 @@ _OPTION_FIELDS = {
     "downscale": "downscale",
     "max_gaussians": "max_gaussians",
     "strategy": "strategy",
+    "init_points": "random_init_points",
     "sh_degree": "sh_degree",
     "background": "background",
     "lr_scale": "lr_scale",

@@ -94,8 +94,10 @@ class TrainConfig:
     """Multiplies every learning rate (lower it when training diverges)."""
     init_opacity: float = 0.1
     """Opacity of every Gaussian at initialisation."""
-    random_init_points: int = 100_000
-    """Gaussians of the random initialisation, used when the capture has no points3D.ply."""
+    random_init_points: int | None = None
+    """Gaussians of the random initialisation, used when the capture has no points3D.ply; None: 100,000 on CUDA
+    (3DGS's synthetic scenes), 10,000 on the CPU (densification adds what the scene needs; each CPU step costs
+    in proportion to the Gaussians, and most random ones are pruned)."""
     densify: bool = True
     """Change the set of Gaussians during training with ``strategy`` (False: keep the initial ones)."""
     strategy: str = "default"
@@ -138,7 +140,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """InputError naming the option for values training cannot use."""
-        positive = {"steps": self.steps, "downscale": self.downscale, "random_init_points": self.random_init_points}
+        positive = {"steps": self.steps, "downscale": self.downscale,
+                    "random_init_points": 1 if self.random_init_points is None else self.random_init_points}
         for name, value in positive.items():
             if value < 1:
                 raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
@@ -346,7 +349,10 @@ def means_learning_rate(config: TrainConfig, step: int, scene_scale: float) -> f
     return rate * scene_scale * config.lr_scale
 
 
-def initial_splats(config: TrainConfig, scene: SceneData) -> Splats:
+RANDOM_INIT_POINTS = {"cuda": 100_000, "cpu": 10_000}  # when TrainConfig.random_init_points is None
+
+
+def initial_splats(config: TrainConfig, scene: SceneData, device: torch.device = torch.device("cpu")) -> Splats:
     """From the capture's points (3DGS), else random in the cameras' view volume; at most ``max_gaussians``."""
     capture = scene.capture
     limit = config.max_gaussians or math.inf
@@ -357,7 +363,8 @@ def initial_splats(config: TrainConfig, scene: SceneData) -> Splats:
             points, colors = points[keep], None if colors is None else colors[keep]
         info(f"initialising {len(points):,} Gaussians from the capture's points")
         return splats_from_points(points, colors, config.sh_degree, config.init_opacity)
-    num = int(min(config.random_init_points, limit))
+    count = config.random_init_points or RANDOM_INIT_POINTS.get(device.type, RANDOM_INIT_POINTS["cpu"])
+    num = int(min(count, limit))
     center, radius = view_volume([view.camera for view in scene.train])
     info(f"no points in the capture: {num:,} random Gaussians in the ball the cameras see "
          f"(centre {np.round(center, 3).tolist()}, radius {radius:.3g})")
@@ -367,7 +374,8 @@ def initial_splats(config: TrainConfig, scene: SceneData) -> Splats:
 
 def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) -> TrainState:
     torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
-    params = {k: torch.nn.Parameter(v.to(device)) for k, v in initial_splats(config, scene).parameters().items()}
+    splats = initial_splats(config, scene, device)
+    params = {k: torch.nn.Parameter(v.to(device)) for k, v in splats.parameters().items()}
     scene_scale = camera_extent([view.camera for view in scene.train])
     return TrainState(
         step=0,

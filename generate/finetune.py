@@ -1,0 +1,405 @@
+"""The recipe that turns a video model into an orbit generator: fine-tune its UNet on rendered orbit clips.
+
+SV3D's recipe, small enough to read: the VAE and the image tower stay frozen; each step takes a clip (input view
+last), encodes it, draws a noise level from EDM's log-normal, and regresses the UNet's v-prediction (EDM-weighted)
+given the input view's latent and embedding (dropped together 10% of the time so that classifier-free guidance has an
+unconditional model) and every frame's camera. Full fine-tuning, or LoRA adapters (peft) on the attention
+projections with everything else frozen; an EMA of the trained weights is what gets exported.
+
+Runs under accelerate: one CPU process as here, or ``accelerate launch`` on GPUs and nodes, same code. The run
+folder::
+
+    config.json               the FinetuneConfig
+    checkpoint/state.pt       step, trained weights, optimizer, EMA, random states (torch.load weights_only)
+    losses.json               the loss of every step
+    evaluation.json           held-out PSNR of generated views before and after (``eval_clips``)
+    model/                    the exported pipeline (EMA weights, LoRA merged): orbit4d generate --weights
+    adapters.safetensors      LoRA only: the adapter weights alone
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from generate.cameras import plucker_rays
+from generate.dataset import DATASET_FILE, Clip, DatasetConfig, OrbitClips, build_orbit_dataset
+from generate.pipeline import OrbitDefaults, OrbitPipeline
+from generate.presets import ARCHITECTURES
+from generate.schedulers import Denoiser
+from multiview.console import console, info
+from multiview.errors import InputError, OutputExistsError
+from multiview.outputs import write_json
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything ``orbit4d finetune CONFIG`` reads from its JSON file (paths relative to that file)."""
+
+    data: str
+    """Dataset folder (dataset.json and clips/); rendered there from ``assets`` first when it has no dataset.json."""
+    out: str
+    """Run folder to write."""
+    assets: str | None = None
+    """Folder of .glb / .gltf / .obj assets to render the dataset from (needs the render extra)."""
+    frames: int = 8
+    """Views per orbit clip when rendering the dataset."""
+    image_size: int = 64
+    """Image side in pixels when rendering the dataset."""
+    clips_per_asset: int = 2
+    """Orbits per asset when rendering the dataset (random elevation and background each)."""
+    holdout: str = "assets"
+    """Held out for evaluation when rendering the dataset: "assets" or "orbits" (generate.dataset.DatasetConfig)."""
+    holdout_assets: int = 1
+    """Assets kept out of training for evaluation when rendering the dataset (holdout "assets")."""
+    base: str | None = None
+    """Model folder to start from; None: a freshly initialised ``architecture``."""
+    architecture: str = "tiny"
+    """Preset of a fresh model (generate.presets.ARCHITECTURES) when ``base`` is None."""
+    lora_rank: int = 0
+    """0: full fine-tuning of the UNet; > 0: LoRA adapters of this rank on the attention projections only."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator (None: equal to the rank)."""
+    steps: int = 1000
+    """Optimisation steps, one batch each."""
+    batch_size: int = 1
+    """Clips per step."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate (constant after a linear warm-up of ``warmup_steps``)."""
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    """Decay of the exported exponential moving average; 0: export the trained weights as they are."""
+    p_mean: float = -1.2
+    """Mean of log sigma during training (EDM: -1.2; SVD fine-tuning uses 1.0 at high resolution)."""
+    p_std: float = 1.2
+    """Standard deviation of log sigma during training."""
+    cond_dropout: float = 0.1
+    """Share of steps whose input view is hidden (zero latent and embedding): the unconditional model for CFG."""
+    cond_aug: float = 0.02
+    """Noise added to the input view before encoding, as sampling does (sampling's value is configurable)."""
+    vae_steps: int | None = None
+    """Steps that first fit the VAE as an autoencoder on the clips' frames (a fresh model's VAE decodes noise);
+    None: 300 for a fresh ``architecture``, 0 when starting from ``base`` (its VAE is kept frozen)."""
+    eval_clips: int = 2
+    """Held-out clips whose PSNR is measured before and after training (evaluation.json); 0: none."""
+    eval_steps: int = 10
+    """Sampling steps of that measurement."""
+    checkpoint_every: int = 100
+    """Steps between checkpoints (and at the end); 0: only at the end."""
+    mixed_precision: str = "no"
+    """accelerate's mixed precision: no, fp16 or bf16 (GPU)."""
+    seed: int = 0
+
+    @classmethod
+    def from_file(cls, path: Path) -> FinetuneConfig:
+        """Read a JSON config; relative ``data``, ``out`` and ``base`` are taken from the file's folder."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"{path} does not exist: give a JSON file with at least data and out") from None
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path} is not valid JSON ({error})") from None
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise InputError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        for key in ("data", "out", "base", "assets"):
+            if raw.get(key) is not None:
+                raw[key] = str((path.parent / raw[key]).resolve())
+        try:
+            config = cls(**raw)
+        except TypeError as error:
+            raise InputError(f"{path}: {error}") from None
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 0:
+            raise InputError("steps and batch_size must be at least 1 and lora_rank at least 0")
+        if self.base is None and self.architecture not in ARCHITECTURES:
+            raise InputError(f"architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.cond_dropout <= 1.0:
+            raise InputError("ema_decay must lie in [0, 1) and cond_dropout in [0, 1]")
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+
+def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
+    """Fine-tune as ``config`` says; return the run folder (``model/`` inside is the result)."""
+    from accelerate import Accelerator
+
+    config.validate()
+    out = Path(config.out)
+    state_path = out / "checkpoint" / "state.pt"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise OutputExistsError(f"{out} already exists: pass --resume to continue it or choose another out")
+    if resume and not state_path.is_file():
+        raise InputError(f"{out}: no checkpoint to resume ({state_path}): run without --resume")
+    if not (Path(config.data) / DATASET_FILE).is_file():
+        if config.assets is None:
+            raise InputError(f"{config.data} has no {DATASET_FILE}: set assets to a folder of 3D assets to render it")
+        dataset = DatasetConfig(num_frames=config.frames, image_size=config.image_size,
+                                clips_per_asset=config.clips_per_asset, holdout=config.holdout,
+                                holdout_assets=config.holdout_assets,
+                                seed=config.seed)  # fmt: skip
+        build_orbit_dataset(dataset, Path(config.assets), Path(config.data))
+    train_clips = OrbitClips(Path(config.data), "train")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    pipeline = _starting_pipeline(config, train_clips).to(accelerator.device)
+    _prepare_vae(pipeline, train_clips, config, out / "checkpoint" / "vae", resume)
+    test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips else None
+    evaluation = {}
+    if test_clips is not None and not resume:
+        evaluation["start_psnr"] = heldout_psnr(pipeline, test_clips, config)
+    unet, trainable = _trainable_unet(pipeline, config)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema = _ema(trainable, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, losses = 0, []
+    if resume:
+        step, losses = _load_state(state_path, trainable, optimizer, ema, generator)
+        info(f"resuming {out} at step {step} of {config.steps}")
+    else:
+        (out / "checkpoint").mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", asdict(config))
+        if evaluation:
+            write_json(out / "evaluation.json", evaluation)
+    denoiser, tic = Denoiser(), time.perf_counter()
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("fine-tuning", total=config.steps, completed=step)
+        while step < config.steps:
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+            batch = [train_clips.random_clip(generator) for _ in range(config.batch_size)]
+            loss = training_loss(pipeline, unet, denoiser, batch, config, generator)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(trainable)
+            step += 1
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise InputError(f"fine-tuning diverged at step {step} (loss {losses[-1]}): lower learning_rate")
+            bar.update(task, completed=step)
+            if not console.is_terminal and step % max(1, config.steps // 10) == 0:
+                info(f"step {step}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
+            if on_step is not None:
+                on_step(step, losses[-1])
+            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
+                _save_state(state_path, step, losses, trainable, optimizer, ema, generator)
+    write_json(out / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
+    unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
+    if test_clips is not None:
+        pipeline.unet = unet.to(pipeline.device)
+        saved = json.loads((out / "evaluation.json").read_text()) if (out / "evaluation.json").is_file() else {}
+        write_json(out / "evaluation.json", {"start_psnr": evaluation.get("start_psnr", saved.get("start_psnr")),
+                                             "end_psnr": heldout_psnr(pipeline, test_clips, config),
+                                             "clips": min(config.eval_clips, len(test_clips)),
+                                             "sampling_steps": config.eval_steps})  # fmt: skip
+    info(f"fine-tuned {step} steps; model in {out / 'model'}")
+    return out
+
+
+def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list[Clip], config: FinetuneConfig,
+                  generator: torch.Generator) -> Tensor:  # fmt: skip
+    """EDM-weighted v-prediction loss of ``unet`` on ``batch`` (SV3D's objective)."""
+    device, dtype = pipeline.device, pipeline.dtype
+    frames = torch.stack([clip.frames for clip in batch]).to(device, dtype)  # [B, F, 3, S, S]
+    B, F = frames.shape[:2]
+    inputs = torch.stack([clip.input_view for clip in batch]).to(device, dtype)
+    with torch.no_grad():
+        latents = pipeline.vae.encode(frames.flatten(0, 1) * 2 - 1).latent_dist.mode()
+        latents = (latents * pipeline.vae.config.scaling_factor).unflatten(0, (B, F))
+        noisy_input = inputs * 2 - 1 + config.cond_aug * _randn(inputs.shape, generator, device, dtype)
+        image_latent = pipeline.vae.encode(noisy_input).latent_dist.mode()
+        embedding = pipeline.image_encoder(inputs)[:, None]
+    keep = (torch.rand(B, generator=generator) >= config.cond_dropout).to(device, dtype)
+    image_latent = image_latent * keep[:, None, None, None]
+    embedding = embedding * keep[:, None, None]
+    sigma = torch.exp(config.p_mean + config.p_std * torch.randn(B, generator=generator)).to(device)
+    noise = _randn(latents.shape, generator, device, dtype)
+    s = sigma[:, None, None, None, None]
+    noisy = latents + s * noise
+    extra = [image_latent[:, None].expand(-1, F, -1, -1, -1)]
+    if pipeline.unet.config.ray_channels:
+        h, w = latents.shape[-2:]
+        extra.append(torch.stack([plucker_rays(clip.orbit.cameras, h, w) for clip in batch]).to(device, dtype))
+    conditions = torch.stack([torch.stack([torch.full((F,), config.cond_aug), clip.orbit.polar_rad(),
+                                           clip.orbit.relative_azimuth_rad()], dim=-1) for clip in batch])  # fmt: skip
+    model_input = torch.cat([denoiser.c_in(s) * noisy, *extra], dim=2)
+    output = unet(model_input, denoiser.c_noise(sigma), embedding, conditions.to(device, dtype))
+    return torch.nn.functional.mse_loss(output.float(), denoiser.target(latents, noise, s).float())
+
+
+def _randn(shape, generator: torch.Generator, device, dtype) -> Tensor:
+    return torch.randn(shape, generator=generator).to(device, dtype)
+
+
+# --- parts -----------------------------------------------------------------------------------------------------
+
+
+def fit_vae(pipeline: OrbitPipeline, clips: OrbitClips, steps: int, config: FinetuneConfig) -> list[float]:
+    """Train the VAE as an autoencoder on random frames (L2 + a small KL); returns the losses. Seeded."""
+    vae = pipeline.vae
+    vae.requires_grad_(True).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    losses = []
+    for _ in range(steps):
+        frames = torch.cat([clips.random_clip(generator).frames for _ in range(2)]).to(pipeline.device)
+        x = frames * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
+        loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    vae.requires_grad_(False).eval()
+    info(f"VAE fitted in {steps} steps: loss {losses[0]:.4f} -> {sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    return losses
+
+
+def _prepare_vae(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig, folder: Path,
+                 resume: bool) -> None:  # fmt: skip
+    """Fit a fresh model's VAE once (saved in the checkpoint folder; a resumed run loads it back)."""
+    from generate.weights import load_model, save_model
+
+    steps = config.vae_steps if config.vae_steps is not None else (0 if config.base else 300)
+    if steps == 0:
+        return
+    if resume and folder.is_dir():
+        pipeline.vae.load_state_dict(load_model(type(pipeline.vae), folder).state_dict())
+        return
+    fit_vae(pipeline, clips, steps, config)
+    save_model(pipeline.vae, folder)
+
+
+@torch.no_grad()
+def heldout_psnr(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig) -> float:
+    """Mean PSNR (dB) of generated against rendered frames of the first ``eval_clips`` held-out clips."""
+    errors = []
+    was_training = pipeline.unet.training
+    pipeline.unet.eval()
+    for index in range(min(config.eval_clips, len(clips))):
+        clip = clips.clip(index)
+        frames = pipeline(clip.input_view, clip.orbit, num_steps=config.eval_steps, seed=config.seed)
+        for k in range(clip.orbit.num_frames):
+            if k != clip.orbit.input_index:
+                errors.append(float(((frames[k] - clip.frames[k]) ** 2).mean()))
+    pipeline.unet.train(was_training)
+    return float(sum(-10 * math.log10(max(e, 1e-12)) for e in errors) / len(errors))
+
+
+def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeline:
+    if config.base is not None:
+        return OrbitPipeline.from_pretrained(Path(config.base))
+    sample = clips.clip(0)
+    camera = sample.orbit.cameras[0]
+    fov = math.degrees(2 * math.atan(camera.width / (2 * camera.K[0, 0])))
+    defaults = OrbitDefaults(num_frames=sample.orbit.num_frames, image_size=camera.width, fov_deg=round(fov, 4),
+                             radius=float(round(sum(camera.center**2) ** 0.5, 4)), elevation_deg=10.0)  # fmt: skip
+    return ARCHITECTURES[config.architecture].build(defaults, seed=config.seed)
+
+
+def _trainable_unet(pipeline: OrbitPipeline, config: FinetuneConfig):
+    """The UNet ready to train and its trainable parameters; VAE and image tower frozen."""
+    for module in (pipeline.vae, pipeline.image_encoder):
+        module.requires_grad_(False)
+    unet = pipeline.unet
+    if config.lora_rank > 0:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha or config.lora_rank,
+                          target_modules=LORA_TARGETS, init_lora_weights="gaussian")  # fmt: skip
+        torch.manual_seed(config.seed)
+        unet = inject_adapter_in_model(lora, unet)
+        for name, parameter in unet.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+    else:
+        unet.requires_grad_(True)
+    unet.train()
+    return unet, [p for p in unet.parameters() if p.requires_grad]
+
+
+def _ema(trainable: list[Tensor], config: FinetuneConfig):
+    if config.ema_decay <= 0:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(trainable, decay=config.ema_decay)
+
+
+def _save_state(path: Path, step: int, losses: list[float], trainable, optimizer, ema, generator) -> None:
+    state = {
+        "step": step,
+        "losses": losses,
+        "trainable": [p.detach().cpu() for p in trainable],
+        "optimizer": optimizer.state_dict(),
+        "ema": None if ema is None else ema.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, trainable, optimizer, ema, generator) -> tuple[int, list[float]]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if len(state["trainable"]) != len(trainable):
+        raise InputError(f"{path} was saved by a run with other trainable weights: resume with its own config")
+    with torch.no_grad():
+        for parameter, saved in zip(trainable, state["trainable"]):
+            parameter.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"], list(state["losses"])
+
+
+def _export(pipeline: OrbitPipeline, unet, trainable, ema, config: FinetuneConfig, out: Path):
+    """``model/``: the pipeline with the EMA weights and any LoRA merged into a plain OrbitUNet; returns that UNet."""
+    from generate.models.unet import OrbitUNet
+
+    if ema is not None:
+        ema.copy_to(trainable)
+    unet.eval()
+    if config.lora_rank > 0:
+        from peft.tuners.lora import LoraLayer
+        from safetensors.torch import save_file
+
+        adapters = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items() if "lora_" in k}
+        save_file(adapters, str(out / "adapters.safetensors"))
+        for module in unet.modules():
+            if isinstance(module, LoraLayer):
+                module.merge()
+        merged = {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
+        plain = OrbitUNet.from_config(unet.config)
+        plain.load_state_dict(merged, strict=True)
+        unet = plain
+    staging = out / ".model.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    OrbitPipeline(unet.float(), pipeline.vae.float(), pipeline.image_encoder.float(), pipeline.defaults)\
+        .save_pretrained(staging)  # fmt: skip
+    shutil.rmtree(out / "model", ignore_errors=True)
+    os.replace(staging, out / "model")
+    return unet

@@ -1,0 +1,121 @@
+"""The fine-tuning recipe on a tiny orbit set rendered by Blender: loss falls and held-out PSNR rises, LoRA trains
+only its adapters, a resumed run repeats the uninterrupted loss curve, bad configs are one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("bpy", reason="the orbit dataset is rendered with Blender: pip install 'orbit4d[render]'")
+
+from generate.dataset import DatasetConfig, OrbitClips, build_orbit_dataset  # noqa: E402
+from generate.finetune import FinetuneConfig, run  # noqa: E402
+from generate.pipeline import OrbitDefaults, OrbitPipeline  # noqa: E402
+from generate.presets import ARCHITECTURES  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(shared_data, tmp_path_factory) -> Path:
+    """The Duck, four 4-view orbits at 32 px; the last orbit held out (other elevation and background)."""
+    model = shared_data / "models" / "Duck.glb"
+    if not model.is_file():
+        pytest.skip(f"{model} missing from the shared data")
+    assets = tmp_path_factory.mktemp("assets")
+    shutil.copy(model, assets)
+    config = DatasetConfig(num_frames=4, image_size=32, clips_per_asset=4, holdout="orbits", samples=4)
+    return build_orbit_dataset(config, assets, tmp_path_factory.mktemp("orbits") / "data")
+
+
+def config(dataset: Path, out: Path, **overrides) -> FinetuneConfig:
+    base = FinetuneConfig(data=str(dataset), out=str(out), steps=200, learning_rate=1e-3, ema_decay=0.0,
+                          vae_steps=150, eval_clips=1, checkpoint_every=0)  # fmt: skip
+    return replace(base, **overrides)
+
+
+def test_dataset_serves_clips_in_sv3d_order(dataset):
+    clips = OrbitClips(dataset, "train")
+    assert len(clips) == 3 and len(OrbitClips(dataset, "test")) == 1
+    clip = clips.clip(0, input_index=2)
+    assert clip.frames.shape == (4, 3, 32, 32) and clip.orbit.input_index == 3
+    assert clip.orbit.azimuths_deg.tolist() == pytest.approx([90.0, 180.0, 270.0, 0.0])
+    assert torch.equal(clip.input_view, clips.clip(0, input_index=2).frames[3])
+    assert torch.equal(clips.clip(0, input_index=3).frames[2], clip.input_view)  # the ring, rotated
+
+
+def test_finetuning_lowers_the_loss_and_raises_heldout_psnr(dataset, tmp_path):
+    out = run(config(dataset, tmp_path / "run"))
+    losses = json.loads((out / "losses.json").read_text())["losses"]
+    assert len(losses) == 200 and sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["end_psnr"] > evaluation["start_psnr"] + 1.0, evaluation
+    pipeline = OrbitPipeline.from_pretrained(out / "model")  # usable by orbit4d generate --weights
+    assert pipeline.defaults.num_frames == 4 and pipeline.defaults.image_size == 32
+
+
+def test_lora_trains_only_the_adapters(dataset, tmp_path):
+    defaults = OrbitDefaults(num_frames=4, image_size=32, fov_deg=33.8, radius=2.0)
+    base = ARCHITECTURES["tiny"].build(defaults, seed=3).save_pretrained(tmp_path / "base")
+    out = run(config(dataset, tmp_path / "lora", base=str(base), lora_rank=4, steps=20, eval_clips=0, vae_steps=None))
+    adapters = load_file(str(out / "adapters.safetensors"))
+    assert adapters and all("lora_" in key for key in adapters)
+    saved = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert sum(t.numel() for t in saved["trainable"]) == sum(t.numel() for t in adapters.values())
+    before, after = load_file(str(base / "unet" / "diffusion_pytorch_model.safetensors")), \
+        load_file(str(out / "model" / "unet" / "diffusion_pytorch_model.safetensors"))  # fmt: skip
+    assert before.keys() == after.keys()
+    attention = [k for k in before if any(f".{t}." in k for t in ("to_q", "to_k", "to_v", "to_out.0"))]
+    assert attention and all(torch.equal(before[k], after[k]) for k in before if k not in attention)
+    assert any(not torch.equal(before[k], after[k]) for k in attention)  # the adapters, merged
+    for part in ("vae", "image_encoder"):  # frozen
+        a = load_file(str(base / part / "diffusion_pytorch_model.safetensors"))
+        b = load_file(str(out / "model" / part / "diffusion_pytorch_model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_repeats_the_loss_curve(dataset, tmp_path):
+    settings = dict(steps=8, vae_steps=10, eval_clips=0, checkpoint_every=4, ema_decay=0.9)
+    reference = json.loads((run(config(dataset, tmp_path / "a", **settings)) / "losses.json").read_text())["losses"]
+
+    def stop(step, loss):
+        if step == 6:
+            raise KeyboardInterrupt
+
+    interrupted = config(dataset, tmp_path / "b", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted, on_step=stop)
+    assert torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=True)["step"] == 4
+    resumed = json.loads((run(interrupted, resume=True) / "losses.json").read_text())["losses"]
+    assert resumed == reference
+    a = load_file(str(tmp_path / "a" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("{", "not valid JSON"),
+    ('{"data": "d", "out": "o", "learning_rat": 1}', "unknown settings learning_rat"),
+    ('{"data": "d", "out": "o", "architecture": "huge"}', "architecture 'huge'"),
+])  # fmt: skip
+def test_bad_config_is_one_line(tmp_path, capsys, content, words):
+    from orbit4d.cli import main
+
+    path = tmp_path / "finetune.json"
+    path.write_text(content)
+    code = main(["finetune", str(path)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert code != 0 and len(lines) == 1 and words in lines[0] and "Traceback" not in err
