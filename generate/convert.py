@@ -5,7 +5,7 @@ SV3D (SV3D_u, SV3D_p) ships as one ``.safetensors`` in Stability's generative-mo
     model.diffusion_model.*                       sgm VideoUNet -> OrbitUNet (diffusers' spatio-temporal names)
     conditioner.embedders.0.open_clip.model.visual.*   OpenCLIP ViT-H/14 image tower -> CLIPVisionTower (same names)
     conditioner.embedders.1.encoder.{encoder,quant_conv}.*   the autoencoder sgm encodes the input view with
-                                                  -> vae.encoder, vae.quant_conv
+                                                  -> vae.encoder, vae.quant_conv (else first_stage_model.encoder)
     first_stage_model.decoder.*                   VideoDecoder (SV3D_p) -> AutoencoderKLTemporalDecoder's decoder
     conditioner.embedders.2.. (cond_aug, polar, azimuth)   sinusoids without weights
 
@@ -217,7 +217,7 @@ def _report(source: Path, placed: Iterable[_Placed], unused: dict[str, list[str]
     notes = [f"unused: {len(keys)} keys, {reason}" for reason, keys in unused.items() if keys] + notes
     return ConversionReport(
         source=str(source),
-        loaded=sum(len(p.tensors) for p in placed),
+        loaded=sum(len(p.consumed) - len(p.unexpected) - len(p.misfits) for p in placed),
         missing=tuple(k for p in placed for k in p.missing),
         wrong_shape=tuple(line for p in placed for line in p.misfits.values()),
         unexpected=tuple([k for p in placed for k in p.unexpected] + strays),
@@ -528,34 +528,61 @@ def _embedder_index(state: dict[str, Tensor], pattern: str, what: str, source: P
     return found[0]
 
 
+@dataclass(frozen=True)
+class _ViewEncoder:
+    """Where the autoencoder that encodes the input view lives in an SV3D file."""
+
+    encoder: str
+    """Prefix of the sgm Encoder's keys."""
+    quant_conv: str | None
+    """Prefix of its quant_conv; None: no quant_conv (an identity in diffusers' model)."""
+    unused: list[tuple[str, str]]
+    note: str
+
+
+def _view_encoder(state: dict[str, Tensor], source: Path) -> _ViewEncoder:
+    """sgm's conditioner copy (encoder and quant_conv: what sv3d_*.yaml runs on the input view) when the file has
+    it, else first_stage_model.encoder (sgm's AutoencodingEngine: no quant_conv unless the file has one)."""
+    found = _indices(state, r"conditioner\.embedders\.(\d+)\.encoder\.encoder\.conv_in\.weight$")
+    if len(found) == 1:
+        copy = f"conditioner.embedders.{found[0]}.encoder."
+        unused = [
+            (rf"{re.escape(copy)}(decoder|post_quant_conv)\.",
+             "the decoder half of the autoencoder sgm encodes the input view with (first_stage_model decodes frames)"),
+            (r"first_stage_model\.(encoder|quant_conv|post_quant_conv)\.",
+             ("first_stage_model's encoder side (sv3d_*.yaml give the first stage an Identity encoder and no quant "
+              "convs: the input view goes through the conditioner's autoencoder)")),
+        ]  # fmt: skip
+        return _ViewEncoder(f"{copy}encoder.", f"{copy}quant_conv.", unused, f"vae encoder: {copy}{{encoder,quant_conv}}")
+    if len(found) == 0 and "first_stage_model.encoder.conv_in.weight" in state:
+        quant = "first_stage_model.quant_conv." if "first_stage_model.quant_conv.weight" in state else None
+        note = f"vae encoder: first_stage_model.encoder, {'its quant_conv' if quant else 'an identity quant_conv'}"
+        return _ViewEncoder("first_stage_model.encoder.", quant, [], note)
+    raise WeightsError(f"{source}: expected one autoencoder to encode the input view (conditioner.embedders.*.encoder"
+                       f".encoder.* or first_stage_model.encoder.*), found {len(found)} in the conditioner")  # fmt: skip
+
+
+def _identity_quant_conv(vae: nn.Module) -> dict[str, Tensor]:
+    channels = vae.quant_conv.weight.shape[0]
+    return {"quant_conv.weight": torch.eye(channels)[:, :, None, None], "quant_conv.bias": torch.zeros(channels)}
+
+
 def _convert_sv3d(path: Path, config: SV3DConfig) -> _Converted:
     state = read_safetensors(path)
     clip = _embedder_index(state, r"conditioner\.embedders\.(\d+)\.open_clip\.model\.visual\.conv1\.weight$",
                            "an OpenCLIP image tower", path)  # fmt: skip
-    ae = _embedder_index(state, r"conditioner\.embedders\.(\d+)\.encoder\.encoder\.conv_in\.weight$",
-                         "an autoencoder", path)  # fmt: skip
-    prefixes = {
-        "unet": "model.diffusion_model.",
-        "clip": f"conditioner.embedders.{clip}.open_clip.model.visual.",
-        "encoder": f"conditioner.embedders.{ae}.encoder.encoder.",
-        "quant_conv": f"conditioner.embedders.{ae}.encoder.quant_conv.",
-        "decoder": "first_stage_model.decoder.",
-    }
-
-    unet, unet_rename, notes = _sv3d_unet(_sub(state, prefixes["unet"]), config, path)
-    decoder_state = _sub(state, prefixes["decoder"])
-    vae, video, vae_notes = _sv3d_vae(_sub(state, prefixes["encoder"]), decoder_state, config, path)
-    tower = _clip_tower(_sub(state, prefixes["clip"]), config.clip_heads, path)
+    clip_prefix, unet_prefix, decoder_prefix = (f"conditioner.embedders.{clip}.open_clip.model.visual.",
+                                                "model.diffusion_model.", "first_stage_model.decoder.")  # fmt: skip
+    view = _view_encoder(state, path)
+    unet, unet_rename, notes = _sv3d_unet(_sub(state, unet_prefix), config, path)
+    vae, video, vae_notes = _sv3d_vae(_sub(state, view.encoder), _sub(state, decoder_prefix), config, path)
+    tower = _clip_tower(_sub(state, clip_prefix), config.clip_heads, path)
     levels = len(vae.config.block_out_channels)
 
     unused_patterns = [
         (rf"conditioner\.embedders\.{clip}\.open_clip\.model\.(?!visual\.)",
          "OpenCLIP text-tower remnants (sgm deletes only the text transformer; an image model never reads them)"),
-        (rf"conditioner\.embedders\.{ae}\.encoder\.(decoder|post_quant_conv)\.",
-         "the decoder half of the autoencoder sgm encodes the input view with (first_stage_model decodes frames)"),
-        (r"first_stage_model\.(encoder|quant_conv|post_quant_conv)\.",
-         ("first_stage_model's encoder side (SV3D's first stage has an Identity encoder and no quant convs; the "
-          "input view goes through the conditioner's autoencoder)")),
+        *view.unused,
         (r"model_ema\.", "EMA copies (sgm samples with model.diffusion_model.*)"),
     ]  # fmt: skip
     if not video:
@@ -563,21 +590,20 @@ def _convert_sv3d(path: Path, config: SV3DConfig) -> _Converted:
                                    "temporal decoder layers (temporal_decoder=False: frames decoded one by one)"))
     unused, rest = _sort_unused(state, unused_patterns)
     rest_state = {k: state[k] for k in rest}
-    parts = {
-        "unet": _place(unet, rest_state, [(prefixes["unet"], unet_rename)]),
-        "vae": _place(vae, rest_state, [
-            (prefixes["encoder"], lambda k: _join("encoder", _ae_rename("down", levels, False)(k))),
-            (prefixes["quant_conv"], lambda k: f"quant_conv.{k}"),
-            (prefixes["decoder"], lambda k: _join("decoder", _ae_rename("up", levels, video)(k))),
-        ]),
-        "image_encoder": _place(tower, rest_state, [(prefixes["clip"], lambda k: k)]),
-    }  # fmt: skip
+    vae_parts = [(view.encoder, lambda k: _join("encoder", _ae_rename("down", levels, False)(k))),
+                 (decoder_prefix, lambda k: _join("decoder", _ae_rename("up", levels, video)(k)))]  # fmt: skip
+    if view.quant_conv:
+        vae_parts.append((view.quant_conv, lambda k: f"quant_conv.{k}"))
+    parts = {"unet": _place(unet, rest_state, [(unet_prefix, unet_rename)]),
+             "vae": _place(vae, rest_state, vae_parts),
+             "image_encoder": _place(tower, rest_state, [(clip_prefix, lambda k: k)])}  # fmt: skip
+    if not view.quant_conv:
+        parts["vae"].tensors.update(_identity_quant_conv(vae))
     consumed = set().union(*(p.consumed for p in parts.values()))
-    strays = [k for k in rest if k not in consumed]
     tower_note = (f"image encoder: width {tower.config.width}, {tower.config.layers} layers, {tower.config.heads} "
                   "heads (head count is not in the file: OpenCLIP ViT-H/14 has 16)")  # fmt: skip
-    notes += [*vae_notes, tower_note]
-    report = _report(path, parts.values(), unused, strays, notes)
+    notes += [*vae_notes, view.note, tower_note]
+    report = _report(path, parts.values(), unused, [k for k in rest if k not in consumed], notes)
     return _Converted(report, parts, config.defaults)
 
 

@@ -2,7 +2,8 @@
 
 ``build_orbit_dataset`` renders every asset (``.glb``, ``.gltf``, ``.obj``) ``clips_per_asset`` times with the
 synthetic-capture renderer: one orbit ring of ``num_frames`` views at a random elevation, on a random background
-(white half the time, as the inputs the model will see, else a random light colour). Each clip is an ordinary
+(white half the time, as the inputs the model will see, else a random light colour), under random lighting (world
+light 0.6 to 1.2, and half the time a sun from a random direction above the horizon). Each clip is an ordinary
 capture folder; ``dataset.json`` lists them and which assets are held out for evaluation::
 
     dataset.json            clips: [{path, asset, elevation_deg, background, split}], settings
@@ -91,19 +92,22 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
     for index, (asset, k) in enumerate(track(jobs, "rendering orbit clips")):
         elevation = rng.uniform(*config.elevation_range_deg)
         background = "white" if rng.random() < 0.5 else "#" + "".join(f"{rng.randint(150, 255):02x}" for _ in "rgb")
+        world = rng.uniform(0.6, 1.2)
+        sun = (rng.uniform(0, 360), rng.uniform(10, 80), rng.uniform(1.0, 4.0)) if rng.random() < 0.5 else None
         folder = out_dir / "clips" / f"{asset.stem}_{k}"
         if not (folder / "transforms.json").is_file():
             folder.mkdir(parents=True, exist_ok=True)
             render = RenderConfig(num_views=config.num_frames, elevations_deg=(elevation,), radius=config.radius,
                                   fov_deg=config.fov_deg, width=config.image_size, height=config.image_size,
-                                  background=background, samples=config.samples, seed=config.seed + index)  # fmt: skip
+                                  background=background, world_strength=world, sun=sun, samples=config.samples,
+                                  seed=config.seed + index)  # fmt: skip
             render_asset(render, asset, folder)
         if config.holdout == "orbits":
             held_out = k == config.clips_per_asset - 1
         else:
             held_out = assets.index(asset) >= len(assets) - config.holdout_assets
         clips.append({"path": folder.relative_to(out_dir).as_posix(), "asset": asset.name,
-                      "elevation_deg": elevation, "background": background,
+                      "elevation_deg": elevation, "background": background, "world_light": world, "sun": sun,
                       "split": "test" if held_out else "train"})  # fmt: skip
     write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
     info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")

@@ -439,11 +439,12 @@ def srgb_to_linear(value: float) -> float:
     return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
 
 
-def configure_renderer(width: int, height: int, seed: int, background: tuple[float, float, float] | None) -> None:
-    """Cycles on the CPU, Standard view transform, uniform white world light of strength 1.
+def configure_renderer(width: int, height: int, seed: int, background: tuple[float, float, float] | None,
+                       world_strength: float = 1.0, sun: tuple[float, float, float] | None = None) -> None:  # fmt: skip
+    """Cycles on the CPU, Standard view transform, uniform white world light of strength ``world_strength``.
 
     ``background``: None renders a transparent film; else the linear RGB colour camera rays see (the light
-    stays white).
+    stays white). ``sun``: (azimuth_deg, elevation_deg, strength) adds a white sun shining from that direction.
     """
     bpy = import_bpy()
     scene = bpy.context.scene
@@ -470,12 +471,30 @@ def configure_renderer(width: int, height: int, seed: int, background: tuple[flo
     view_layer = scene.view_layers[0]
     view_layer.use_pass_z = True  # before the compositor: Render Layers nodes only have sockets for enabled passes
     view_layer.use_pass_normal = True
-    _make_world(scene, background)
+    _make_world(scene, background, world_strength)
+    if sun is not None:
+        _make_sun(scene, *sun)
     _make_compositor(scene)
     _make_camera(scene)
 
 
-def _make_world(scene, background: tuple[float, float, float] | None) -> None:
+def _make_sun(scene, azimuth_deg: float, elevation_deg: float, strength: float) -> None:
+    """A white sun lamp shining towards the origin from (azimuth, elevation); no shadow softening."""
+    import math
+
+    import bpy
+
+    lamp = bpy.data.lights.new("orbit4d_sun", type="SUN")
+    lamp.energy = strength
+    lamp.angle = 0.0
+    sun = bpy.data.objects.new("orbit4d_sun", lamp)
+    scene.collection.objects.link(sun)
+    azimuth, elevation = math.radians(azimuth_deg), math.radians(elevation_deg)
+    # A sun shines along its local -Z: tilt -Z from straight down to point from the given direction to the origin.
+    sun.rotation_euler = (math.pi / 2 - elevation, 0.0, azimuth + math.pi / 2)
+
+
+def _make_world(scene, background: tuple[float, float, float] | None, strength: float = 1.0) -> None:
     import bpy
 
     world = bpy.data.worlds.new("orbit4d_world")
@@ -485,7 +504,7 @@ def _make_world(scene, background: tuple[float, float, float] | None) -> None:
     output = nodes.new("ShaderNodeOutputWorld")
     light = nodes.new("ShaderNodeBackground")
     light.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
-    light.inputs["Strength"].default_value = 1.0
+    light.inputs["Strength"].default_value = strength
     if background is None:
         links.new(light.outputs["Background"], output.inputs["Surface"])
         return

@@ -68,6 +68,10 @@ class RenderConfig:
     """Animation (Blender action) to play; None: the asset's first animation if it has any."""
     time_steps: int = 1
     """Animated assets: this many times evenly over the animation (end excluded); every camera renders every time."""
+    world_strength: float = 1.0
+    """Strength of the uniform white world light (1: textures come out with their own colours)."""
+    sun: tuple[float, float, float] | None = None
+    """Optional white sun lamp: (azimuth_deg, elevation_deg, strength in W/m^2); None: world light only."""
     samples: int = 16
     """Cycles samples per pixel of the colour images (depth, normals and masks always take one)."""
     seed: int = 0
@@ -124,7 +128,8 @@ def render_asset(config: RenderConfig, model: Path, out_dir: Path) -> Path:
     if timeline.frames[0] is not None:
         blender.set_frame(timeline.frames[0])
     normalization = blender.normalize_scene(asset, timeline.normalized_at)
-    blender.configure_renderer(config.width, config.height, config.seed, parse_background(config.background))
+    blender.configure_renderer(config.width, config.height, config.seed, parse_background(config.background),
+                               config.world_strength, config.sun)  # fmt: skip
 
     for folder in ("images", "masks", "depth", "normals", "ground_truth"):
         (out_dir / folder).mkdir()

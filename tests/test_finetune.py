@@ -119,3 +119,22 @@ def test_bad_config_is_one_line(tmp_path, capsys, content, words):
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if "error" in line]
     assert code != 0 and len(lines) == 1 and words in lines[0] and "Traceback" not in err
+
+
+def test_eval_generator_reports_per_azimuth_and_a_contact_sheet(dataset, tmp_path, capsys):
+    import PIL.Image
+
+    from orbit4d.cli import main
+
+    defaults = OrbitDefaults(num_frames=4, image_size=32, fov_deg=33.8, radius=2.0)
+    weights = ARCHITECTURES["tiny"].build(defaults, seed=1).save_pretrained(tmp_path / "weights")
+    code = main(["eval-generator", "--weights", str(weights), "--data", str(dataset), "--out", str(tmp_path / "eval"),
+                 "--steps", "2"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert [row["azimuth_deg"] for row in report["per_azimuth"]] == [90, 180, 270]  # the input view is not scored
+    assert all(row["views"] == 1 and 0 < row["psnr"] < 60 for row in report["per_azimuth"])
+    assert report["psnr"] == pytest.approx(sum(r["psnr"] for r in report["per_azimuth"]) / 3)
+    assert 0 < report["ssim"] <= 1 and report["lpips"] is None
+    sheet = PIL.Image.open(tmp_path / "eval" / "contact_sheet.png")
+    assert sheet.size == (4 * 32, 2 * 32)  # one held-out clip: ground truth above generated

@@ -332,6 +332,21 @@ def test_solid_background_keeps_its_srgb_value(spot):
     assert (image[far_from_object == 0][:, :3] == 255).all()
 
 
+def test_sun_lights_the_side_it_shines_from(shared_data, tmp_path):
+    """No world light, a sun from +y: seen from +x (image right = +y), the right half of the object is the bright one;
+    from the other side the left half is."""
+    model = _model(shared_data, "Avocado/Avocado.gltf")
+    config = RenderConfig(num_views=2, elevations_deg=(0.0,), width=48, height=48, samples=4,
+                          world_strength=0.0, sun=(90.0, 20.0, 3.0))  # fmt: skip
+    root = render_asset(config, model, tmp_path)
+    for name, brighter in (("t000_c000.png", "right"), ("t000_c001.png", "left")):
+        image = np.asarray(Image.open(root / "images" / name)).astype(float)
+        lit = image[..., :3].mean(axis=-1) * (image[..., 3] > 0)
+        covered = image[..., 3] > 0
+        left, right = lit[:, :24].sum() / covered[:, :24].sum(), lit[:, 24:].sum() / covered[:, 24:].sum()
+        assert (right > 1.5 * left) if brighter == "right" else (left > 1.5 * right), (name, left, right)
+
+
 def test_flat_colour_renders_as_its_own_srgb_value(tmp_path):
     """A matte quad of sRGB (200, 120, 40) facing the camera comes out as exactly that: white light, Standard view."""
     srgb = np.array([200, 120, 40]) / 255.0
