@@ -460,6 +460,7 @@ def _sv3d_vae(encoder: dict[str, Tensor], decoder: dict[str, Tensor], config: SV
     widths = tuple(_need(encoder, f"down.{level}.block.0.conv2.weight", source).shape[0] for level in levels)
     if not levels or levels != list(range(len(levels))) or layers < 1:
         raise WeightsError(f"{source}: the autoencoder's encoder has levels {levels}, {layers} blocks per level")
+    latent = _need(decoder, "conv_in.weight", source).shape[1]  # first_stage_model.decoder
     up_layers = len(_indices(decoder, r"up\.0\.block\.(\d+)\."))
     if up_layers != layers + 1:
         raise WeightsError(f"{source}: the decoder has {up_layers} blocks per level, the encoder {layers}; sgm's "
@@ -472,7 +473,7 @@ def _sv3d_vae(encoder: dict[str, Tensor], decoder: dict[str, Tensor], config: SV
     shape = {"in_channels": _need(encoder, "conv_in.weight", source).shape[1],
              "out_channels": _need(decoder, "conv_out.weight", source).shape[0],
              "down_block_types": ("DownEncoderBlock2D",) * len(levels), "block_out_channels": widths,
-             "layers_per_block": layers, "latent_channels": _need(decoder, "conv_in.weight", source).shape[1],
+             "layers_per_block": layers, "latent_channels": latent,
              "scaling_factor": config.scaling_factor}  # fmt: skip
     with torch.device("meta"):
         if video:
@@ -553,13 +554,14 @@ def _view_encoder(state: dict[str, Tensor], source: Path) -> _ViewEncoder:
              ("first_stage_model's encoder side (sv3d_*.yaml give the first stage an Identity encoder and no quant "
               "convs: the input view goes through the conditioner's autoencoder)")),
         ]  # fmt: skip
-        return _ViewEncoder(f"{copy}encoder.", f"{copy}quant_conv.", unused, f"vae encoder: {copy}{{encoder,quant_conv}}")
+        note = f"vae encoder: {copy}{{encoder,quant_conv}}"
+        return _ViewEncoder(f"{copy}encoder.", f"{copy}quant_conv.", unused, note)
     if len(found) == 0 and "first_stage_model.encoder.conv_in.weight" in state:
         quant = "first_stage_model.quant_conv." if "first_stage_model.quant_conv.weight" in state else None
         note = f"vae encoder: first_stage_model.encoder, {'its quant_conv' if quant else 'an identity quant_conv'}"
         return _ViewEncoder("first_stage_model.encoder.", quant, [], note)
-    raise WeightsError(f"{source}: expected one autoencoder to encode the input view (conditioner.embedders.*.encoder"
-                       f".encoder.* or first_stage_model.encoder.*), found {len(found)} in the conditioner")  # fmt: skip
+    raise WeightsError(f"{source}: expected one autoencoder to encode the input view (conditioner.embedders.*."
+                       f"encoder.encoder.* or first_stage_model.encoder.*); the conditioner has {len(found)}")
 
 
 def _identity_quant_conv(vae: nn.Module) -> dict[str, Tensor]:
@@ -590,8 +592,9 @@ def _convert_sv3d(path: Path, config: SV3DConfig) -> _Converted:
                                    "temporal decoder layers (temporal_decoder=False: frames decoded one by one)"))
     unused, rest = _sort_unused(state, unused_patterns)
     rest_state = {k: state[k] for k in rest}
-    vae_parts = [(view.encoder, lambda k: _join("encoder", _ae_rename("down", levels, False)(k))),
-                 (decoder_prefix, lambda k: _join("decoder", _ae_rename("up", levels, video)(k)))]  # fmt: skip
+    encoder_rename, decoder_rename = _ae_rename("down", levels, False), _ae_rename("up", levels, video)
+    vae_parts = [(view.encoder, lambda k: _join("encoder", encoder_rename(k))),
+                 (decoder_prefix, lambda k: _join("decoder", decoder_rename(k)))]  # fmt: skip
     if view.quant_conv:
         vae_parts.append((view.quant_conv, lambda k: f"quant_conv.{k}"))
     parts = {"unet": _place(unet, rest_state, [(unet_prefix, unet_rename)]),

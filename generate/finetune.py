@@ -32,7 +32,7 @@ from torch import Tensor
 
 from generate.cameras import plucker_rays
 from generate.dataset import DATASET_FILE, Clip, DatasetConfig, OrbitClips, build_orbit_dataset
-from generate.pipeline import OrbitDefaults, OrbitPipeline
+from generate.pipeline import OrbitDefaults, OrbitPipeline, frame_conditions
 from generate.presets import ARCHITECTURES
 from generate.schedulers import Denoiser
 from multiview.console import console, info
@@ -240,8 +240,7 @@ def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list
     if pipeline.unet.config.ray_channels:
         h, w = latents.shape[-2:]
         extra.append(torch.stack([plucker_rays(clip.orbit.cameras, h, w) for clip in batch]).to(device, dtype))
-    conditions = torch.stack([torch.stack([torch.full((F,), config.cond_aug), clip.orbit.polar_rad(),
-                                           clip.orbit.relative_azimuth_rad()], dim=-1) for clip in batch])  # fmt: skip
+    conditions = torch.stack([frame_conditions(pipeline.unet, clip.orbit, config.cond_aug) for clip in batch])
     model_input = torch.cat([denoiser.c_in(s) * noisy, *extra], dim=2)
     output = unet(model_input, denoiser.c_noise(sigma), embedding, conditions.to(device, dtype))
     return torch.nn.functional.mse_loss(output.float(), denoiser.target(latents, noise, s).float())

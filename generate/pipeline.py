@@ -49,6 +49,19 @@ class OrbitDefaults:
                           self.radius, self.fov_deg, self.image_size)  # fmt: skip
 
 
+def frame_conditions(unet: OrbitUNet, orbit: Orbit, cond_aug: float) -> Tensor:
+    """[F, K] per-frame values for ``unet``: SV3D_p's (cond_aug, polar, azimuth) for three slots, SV3D_u's cond_aug
+    alone for one. (A UNet converted from SVD has three slots meant for fps, motion and cond_aug: fine-tuning
+    teaches it the camera meaning, as SV3D did.)"""
+    cond = torch.full((orbit.num_frames,), float(cond_aug))
+    slots = len(unet.config.condition_embed_dims)
+    if slots == 1:
+        return cond[:, None]
+    if slots == 3:
+        return torch.stack([cond, orbit.polar_rad(), orbit.relative_azimuth_rad()], dim=-1)
+    raise ValueError(f"this UNet takes {slots} conditioning values per frame; orbit4d knows 1 (SV3D_u) and 3 (SV3D_p)")
+
+
 def make_scheduler(name: str) -> EulerEDMScheduler | DDIMScheduler:
     """euler: EDM Euler with SV3D's sigmas (700 to 0.002, rho 7); ddim: deterministic DDIM."""
     if name == "euler":
@@ -113,8 +126,7 @@ class OrbitPipeline:
         extra = [image_latent]
         if self.unet.config.ray_channels:
             extra.append(plucker_rays(orbit.cameras, h, w)[None].to(device, dtype))
-        conditions = torch.stack([torch.full((frames,), cond_aug), orbit.polar_rad(), orbit.relative_azimuth_rad()],
-                                 dim=-1)[None].to(device, dtype)  # fmt: skip
+        conditions = frame_conditions(self.unet, orbit, cond_aug)[None].to(device, dtype)
         guidance = triangular_guidance(orbit, min_guidance, max_guidance).to(device, dtype)[None, :, None, None, None]
 
         def denoise(x: Tensor, sigma: float) -> Tensor:

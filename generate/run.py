@@ -33,7 +33,8 @@ class GenerateConfig:
     """Everything ``orbit4d generate`` can be told; None takes the model's own default."""
 
     weights: Path | None = None
-    """A model folder (model_index.json, unet/, vae/, image_encoder/; safetensors)."""
+    """A model folder (model_index.json, unet/, vae/, image_encoder/; safetensors), or a published SV3D
+    single-file .safetensors checkpoint (converted in memory; ``generate.convert``)."""
     num_frames: int | None = None
     """Frames of the orbit (the model's training count when None)."""
     elevation_deg: float | None = None
@@ -65,7 +66,7 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
                          "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
     device = _device(config.device)
     dtype = _dtype(device, config.half)
-    pipeline = OrbitPipeline.from_pretrained(config.weights, dtype).to(device)
+    pipeline = load_pipeline(Path(config.weights), dtype).to(device)
     size = pipeline.defaults.image_size
     image = prepare_image(image_path, size, config.object_ratio)
     orbit = pipeline.defaults.orbit(config.num_frames, config.elevation_deg)
@@ -103,6 +104,15 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
         })  # fmt: skip
     info(f"generated {orbit.num_frames} views in {time.perf_counter() - tic:.1f} s → {out_dir}")
     return Path(out_dir)
+
+
+def load_pipeline(weights: Path, dtype: torch.dtype) -> OrbitPipeline:
+    """A model folder, or a published SV3D single-file checkpoint (.safetensors, converted in memory)."""
+    if weights.is_file() and weights.suffix == ".safetensors":
+        from generate.convert import load_sv3d
+
+        return load_sv3d(weights, dtype=dtype)
+    return OrbitPipeline.from_pretrained(weights, dtype)
 
 
 def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarray:

@@ -50,7 +50,8 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="the input view (.png with transparency works best)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="capture folder to write")
     p.add_argument("--weights", type=Path, default=None, metavar="PATH",
-                   help="model folder (model_index.json, unet/, vae/, image_encoder/; safetensors only)")
+                   help="model folder (model_index.json, unet/, vae/, image_encoder/; safetensors only) or an SV3D "
+                   "checkpoint (sv3d_p.safetensors / sv3d_u.safetensors, converted on load)")
     p.add_argument("--frames", type=int, default=None, metavar="N", help="views in the orbit (model default)")
     p.add_argument("--elevation", type=float, default=None, metavar="DEG", help="camera elevation (model default)")
     p.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")

@@ -290,14 +290,24 @@ def open_clip_text_remnants(k: _Keys, p: str, c: OpenCLIPConfig) -> None:
 
 
 def sv3d_shapes(unet: VideoUNetConfig = VideoUNetConfig(), ae: AutoencoderConfig = AutoencoderConfig(),
-                clip: OpenCLIPConfig = OpenCLIPConfig(), video_decoder: bool = True) -> Shapes:  # fmt: skip
-    """Every key of an SV3D DiffusionEngine state dict (sv3d_p.yaml; SV3D_u: adm_in_channels 256)."""
+                clip: OpenCLIPConfig = OpenCLIPConfig(), video_decoder: bool = True,
+                conditioner_autoencoder: bool = True, first_stage_encoder: bool = True) -> Shapes:  # fmt: skip
+    """Every key of an SV3D DiffusionEngine state dict (sv3d_p.yaml; SV3D_u: adm_in_channels 256).
+
+    sv3d_p.yaml gives the first stage an Identity encoder, but a file saved from a training config with svd.yaml's
+    first stage (an ``Encoder``, no quant convs) also holds ``first_stage_model.encoder.*``, which sgm's
+    non-strict loading ignores; ``first_stage_encoder`` adds those keys, ``conditioner_autoencoder`` the
+    conditioner's AutoencoderKLModeOnly.
+    """
     k = _Keys()
     video_unet(k, "model.diffusion_model.", unet)
     open_clip_visual(k, "conditioner.embedders.0.open_clip.model.visual.", clip)
     open_clip_text_remnants(k, "conditioner.embedders.0.open_clip.model.", clip)
-    autoencoder_kl_mode_only(k, "conditioner.embedders.1.encoder.", ae)
-    decoder(k, "first_stage_model.decoder.", ae, video=video_decoder)  # the encoder is an Identity
+    if conditioner_autoencoder:
+        autoencoder_kl_mode_only(k, "conditioner.embedders.1.encoder.", ae)
+    if first_stage_encoder:
+        encoder(k, "first_stage_model.encoder.", ae)
+    decoder(k, "first_stage_model.decoder.", ae, video=video_decoder)
     return k.shapes
 
 

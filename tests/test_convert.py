@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+
 from sgm_layout import VideoUNetConfig, random_state, sv3d_shapes
 
 from generate.cameras import sv3d_orbit
@@ -63,7 +64,8 @@ def test_every_sv3d_key_is_loaded_or_listed_as_unused(sv3d_state, sv3d_file):
     assert "conditioner.embedders.0.open_clip.model.logit_scale" in text and len(text) == 6
     decoder_half = {k for k in sv3d_state
                     if re.match(r"conditioner\.embedders\.1\.encoder\.(decoder|post_quant_conv)\.", k)}
-    assert set(report.unused) == text | decoder_half
+    first_stage_encoder = {k for k in sv3d_state if k.startswith("first_stage_model.encoder.")}
+    assert decoder_half and first_stage_encoder and set(report.unused) == text | decoder_half | first_stage_encoder
     assert report.loaded + len(report.unused) == len(sv3d_state)
     assert any("text-tower" in note and "6 keys" in note for note in report.notes)
     assert any("(2, 4) heads of 16 channels" in note for note in report.notes)
@@ -172,15 +174,35 @@ def test_sv3d_u_conditions_on_cond_aug_alone(tmp_path):
     report = convert_sv3d(path, config=config)
     assert report.problems == [] and any("cond_aug alone" in note for note in report.notes)
     assert any("temporal decoder layers" in note for note in report.notes)
-    assert any(".time_stack." in k for k in report.unused) and "first_stage_model.decoder.mid.block_1.mix_factor" \
-        in report.unused  # fmt: skip
+    assert "first_stage_model.decoder.mid.block_1.mix_factor" in report.unused
+    assert any(k.startswith("first_stage_model.decoder.") and ".time_stack." in k for k in report.unused)
     pipeline = load_sv3d(path, config)
     assert pipeline.unet.config.condition_embed_dims == (256,) and type(pipeline.vae).__name__ == "AutoencoderKL"
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     assert pipeline.decode(latents, 2).shape == (2, 3, 16, 16)
-    sample = torch.randn(1, 2, 8, 8, 8)
-    out = pipeline.unet(sample, torch.tensor([0.1]), torch.randn(1, 1, 16), torch.full((1, 2, 1), 0.02))
+    generator = torch.Generator().manual_seed(1)
+    sample, context = torch.randn(1, 2, 8, 8, 8, generator=generator), torch.randn(1, 1, 16, generator=generator)
+    with torch.no_grad():
+        out = pipeline.unet(sample, torch.tensor([0.1]), context, torch.full((1, 2, 1), 0.02))
     assert out.shape == (1, 2, 4, 8, 8) and torch.isfinite(out).all()
+    frames = pipeline(torch.rand(3, 16, 16), sv3d_orbit(3, 0.0, size=16), num_steps=2)  # cond_aug alone per frame
+    assert frames.shape == (3, 3, 16, 16) and torch.isfinite(frames).all()
+
+
+def test_without_the_conditioners_autoencoder_the_first_stage_encodes(tmp_path):
+    """A file without sgm's conditioner copy: the input view is encoded by first_stage_model.encoder, which in
+    sgm's AutoencodingEngine has no quant_conv (an identity here)."""
+    state = random_state(sv3d_shapes(conditioner_autoencoder=False))
+    path = tmp_path / "first_stage.safetensors"
+    save_file(state, str(path))
+    report = convert_sv3d(path, config=TINY)
+    assert report.problems == [] and report.loaded == len(state) - len(report.unused)
+    assert any("first_stage_model.encoder, an identity quant_conv" in note for note in report.notes)
+    vae = load_sv3d(path, TINY).vae
+    assert torch.equal(vae.encoder.conv_in.weight, state["first_stage_model.encoder.conv_in.weight"])
+    pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    moments = vae.encoder(pixels)
+    torch.testing.assert_close(vae.encode(pixels).latent_dist.mean, moments[:, :4], atol=1e-6, rtol=0)
 
 
 # --- bad SV3D files ---------------------------------------------------------------------------------------------
@@ -211,15 +233,13 @@ def test_missing_and_misshaped_keys_are_named(sv3d_state, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_layouts_and_pickles_are_refused(sv3d_state, tmp_path):
+def test_unknown_layouts_and_pickles_are_refused(sv3d_state, sv3d_file, tmp_path):
     no_clip = {k: v for k, v in sv3d_state.items() if ".visual." not in k}
     save_file(no_clip, str(tmp_path / "no_clip.safetensors"))
     with pytest.raises(WeightsError, match="OpenCLIP image tower"):
         load_sv3d(tmp_path / "no_clip.safetensors", TINY)
-    whole = tmp_path / "whole.safetensors"
-    save_file(sv3d_state, str(whole))
     with pytest.raises(WeightsError, match="head_dim"):
-        load_sv3d(whole, SV3DConfig(head_dim=24, clip_heads=4))
+        load_sv3d(sv3d_file, SV3DConfig(head_dim=24, clip_heads=4))
 
     class Boom:
         def __reduce__(self):
