@@ -1,1 +1,10 @@
-"""orbit4d stage: generate (see DESIGN.md)."""
+"""orbit4d stage: generate (see DESIGN.md): image -> camera-controlled orbit clip, and the recipe that trains it.
+
+Nothing here reaches a model hub: weights load from local paths only, so the Hugging Face libraries are told to stay
+offline before any of them is imported.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
