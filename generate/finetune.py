@@ -10,7 +10,8 @@ Runs under accelerate: one CPU process as here, or ``accelerate launch`` on GPUs
 folder::
 
     config.json               the FinetuneConfig
-    checkpoint/state.pt       step, trained weights, optimizer, EMA, random states (torch.load weights_only)
+    checkpoint/state.pt       step, losses, trained weights, optimizer, EMA (read with torch.load weights_only)
+    checkpoint/vae/           a fresh model's fitted VAE
     losses.json               the loss of every step
     evaluation.json           held-out PSNR of generated views before and after (``eval_clips``)
     model/                    the exported pipeline (EMA weights, LoRA merged): orbit4d generate --weights
@@ -157,32 +158,32 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
         build_orbit_dataset(dataset, Path(config.assets), Path(config.data))
     train_clips = OrbitClips(Path(config.data), "train")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
     pipeline = _starting_pipeline(config, train_clips).to(accelerator.device)
     _prepare_vae(pipeline, train_clips, config, out / "checkpoint" / "vae", resume)
-    test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips else None
-    evaluation = {}
+    test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips and main else None
     if test_clips is not None and not resume:
-        evaluation["start_psnr"] = heldout_psnr(pipeline, test_clips, config)
+        write_json(out / "evaluation.json", {"start_psnr": heldout_psnr(pipeline, test_clips, config)})
     unet, trainable = _trainable_unet(pipeline, config)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema = _ema(trainable, config)
-    generator = torch.Generator().manual_seed(config.seed)
     step, losses = 0, []
     if resume:
-        step, losses = _load_state(state_path, trainable, optimizer, ema, generator)
+        step, losses = _load_state(state_path, trainable, optimizer, ema)
         info(f"resuming {out} at step {step} of {config.steps}")
-    else:
+    elif main:
         (out / "checkpoint").mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", asdict(config))
-        if evaluation:
-            write_json(out / "evaluation.json", evaluation)
-    denoiser, tic = Denoiser(), time.perf_counter()
+    denoiser, generator, tic = Denoiser(), torch.Generator(), time.perf_counter()
     from rich.progress import Progress
 
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+    with Progress(console=console, transient=True, disable=not (console.is_terminal and main)) as bar:
         task = bar.add_task("fine-tuning", total=config.steps, completed=step)
         while step < config.steps:
+            # Every step's draws come from (seed, process, step): resuming needs no generator state, and each
+            # process of a multi-GPU run sees other clips and noise.
+            generator.manual_seed(config.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(config.warmup_steps, 1))
             batch = [train_clips.random_clip(generator) for _ in range(config.batch_size)]
@@ -197,23 +198,28 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
             if not math.isfinite(losses[-1]):
                 raise InputError(f"fine-tuning diverged at step {step} (loss {losses[-1]}): lower learning_rate")
             bar.update(task, completed=step)
-            if not console.is_terminal and step % max(1, config.steps // 10) == 0:
+            if main and not console.is_terminal and step % max(1, config.steps // 10) == 0:
                 info(f"step {step}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
             if on_step is not None:
                 on_step(step, losses[-1])
             if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-                _save_state(state_path, step, losses, trainable, optimizer, ema, generator)
-    write_json(out / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
-    unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
-    if test_clips is not None:
-        pipeline.unet = unet.to(pipeline.device)
-        saved = json.loads((out / "evaluation.json").read_text()) if (out / "evaluation.json").is_file() else {}
-        write_json(out / "evaluation.json", {"start_psnr": evaluation.get("start_psnr", saved.get("start_psnr")),
-                                             "end_psnr": heldout_psnr(pipeline, test_clips, config),
-                                             "clips": min(config.eval_clips, len(test_clips)),
-                                             "sampling_steps": config.eval_steps})  # fmt: skip
-    info(f"fine-tuned {step} steps; model in {out / 'model'}")
+                if main:
+                    _save_state(state_path, step, losses, trainable, optimizer, ema)
+                accelerator.wait_for_everyone()
+    if main:
+        write_json(out / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
+        pipeline.unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
+        if test_clips is not None:
+            _finish_evaluation(pipeline, test_clips, config, out / "evaluation.json")
+        info(f"fine-tuned {step} steps; model in {out / 'model'}")
+    accelerator.wait_for_everyone()
     return out
+
+
+def _finish_evaluation(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig, path: Path) -> None:
+    start = json.loads(path.read_text()).get("start_psnr") if path.is_file() else None
+    write_json(path, {"start_psnr": start, "end_psnr": heldout_psnr(pipeline, clips, config),
+                      "clips": min(config.eval_clips, len(clips)), "sampling_steps": config.eval_steps})  # fmt: skip
 
 
 def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list[Clip], config: FinetuneConfig,
@@ -345,22 +351,20 @@ def _ema(trainable: list[Tensor], config: FinetuneConfig):
     return EMAModel(trainable, decay=config.ema_decay)
 
 
-def _save_state(path: Path, step: int, losses: list[float], trainable, optimizer, ema, generator) -> None:
+def _save_state(path: Path, step: int, losses: list[float], trainable, optimizer, ema) -> None:
     state = {
         "step": step,
         "losses": losses,
         "trainable": [p.detach().cpu() for p in trainable],
         "optimizer": optimizer.state_dict(),
         "ema": None if ema is None else ema.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
     }
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
-def _load_state(path: Path, trainable, optimizer, ema, generator) -> tuple[int, list[float]]:
+def _load_state(path: Path, trainable, optimizer, ema) -> tuple[int, list[float]]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if len(state["trainable"]) != len(trainable):
         raise InputError(f"{path} was saved by a run with other trainable weights: resume with its own config")
@@ -370,8 +374,6 @@ def _load_state(path: Path, trainable, optimizer, ema, generator) -> tuple[int, 
     optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state["ema"] is not None:
         ema.load_state_dict(state["ema"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
     return state["step"], list(state["losses"])
 
 
