@@ -78,10 +78,16 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
 
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("sampling", total=config.steps)
-        frames = pipeline(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, orbit, num_steps=config.steps,
-                          sampler=config.sampler, min_guidance=config.min_guidance, max_guidance=config.max_guidance,
-                          cond_aug=config.cond_aug, seed=config.seed,
-                          on_step=lambda i, n: bar.update(task, completed=i))  # fmt: skip
+        try:
+            frames = pipeline(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, orbit,
+                              num_steps=config.steps, sampler=config.sampler, min_guidance=config.min_guidance,
+                              max_guidance=config.max_guidance, cond_aug=config.cond_aug, seed=config.seed,
+                              on_step=lambda i, n: bar.update(task, completed=i))  # fmt: skip
+        except (MemoryError, RuntimeError) as error:
+            if not isinstance(error, MemoryError) and "out of memory" not in str(error).lower():
+                raise
+            raise InputError(f"out of memory sampling {orbit.num_frames} frames at {size} px with {config.weights}: "
+                             "pass fewer --frames" + ("" if config.half else ", or --half on a GPU")) from None
     if not torch.isfinite(frames).all():
         raise InputError(f"{config.weights}: the model produced NaN or Inf frames; try without --half or other weights")
     with staged_dir(out_dir, overwrite) as stage:

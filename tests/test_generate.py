@@ -301,3 +301,13 @@ def test_samples_in_half_precision_on_cuda(weights):
     loaded = OrbitPipeline.from_pretrained(weights, torch.float16).to("cuda")
     frames = loaded(torch.rand(3, 32, 32), DEFAULTS.orbit(), num_steps=3)
     assert torch.isfinite(frames).all() and frames.shape == (4, 3, 32, 32)
+
+
+def test_out_of_memory_is_one_line(weights, tmp_path, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(OrbitPipeline, "__call__", exhausted)
+    code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", weights)
+    line = error_line(err)
+    assert code != 0 and "out of memory" in line and "--frames" in line and not (tmp_path / "x").exists()
