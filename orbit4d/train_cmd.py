@@ -13,6 +13,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` and ``video-to-3d`` on the ``orbit4d`` sub-command parser."""
     _train_parser(sub)
     _video_to_3d_parser(sub)
+    _image_to_3d_parser(sub)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +46,26 @@ def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
                    help="longest image side in pixels for SfM (default 1600)")
     _add_train_options(p)
     p.set_defaults(func=_run_video_to_3d)
+
+
+def _image_to_3d_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "image-to-3d",
+        help="one image to a 3D splat scene (generate an orbit, then train)",
+        description="Generate an orbit of views around the object in IMAGE into DIR/capture (as `orbit4d generate`), "
+        "then train 3D Gaussian splats on it into DIR/scene (as `orbit4d train`). An existing DIR/capture is reused "
+        "unless --overwrite.",
+    )
+    p.add_argument("image", type=Path, help="the input view (.png with transparency works best)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for capture/ and scene/")
+    p.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="generator: a model folder or an SV3D .safetensors checkpoint")
+    p.add_argument("--frames", type=int, default=None, metavar="N", help="views in the orbit (model default)")
+    p.add_argument("--elevation", type=float, default=None, metavar="DEG", help="camera elevation (model default)")
+    p.add_argument("--sample-steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
+    p.add_argument("--half", action="store_true", help="generate in fp16/bf16 on CUDA")
+    _add_train_options(p)
+    p.set_defaults(func=_run_image_to_3d)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -130,6 +151,30 @@ def _run_video_to_3d(args: argparse.Namespace) -> int:
         capture_config = process.CaptureConfig.from_options(frames=args.frames, max_size=args.max_size,
                                                             verbose=args.debug)  # fmt: skip
         process.run(capture_config, args.input, capture_dir, overwrite=args.overwrite)
+    train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+    print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
+    return 0
+
+
+def _run_image_to_3d(args: argparse.Namespace) -> int:
+    from generate.run import GenerateConfig
+    from generate.run import run as generate
+    from multiview.console import info
+    from multiview.errors import InputError
+    from reconstruct import train
+
+    if not args.image.is_file():
+        raise InputError(f"{args.image} does not exist: give an image file (.png with transparency works best)")
+    capture_dir, scene_dir = args.out / "capture", args.out / "scene"
+    config = _train_config(args, scene_dir)
+    config.validate()  # before minutes of sampling
+    if (capture_dir / "transforms.json").is_file() and not args.overwrite:
+        info(f"reusing the capture in {capture_dir} (pass --overwrite to redo it)")
+    else:
+        generated = GenerateConfig(weights=args.weights, num_frames=args.frames, elevation_deg=args.elevation,
+                                   steps=args.sample_steps, seed=args.seed or 0,
+                                   device=args.device or "auto", half=args.half)  # fmt: skip
+        generate(generated, args.image, capture_dir, overwrite=args.overwrite)
     train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
     print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
     return 0

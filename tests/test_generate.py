@@ -311,3 +311,13 @@ def test_out_of_memory_is_one_line(weights, tmp_path, capsys, monkeypatch):
     code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", weights)
     line = error_line(err)
     assert code != 0 and "out of memory" in line and "--frames" in line and not (tmp_path / "x").exists()
+
+
+def test_image_to_3d_chains_generate_and_train(weights, tmp_path, capsys):
+    out = tmp_path / "object"
+    code, err = cli(capsys, "image-to-3d", rgba_object(tmp_path / "o.png"), "--out", out, "--weights", weights,
+                    "--sample-steps", 2, "--steps", 30, "--device", "cpu", "--init-points", 200)  # fmt: skip
+    assert code == 0, err
+    assert len(read_capture(out / "capture").frames) == 4
+    metrics = json.loads((out / "scene" / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and (out / "scene" / "splats.ply").is_file()
