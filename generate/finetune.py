@@ -138,7 +138,11 @@ class FinetuneConfig:
 
 
 def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
-    """Fine-tune as ``config`` says; return the run folder (``model/`` inside is the result)."""
+    """Fine-tune as ``config`` says; return the run folder (``model/`` inside is the result).
+
+    ``on_step(step, loss)`` runs after every step (a KeyboardInterrupt raised there stops the run like Ctrl-C;
+    the last checkpoint stays).
+    """
     from accelerate import Accelerator
 
     config.validate()
@@ -148,14 +152,7 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
         raise OutputExistsError(f"{out} already exists: pass --resume to continue it or choose another out")
     if resume and not state_path.is_file():
         raise InputError(f"{out}: no checkpoint to resume ({state_path}): run without --resume")
-    if not (Path(config.data) / DATASET_FILE).is_file():
-        if config.assets is None:
-            raise InputError(f"{config.data} has no {DATASET_FILE}: set assets to a folder of 3D assets to render it")
-        dataset = DatasetConfig(num_frames=config.frames, image_size=config.image_size,
-                                clips_per_asset=config.clips_per_asset, holdout=config.holdout,
-                                holdout_assets=config.holdout_assets,
-                                seed=config.seed)  # fmt: skip
-        build_orbit_dataset(dataset, Path(config.assets), Path(config.data))
+    _ensure_dataset(config)
     train_clips = OrbitClips(Path(config.data), "train")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -175,9 +172,25 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
     elif main:
         (out / "checkpoint").mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", asdict(config))
-    denoiser, generator, tic = Denoiser(), torch.Generator(), time.perf_counter()
+    tic = time.perf_counter()
+    losses = _train(config, accelerator, pipeline, unet, optimizer, trainable, ema, train_clips, step, losses,
+                    state_path, on_step)  # fmt: skip
+    if main:
+        write_json(out / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
+        pipeline.unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
+        if test_clips is not None:
+            _finish_evaluation(pipeline, test_clips, config, out / "evaluation.json")
+        info(f"fine-tuned {len(losses)} steps; model in {out / 'model'}")
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _train(config: FinetuneConfig, accelerator, pipeline: OrbitPipeline, unet, optimizer, trainable, ema,
+           clips: OrbitClips, step: int, losses: list[float], state_path: Path, on_step) -> list[float]:  # fmt: skip
+    """Steps from ``step`` to ``config.steps``; checkpoints on schedule and at the end. Returns every step's loss."""
     from rich.progress import Progress
 
+    main, denoiser, generator = accelerator.is_main_process, Denoiser(), torch.Generator()
     with Progress(console=console, transient=True, disable=not (console.is_terminal and main)) as bar:
         task = bar.add_task("fine-tuning", total=config.steps, completed=step)
         while step < config.steps:
@@ -186,7 +199,7 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
             generator.manual_seed(config.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(config.warmup_steps, 1))
-            batch = [train_clips.random_clip(generator) for _ in range(config.batch_size)]
+            batch = [clips.random_clip(generator) for _ in range(config.batch_size)]
             loss = training_loss(pipeline, unet, denoiser, batch, config, generator)
             accelerator.backward(loss)
             optimizer.step()
@@ -206,14 +219,19 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
                 if main:
                     _save_state(state_path, step, losses, trainable, optimizer, ema)
                 accelerator.wait_for_everyone()
-    if main:
-        write_json(out / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
-        pipeline.unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
-        if test_clips is not None:
-            _finish_evaluation(pipeline, test_clips, config, out / "evaluation.json")
-        info(f"fine-tuned {step} steps; model in {out / 'model'}")
-    accelerator.wait_for_everyone()
-    return out
+    return losses
+
+
+def _ensure_dataset(config: FinetuneConfig) -> None:
+    """Render the dataset from ``config.assets`` when ``config.data`` has none yet."""
+    if (Path(config.data) / DATASET_FILE).is_file():
+        return
+    if config.assets is None:
+        raise InputError(f"{config.data} has no {DATASET_FILE}: set assets to a folder of 3D assets to render it")
+    dataset = DatasetConfig(num_frames=config.frames, image_size=config.image_size,
+                            clips_per_asset=config.clips_per_asset, holdout=config.holdout,
+                            holdout_assets=config.holdout_assets, seed=config.seed)  # fmt: skip
+    build_orbit_dataset(dataset, Path(config.assets), Path(config.data))
 
 
 def _finish_evaluation(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig, path: Path) -> None:
