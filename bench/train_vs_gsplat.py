@@ -29,7 +29,6 @@ from reconstruct import train  # noqa: E402
 from reconstruct.data import load_scene  # noqa: E402
 from reconstruct.evaluate import composite  # noqa: E402
 from reconstruct.splats import camera_extent  # noqa: E402
-from reconstruct.strategy import Densifier  # noqa: E402
 
 
 def gsplat_render(params: dict, view, degree: int, background: torch.Tensor):
@@ -53,7 +52,7 @@ def minimal_loop(config: train.TrainConfig, capture: Path) -> dict:
     params = {k: torch.nn.Parameter(v.cuda()) for k, v in splats.parameters().items()}
     scene_scale = camera_extent([view.camera for view in scene.train])
     optimizers = train.make_optimizers(config, params, scene_scale)
-    densifier = Densifier(train._strategy(config), config.max_gaussians)
+    densifier = train._densifier(config)  # the same strategy object orbit4d builds (default or mcmc)
     state = densifier.initialize_state(scene_scale)
     generator = torch.Generator().manual_seed(config.seed)
     interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
