@@ -26,7 +26,8 @@ def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "eu
     from reconstruct import metrics as M
 
     by_azimuth: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    per_clip, pairs = [], []
+    per_clip, pairs, lpips_values = [], [], []
+    lpips_reason = M.lpips_status()
     count = len(clips) if max_clips is None else min(max_clips, len(clips))
     for index in range(count):
         clip = clips.clip(index)
@@ -40,6 +41,8 @@ def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "eu
             azimuth = int(round(float(clip.orbit.azimuths_deg[k])))
             by_azimuth[azimuth].append(value)
             scores.append(value)
+            if lpips_reason is None:
+                lpips_values.append(M.lpips(image, truth))
         per_clip.append({"clip": clips.entries[index]["path"], "asset": clips.entries[index]["asset"],
                          "psnr": _mean(s[0] for s in scores), "ssim": _mean(s[1] for s in scores)})  # fmt: skip
         pairs.append((clip.frames, generated))
@@ -47,8 +50,8 @@ def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "eu
     report = {
         "psnr": _mean(v[0] for v in all_scores),
         "ssim": _mean(v[1] for v in all_scores),
-        "lpips": None,
-        "lpips_reason": M.LPIPS_UNAVAILABLE,
+        "lpips": _mean(lpips_values),
+        "lpips_reason": lpips_reason,
         "per_azimuth": [{"azimuth_deg": a, "psnr": _mean(v[0] for v in by_azimuth[a]),
                          "ssim": _mean(v[1] for v in by_azimuth[a]), "views": len(by_azimuth[a])}
                         for a in sorted(by_azimuth)],  # fmt: skip

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from multiview.camera import Camera
 from reconstruct.data import View
-from reconstruct.metrics import psnr, ssim
+from reconstruct.metrics import lpips, psnr, ssim
 from reconstruct.rasterize import rasterize
 from reconstruct.splats import Splats, view_volume
 
@@ -72,14 +72,18 @@ def composite(view: View, background: Tensor, device: torch.device | str = "cpu"
 
 @torch.no_grad()
 def evaluate_views(
-    splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto"
+    splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto", with_lpips: bool = False
 ) -> list[dict]:
-    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image."""
+    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image, and "lpips" (None without
+    local weights) when ``with_lpips``.
+    """
     results = []
     for view in views:
         target = composite(view, background, splats.device)
         image = render_camera(splats, view.camera, background, backend)
         results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target))})
+        if with_lpips:
+            results[-1]["lpips"] = lpips(image, target)
     return results
 
 

@@ -4,8 +4,9 @@ Images are channels-last ``[..., H, W, 3]`` floats in [0, 1], what ``rasterize``
 3DGS code (``utils/loss_utils.py``): the window is applied per channel with zero padding, C1 = 0.01^2, C2 = 0.03^2,
 and the SSIM map is averaged over pixels and channels.
 
-LPIPS needs pretrained network weights (AlexNet / VGG plus the LPIPS heads) that this project does not ship and never
-downloads at run time, so ``lpips`` reports ``None`` with ``LPIPS_UNAVAILABLE`` as the reason.
+LPIPS (AlexNet, v0.1; ``reconstruct.lpips``) needs pretrained weights that this project does not ship and never
+downloads: ``lpips`` computes it when they are present locally (``$ORBIT4D_LPIPS_WEIGHTS`` or
+``~/.cache/orbit4d/lpips_alex.safetensors``) and reports ``None`` otherwise, ``lpips_status`` saying why.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from torch import Tensor
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
-LPIPS_UNAVAILABLE = "no local LPIPS weights (AlexNet/VGG + LPIPS heads); orbit4d downloads nothing at run time"
+LPIPS_UNAVAILABLE = (
+    "no local LPIPS weights: set ORBIT4D_LPIPS_WEIGHTS or write ~/.cache/orbit4d/lpips_alex.safetensors (orbit4d "
+    "downloads nothing); convert them once where the lpips package is installed: import lpips, safetensors.torch; "
+    "safetensors.torch.save_model(lpips.LPIPS(net='alex'), 'lpips_alex.safetensors')"
+)
 
 
 def mse(image: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -88,8 +93,32 @@ def photometric_loss(image: Tensor, target: Tensor, ssim_weight: float = 0.2) ->
 
 
 def lpips(image: Tensor, target: Tensor) -> float | None:
-    """LPIPS is not available (see ``LPIPS_UNAVAILABLE``): always ``None``."""
-    return None
+    """LPIPS (AlexNet, v0.1) of [..., H, W, 3] images in [0, 1], averaged over the leading dims (0 for identical
+    images); ``None`` when no weights are present locally (``lpips_status`` says why) or the images are under
+    32 pixels on a side (AlexNet's pooling needs at least 31).
+    """
+    from reconstruct.lpips import load_lpips
+
+    _check_pair(image, target)
+    model = load_lpips()
+    if model is None or min(image.shape[-3:-1]) < 32:
+        return None
+    if image.shape[-1] != 3:
+        raise ValueError(f"LPIPS compares RGB images [..., H, W, 3], got {tuple(image.shape)}")
+
+    def batch(x: Tensor) -> Tensor:  # [N, 3, H, W] in [-1, 1], float32 as the weights
+        return x.detach().reshape(-1, *x.shape[-3:]).permute(0, 3, 1, 2).float() * 2.0 - 1.0
+
+    model.to(image.device)
+    with torch.no_grad():
+        return float(model(batch(image), batch(target)).mean())
+
+
+def lpips_status() -> str | None:
+    """None when ``lpips`` can compute LPIPS, else the reason it reports ``None`` (``LPIPS_UNAVAILABLE``)."""
+    from reconstruct.lpips import load_lpips
+
+    return None if load_lpips() is not None else LPIPS_UNAVAILABLE
 
 
 def _check_pair(image: Tensor, target: Tensor) -> None:

@@ -8,7 +8,8 @@ Output folder (``scene/``)::
 
     splats.ply       3DGS layout, for SuperSplat, Spark, gsplat, Blender add-ons
     splats.splat     antimatter15 layout, for web viewers
-    metrics.json     held-out PSNR / SSIM (LPIPS null), #Gaussians, steps, seconds, test views, PSNR-vs-time samples
+    metrics.json     held-out PSNR / SSIM / LPIPS (null without local weights), #Gaussians, steps, seconds,
+                     test views, PSNR-vs-time samples
     renders/         ground truth | render, per held-out view
     turntable.mp4    one orbit around the scene centre
     checkpoint/      checkpoint.pt, to resume or extend training
@@ -554,7 +555,7 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     views = scene.test or scene.train
     background = _eval_background(config)
     info(f"evaluating on {len(views)} {'held-out' if scene.test else 'training'} views")
-    per_view = evaluate_views(splats, views, background, config.backend)
+    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True)
     staging = work / ".renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
     write_side_by_side(splats, views, background, staging, config.backend)
@@ -569,8 +570,8 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     report = {
         "psnr": _finite(float(np.mean([r["psnr"] for r in per_view]))),
         "ssim": float(np.mean([r["ssim"] for r in per_view])),
-        "lpips": None,
-        "lpips_reason": M.LPIPS_UNAVAILABLE,
+        "lpips": _mean_or_none([r["lpips"] for r in per_view]),
+        "lpips_reason": M.lpips_status(),
         "num_gaussians": len(splats),
         "steps": state.step,
         "seconds": round(state.seconds, 3),
@@ -586,6 +587,10 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     }
     write_json(work / "metrics.json", report)
     return report
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if not values or None in values else float(np.mean(values))
 
 
 def _finite(value: float) -> float | None:

@@ -8,6 +8,13 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def no_lpips_weights(monkeypatch, tmp_path_factory):
+    """LPIPS off unless a test provides weights: a user's ~/.cache/orbit4d/lpips_alex.safetensors must not change
+    what the tests see (tests/test_lpips.py points ORBIT4D_LPIPS_WEIGHTS at its own file)."""
+    monkeypatch.setenv("ORBIT4D_LPIPS_WEIGHTS", str(tmp_path_factory.getbasetemp() / "no-lpips.safetensors"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the checkout; tests that need it skip with a message when it is absent."""
