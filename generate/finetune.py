@@ -180,7 +180,7 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
         pipeline.unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
         if test_clips is not None:
             _finish_evaluation(pipeline, test_clips, config, out / "evaluation.json")
-        info(f"fine-tuned {len(losses)} steps; model in {out / 'model'}")
+        _print_summary(out, losses, time.perf_counter() - tic)
     accelerator.wait_for_everyone()
     return out
 
@@ -232,6 +232,23 @@ def _ensure_dataset(config: FinetuneConfig) -> None:
                             clips_per_asset=config.clips_per_asset, holdout=config.holdout,
                             holdout_assets=config.holdout_assets, seed=config.seed)  # fmt: skip
     build_orbit_dataset(dataset, Path(config.assets), Path(config.data))
+
+
+def _print_summary(out: Path, losses: list[float], seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"finetune → {out}", show_header=False, title_justify="left")
+    window = max(1, min(20, len(losses) // 5))
+    table.add_row("steps", f"{len(losses):,} in {seconds:.1f} s")
+    table.add_row("loss", f"{sum(losses[:window]) / window:.4f} → {sum(losses[-window:]) / window:.4f} "
+                  f"(mean of {window} steps)")
+    evaluation = out / "evaluation.json"
+    if evaluation.is_file():
+        e = json.loads(evaluation.read_text())
+        start = "n/a" if e.get("start_psnr") is None else f"{e['start_psnr']:.2f}"
+        table.add_row("held-out PSNR", f"{start} → {e['end_psnr']:.2f} dB")
+    table.add_row("model", f"{out / 'model'} (orbit4d generate --weights)")
+    console.print(table)
 
 
 def _finish_evaluation(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig, path: Path) -> None:

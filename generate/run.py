@@ -23,7 +23,7 @@ import torch
 
 from generate.pipeline import OrbitPipeline
 from multiview.capture import Frame, write_transforms
-from multiview.console import console, info
+from multiview.console import console
 from multiview.errors import InputError
 from multiview.outputs import staged_dir, write_json
 
@@ -108,8 +108,20 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
             "device": str(device), "dtype": str(dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         })  # fmt: skip
-    info(f"generated {orbit.num_frames} views in {time.perf_counter() - tic:.1f} s → {out_dir}")
+    _print_summary(out_dir, orbit, config, str(device), time.perf_counter() - tic)
     return Path(out_dir)
+
+
+def _print_summary(out_dir: Path, orbit, config: GenerateConfig, device: str, seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"generate → {out_dir}", show_header=False, title_justify="left")
+    table.add_row("views", f"{orbit.num_frames} at elevation {orbit.elevations_deg[0]:g}°, input view last")
+    table.add_row("sampling", f"{config.sampler}, {config.steps} steps, guidance {config.min_guidance:g} → "
+                  f"{config.max_guidance:g}, seed {config.seed}")
+    table.add_row("time", f"{seconds:.1f} s on {device}")
+    table.add_row("outputs", "images/, transforms.json, input.png, report.json (orbit4d train reads it)")
+    console.print(table)
 
 
 def load_pipeline(weights: Path, dtype: torch.dtype) -> OrbitPipeline:
