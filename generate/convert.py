@@ -36,15 +36,8 @@ from torch import Tensor, nn
 from generate.models.image_encoder import CLIP_MEAN, CLIP_STD, CLIPVisionTower
 from generate.models.unet import SV3D_CONDITION_DIMS, SVD_CONDITION_DIMS, OrbitUNet
 from generate.pipeline import INDEX_NAME, VAE_CLASSES, OrbitDefaults, OrbitPipeline
-from generate.weights import (
-    CONFIG_NAME,
-    PICKLE_SUFFIXES,
-    SHOWN_KEYS,
-    WeightsError,
-    check_state_dict,
-    read_safetensors,
-    refuse_pickle,
-)
+from generate.weights import CONFIG_NAME, check_state_dict
+from multiview.weights import PICKLE_SUFFIXES, WeightsError, read_safetensors, refuse_pickle, summarize_keys
 
 SV3D_DEFAULTS = OrbitDefaults(num_frames=21, image_size=576, fov_deg=33.8, radius=2.0, elevation_deg=10.0)
 SV3D_U_CONDITION_DIMS = (256,)  # sv3d_u.yaml: adm_in_channels 256, one ConcatTimestepEmbedderND (cond_aug)
@@ -97,13 +90,8 @@ class ConversionReport:
 
     @property
     def problems(self) -> list[str]:
-        found = []
-        for label, keys in (("missing", self.missing), ("wrong shape", self.wrong_shape),
-                            ("unexpected", self.unexpected)):  # fmt: skip
-            if keys:
-                more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-                found.append(f"{len(keys)} {label}: {', '.join(keys[:SHOWN_KEYS])}{more}")
-        return found
+        return summarize_keys((("missing", self.missing), ("wrong shape", self.wrong_shape),
+                               ("unexpected", self.unexpected)))  # fmt: skip
 
     def check(self) -> ConversionReport:
         """WeightsError naming the first missing, mis-shaped and unexpected keys, if any."""

@@ -3,8 +3,7 @@
 A model folder is diffusers' layout: ``config.json`` (the constructor's arguments) beside
 ``diffusion_pytorch_model.safetensors``. ``load_model`` builds the class from the config and loads the tensors
 strictly; a file meant for another architecture fails with the first missing, unexpected and mis-shaped keys named.
-Pickle-based files (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) are refused without being opened by pickle: unpickling runs
-code chosen by whoever wrote the file.
+Pickle-based files are refused without being opened by pickle (``multiview.weights``).
 """
 
 from __future__ import annotations
@@ -13,56 +12,17 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from multiview.errors import InputError
+from multiview.weights import PICKLE_SUFFIXES, WeightsError, read_safetensors, refuse_pickle, state_dict_problems
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-SHOWN_KEYS = 5
-
-
-class WeightsError(InputError):
-    """A weights file that cannot be used: wrong format, wrong architecture, unreadable."""
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a .safetensors file (on the CPU); refuses pickles and names the file on any failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path} does not exist: give the path of a .safetensors file or a model folder")
-    refuse_pickle(path)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsError(f"{path} is not a readable safetensors file ({error}): download or convert it again") \
-            from None  # fmt: skip
-
-
-def refuse_pickle(path: Path) -> None:
-    """WeightsError for pickle-based checkpoints, judged by name and by the first bytes (zip or pickle protocol)."""
-    with open(path, "rb") as file:
-        head = file.read(2)
-    if path.suffix.lower() in PICKLE_SUFFIXES or head == b"PK" or head[:1] == b"\x80":
-        raise WeightsError(f"{path} is a pickle-based checkpoint; orbit4d loads weights only from .safetensors "
-                           "(loading a pickle runs code from the file): convert it where you trust it, e.g. "
-                           "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """WeightsError naming the first missing, unexpected and mis-shaped keys when ``state`` does not fit ``model``."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]  # fmt: skip
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if keys:
-            more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-            problems.append(f"{len(keys)} {label}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    problems = state_dict_problems(model.state_dict(), state)
     if problems:
         raise WeightsError(f"{source} does not fit {type(model).__name__} ({'; '.join(problems)}): "
                            "these weights are for another architecture or size; check the model's config.json")

@@ -31,19 +31,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from multiview.errors import InputError
+from multiview.weights import WeightsError, read_safetensors, state_dict_problems
 
 ENV_VAR = "ORBIT4D_LPIPS_WEIGHTS"
 DEFAULT_PATH = Path("~/.cache/orbit4d/lpips_alex.safetensors")
 CHANNELS = (64, 192, 384, 256, 256)  # AlexNet activations compared, one LPIPS head each
 MIN_SIZE = 31  # smaller images vanish in AlexNet's second max-pool
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-SHOWN_KEYS = 5
 
 _LOADED: dict[Path, tuple[tuple[int, int], LPIPS]] = {}
 
 
-class LpipsWeightsError(InputError):
+class LpipsWeightsError(WeightsError):
     """An LPIPS weights file that cannot be used: a pickle, unreadable, or not the AlexNet LPIPS layout."""
 
 
@@ -173,15 +171,7 @@ def load_lpips(path: str | os.PathLike | None = None) -> LPIPS | None:
 
 
 def _read_state(source: Path, model: LPIPS) -> dict[str, Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    _refuse_pickle(source)
-    try:
-        state = load_file(str(source))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise LpipsWeightsError(f"{source} is not a readable safetensors file ({error}): convert the LPIPS weights "
-                                "again (see reconstruct/lpips.py)") from None  # fmt: skip
+    state = read_safetensors(source, "convert the LPIPS weights again (see reconstruct/lpips.py)", LpipsWeightsError)
     for k in range(len(CHANNELS)):  # the package's heads have two names; a file may hold either or both
         name, alias = f"lin{k}.model.1.weight", f"lins.{k}.model.1.weight"
         if name in state and alias in state and not torch.equal(state[name], state[alias]):
@@ -189,31 +179,8 @@ def _read_state(source: Path, model: LPIPS) -> dict[str, Tensor]:
         if name in state or alias in state:
             state.setdefault(name, state.get(alias))
             state.setdefault(alias, state[name])
-    _check_keys(state, model.state_dict(), source)
-    return state
-
-
-def _refuse_pickle(path: Path) -> None:
-    """Judged by name and by the first bytes (zip or pickle protocol, where a safetensors header has '{' at byte 8)."""
-    with open(path, "rb") as file:
-        head = file.read(9)
-    looks_pickled = (head[:2] == b"PK" or head[:1] == b"\x80") and head[8:9] != b"{"
-    if path.suffix.lower() in PICKLE_SUFFIXES or looks_pickled:
-        raise LpipsWeightsError(f"{path} is a pickle-based checkpoint; orbit4d reads LPIPS weights only from "
-                                ".safetensors (loading a pickle runs code from the file): convert them with "
-                                "safetensors.torch.save_model(lpips.LPIPS(net='alex'), 'lpips_alex.safetensors')")
-
-
-def _check_keys(state: dict[str, Tensor], expected: dict[str, Tensor], source: Path) -> None:
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} (LPIPS: {tuple(v.shape)})" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]  # fmt: skip
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if keys:
-            more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
-            problems.append(f"{len(keys)} {label}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    problems = state_dict_problems(model.state_dict(), state, owner="LPIPS")
     if problems:
         raise LpipsWeightsError(f"{source} does not hold the AlexNet LPIPS weights ({'; '.join(problems)}): convert "
                                 "them from lpips.LPIPS(net='alex') (see reconstruct/lpips.py)")  # fmt: skip
+    return state
