@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/orbit4d capture examples/sacre_coeur --out outputs/demo/capture --overwrite
-	@echo "Posed capture written to outputs/demo/capture (transforms.json, images/, sparse/0/, points3D.ply, report.json)"
+	$(VENV)/bin/orbit4d video-to-3d examples/sacre_coeur --out outputs/demo --downscale 4 --steps 800 --overwrite
+	@echo "Posed capture in outputs/demo/capture; splats in outputs/demo/scene (splats.ply for SuperSplat / Blender, turntable.mp4, renders/)"
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
