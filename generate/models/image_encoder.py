@@ -74,7 +74,7 @@ class CLIPVisionTower(ModelMixin, ConfigMixin):
         x = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=True, antialias=True)
         mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
         std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype)[:, None, None]
-        return (x.clamp(0, 1) - mean) / std
+        return (x - mean) / std  # no clamp: sgm normalises the bicubic overshoot as it is
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.conv1(self.preprocess(images).to(self.conv1.weight.dtype))  # [B, width, grid, grid]
