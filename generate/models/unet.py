@@ -81,7 +81,7 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
         dims = self.config.condition_embed_dims
         if conditions.shape[-1] != len(dims):
             raise ValueError(f"conditions has {conditions.shape[-1]} values per frame; this model takes {len(dims)}")
-        flat = conditions.reshape(-1, len(dims))
+        flat = conditions.reshape(-1, len(dims)).float()  # angles and tiny cond_aug values keep float32 precision
         parts = [get_timestep_embedding(flat[:, k], dim, flip_sin_to_cos=True, downscale_freq_shift=0)
                  for k, dim in enumerate(dims)]  # fmt: skip
         return torch.cat(parts, dim=-1)
