@@ -69,7 +69,8 @@ def main() -> None:
     dtype = torch.float16 if args.device == "cuda" else torch.float32
     cases = ["tiny", "small"] + (["sv3d"] if args.sv3d else [])
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} CPU"
-    print(f"{time.strftime('%Y-%m-%d')} — {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    threads = torch.get_num_threads()
+    print(f"{time.strftime('%Y-%m-%d')} — {device_name}, torch {torch.__version__}, {threads} threads\n")
     print("| case | frames × size | dtype | UNet params | s / step (CFG batch 2) | total for N steps | peak MiB |")
     print("|---|---|---|---|---|---|---|")
     for name in cases:

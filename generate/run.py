@@ -105,7 +105,8 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
             "weights": str(Path(config.weights).absolute()), "frames": orbit.num_frames,
             "input_frame": f"images/frame_{orbit.input_index:03d}.png",
             "elevations_deg": orbit.elevations_deg.tolist(), "azimuths_deg": orbit.azimuths_deg.tolist(),
-            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+            "seconds": round(time.perf_counter() - tic, 3),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         })  # fmt: skip
     _print_summary(out_dir, orbit, config, str(device), time.perf_counter() - tic)

@@ -47,7 +47,8 @@ def load_model(cls, folder: Path, dtype: torch.dtype = torch.float32):
     folder = Path(folder)
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        stray = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in PICKLE_SUFFIXES) if folder.is_dir() else []
+        files = folder.glob("*") if folder.is_dir() else []
+        stray = sorted(p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
         if stray:
             refuse_pickle(folder / stray[0])
         raise WeightsError(f"{folder} has no {CONFIG_NAME}: a model folder holds config.json and {WEIGHTS_NAME}")

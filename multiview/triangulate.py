@@ -143,8 +143,8 @@ def _match(database: Path, pairs_file: Path, pairs: list[tuple[str, str]], confi
         pycolmap.match_exhaustive(database, **common)  # COLMAP's pair list is space-separated
         return
     pairs_file.write_text("".join(f"{a} {b}\n" for a, b in pairs))
-    pycolmap.match_image_pairs(database, pairing_options=pycolmap.ImportedPairingOptions(match_list_path=str(pairs_file)),
-                               **common)  # fmt: skip
+    pairing = pycolmap.ImportedPairingOptions(match_list_path=str(pairs_file))
+    pycolmap.match_image_pairs(database, pairing_options=pairing, **common)
 
 
 def _posed_reconstruction(database: Path, frames: dict) -> pycolmap.Reconstruction:

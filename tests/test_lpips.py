@@ -212,7 +212,8 @@ def test_eval_generator_reports_lpips_when_weights_are_present(weights):
     from orbit4d.eval_generator import evaluate
 
     clips = OneClip()
-    generated = torch.stack([noisy(f.permute(1, 2, 0), 0.1, seed=k).permute(2, 0, 1) for k, f in enumerate(clips.frames)])
+    generated = torch.stack([noisy(f.permute(1, 2, 0), 0.1, seed=k).permute(2, 0, 1)
+                             for k, f in enumerate(clips.frames)])  # fmt: skip
     report, _ = evaluate(lambda *args, **kwargs: generated, clips, steps=1)
     expected = [M.lpips(generated[k].permute(1, 2, 0), clips.frames[k].permute(1, 2, 0)) for k in (1, 2, 3)]
     assert report["lpips_reason"] is None

@@ -69,7 +69,8 @@ class CLIPVisionTower(ModelMixin, ConfigMixin):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     def preprocess(self, images: Tensor) -> Tensor:
-        """[B, 3, H, W] in [0, 1] -> CLIP input: bicubic resize (antialiased, corners aligned as sgm) to ``image_size``, normalised."""
+        """[B, 3, H, W] in [0, 1] -> CLIP input: bicubic resize (antialiased, corners aligned as sgm) to
+        ``image_size``, normalised."""
         size = self.config.image_size
         x = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=True, antialias=True)
         mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
