@@ -27,7 +27,7 @@ from generate.cameras import Orbit, plucker_rays, sv3d_orbit, triangular_guidanc
 from generate.models.image_encoder import CLIPVisionTower
 from generate.models.unet import OrbitUNet
 from generate.schedulers import DDIMScheduler, Denoiser, EulerEDMScheduler
-from generate.weights import WeightsError, load_model, save_model
+from generate.weights import WeightsError, load_model, refuse_pickle, save_model
 
 INDEX_NAME = "model_index.json"
 VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderKLTemporalDecoder)}
@@ -192,7 +192,9 @@ class OrbitPipeline:
         """Load a model folder (safetensors only; every key checked)."""
         folder = Path(folder)
         if folder.is_file():
-            load_model(OrbitUNet, folder.parent)  # names the problem (a pickle, a stray file) in the user's terms
+            refuse_pickle(folder)
+            raise WeightsError(f"{folder} is a file: give the model folder that holds {INDEX_NAME}, unet/, vae/ and "
+                               "image_encoder/ (or an SV3D .safetensors to orbit4d generate)")
         index_path = folder / INDEX_NAME
         if not index_path.is_file():
             raise WeightsError(f"{folder} is not an orbit4d model folder (no {INDEX_NAME}): give the folder that "

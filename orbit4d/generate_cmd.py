@@ -112,14 +112,13 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
     from multiview.outputs import staged_dir, write_json
     from orbit4d.eval_generator import contact_sheet, evaluate
 
+    pipeline = OrbitPipeline.from_pretrained(args.weights)
     if not (args.data / DATASET_FILE).is_file():
         if args.assets is None:
             raise InputError(f"{args.data} has no {DATASET_FILE}: pass --assets to render it")
-        pipeline = OrbitPipeline.from_pretrained(args.weights)
         d = pipeline.defaults
         build_orbit_dataset(DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius,
                                           fov_deg=d.fov_deg), args.assets, args.data)  # fmt: skip
-    pipeline = OrbitPipeline.from_pretrained(args.weights)
     report, pairs = evaluate(pipeline, OrbitClips(args.data, "test"), args.steps, args.seed, args.sampler,
                              args.max_clips)  # fmt: skip
     with staged_dir(args.out, args.overwrite) as stage:

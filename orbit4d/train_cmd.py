@@ -136,45 +136,48 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_video_to_3d(args: argparse.Namespace) -> int:
     from multiview import process
-    from multiview.console import info
     from multiview.errors import InputError
-    from reconstruct import train
 
     if not args.input.exists():
         raise InputError(f"{args.input} does not exist: give a video file or a folder of images")
-    capture_dir, scene_dir = args.out / "capture", args.out / "scene"
-    config = _train_config(args, scene_dir)
-    config.validate()  # before minutes of structure from motion
-    if (capture_dir / "transforms.json").is_file() and not args.overwrite:
-        info(f"reusing the capture in {capture_dir} (pass --overwrite to redo it)")
-    else:
+
+    def capture(capture_dir: Path) -> None:
         capture_config = process.CaptureConfig.from_options(frames=args.frames, max_size=args.max_size,
                                                             verbose=args.debug)  # fmt: skip
         process.run(capture_config, args.input, capture_dir, overwrite=args.overwrite)
-    train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
-    print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
-    return 0
+
+    return _capture_then_train(args, capture)
 
 
 def _run_image_to_3d(args: argparse.Namespace) -> int:
     from generate.run import GenerateConfig
     from generate.run import run as generate
-    from multiview.console import info
     from multiview.errors import InputError
-    from reconstruct import train
 
     if not args.image.is_file():
         raise InputError(f"{args.image} does not exist: give an image file (.png with transparency works best)")
-    capture_dir, scene_dir = args.out / "capture", args.out / "scene"
-    config = _train_config(args, scene_dir)
-    config.validate()  # before minutes of sampling
-    if (capture_dir / "transforms.json").is_file() and not args.overwrite:
-        info(f"reusing the capture in {capture_dir} (pass --overwrite to redo it)")
-    else:
+
+    def capture(capture_dir: Path) -> None:
         generated = GenerateConfig(weights=args.weights, num_frames=args.frames, elevation_deg=args.elevation,
                                    steps=args.sample_steps, seed=args.seed or 0,
                                    device=args.device or "auto", half=args.half)  # fmt: skip
         generate(generated, args.image, capture_dir, overwrite=args.overwrite)
+
+    return _capture_then_train(args, capture)
+
+
+def _capture_then_train(args: argparse.Namespace, capture) -> int:
+    """OUT/capture made by ``capture(folder)`` (kept when it exists, unless --overwrite), then splats in OUT/scene."""
+    from multiview.console import info
+    from reconstruct import train
+
+    capture_dir, scene_dir = args.out / "capture", args.out / "scene"
+    config = _train_config(args, scene_dir)
+    config.validate()  # settings are checked before minutes of capture or sampling
+    if (capture_dir / "transforms.json").is_file() and not args.overwrite:
+        info(f"reusing the capture in {capture_dir} (pass --overwrite to redo it)")
+    else:
+        capture(capture_dir)
     train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
     print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
     return 0

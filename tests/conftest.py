@@ -8,6 +8,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): deterministic, and no
+    OpenMP spinning on the shared 2-core machines."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def no_lpips_weights(monkeypatch, tmp_path_factory):
     """LPIPS off unless a test provides weights: a user's ~/.cache/orbit4d/lpips_alex.safetensors must not change

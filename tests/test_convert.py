@@ -28,12 +28,7 @@ from generate.weights import WeightsError
 TINY = SV3DConfig(head_dim=16, clip_heads=4)  # what shapes cannot tell, for sgm_layout's default widths
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ from generate.pipeline import OrbitDefaults, OrbitPipeline  # noqa: E402
 from generate.presets import ARCHITECTURES  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from multiview.capture import read_capture
 DEFAULTS = OrbitDefaults(num_frames=4, image_size=32, fov_deg=40.0, radius=2.5, elevation_deg=15.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ import torch
 from reconstruct import train
 from reconstruct.splats import Splats
 from reconstruct.strategy import Relocator, relocation
-from test_train import make_capture, one_thread  # noqa: F401  (the fixture keeps torch to one thread here too)
+from test_train import make_capture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("opacity", [0.05, 0.5, 0.95])

@@ -26,13 +26,7 @@ from reconstruct.splats import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: no OpenMP spinning on the shared 2-core machines (gradcheck runs thousands of tiny ops)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_splats_of_degree(n: int, degree: int, seed: int = 0) -> Splats:

@@ -71,13 +71,7 @@ def make_capture(root: Path, num_views: int = 12, size: int = SIZE, rgba: bool =
     return root
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: deterministic, and no OpenMP spinning on the shared 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
