@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Everything only a GPU can show, for a session that is lent the GPU machine (see the device tool's README).
 #
-# The GPU machine has no internet and lacks gsplat, av, kornia and the diffusers stack, so wheels for its Python
-# (3.12) are downloaded here first, into .whl/ (ignored by git, carried as an untracked path):
+# The GPU machine has no internet; its image has torch, transformers, accelerate, peft, safetensors, rich and
+# jaxtyping but lacks gsplat, av and diffusers, so wheels for its Python (3.12) are downloaded here first, into .whl/
+# (ignored by git; name it in the run's `carry`, with the capture: all that travels must stay under 64 MiB, the
+# checkout included, hence only the missing wheels, about 50 MB, and a capture of images and masks alone):
 #
 #   bench/gpu_session.sh wheels                          # here, once per checkout
+#   bench/gpu_session.sh capture outputs/avocado outputs/avocado_gpu   # here: images, masks, transforms.json
 #
-# then each step runs on the device (each under its 10-minute limit), results under $OUT:
+# then each step runs on the device (each call under its 10-minute limit; the machine goes back 30 s after a call,
+# taking /tmp/site with it, so chain steps in one call), results under $OUT:
 #
 #   run: bench/gpu_session.sh setup tests                # pip install to /tmp/site, gsplat JIT (~65 s), pytest -m gpu
 #   run: bench/gpu_session.sh parity                     # rasterizer parity + speed (bench/RESULTS.md tables)
 #   run: bench/gpu_session.sh train CAPTURE              # bench/train_vs_gsplat.py (0.3 dB / 10% targets)
 #   run: bench/gpu_session.sh generator                  # bench/generator_bench.py --device cuda --sv3d
 #
-# Steps can be chained in one call (`setup tests parity`); `setup` must come first on a fresh machine.
+# e.g. one call, carry [".whl", "outputs/avocado_gpu"]:
+#   bench/gpu_session.sh setup tests parity train outputs/avocado_gpu generator
+# `setup` must come first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SITE=/tmp/site
@@ -28,9 +34,16 @@ while [ $# -gt 0 ]; do
     wheels)
       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .whl gsplat==1.5.3 av==18.1.0 kornia==0.9.0 kornia_rs diffusers==0.42.1 transformers==5.23.0 \
-        peft==0.21.2 accelerate==1.15.0 safetensors==0.8.0 huggingface_hub tokenizers regex rich markdown-it-py \
-        mdurl pygments pycolmap==4.2.1 trimesh jaxtyping wadler_lindig
+        -d .whl gsplat==1.5.3 av==18.1.0 diffusers==0.42.1 importlib_metadata
+      du -ch .whl/*.whl | tail -1
+      ;;
+    capture)  # SRC DST: the parts of a capture training reads (not depth, normals, ground truth)
+      src=$1 dst=$2; shift 2
+      mkdir -p "$dst"
+      cp -r "$src/images" "$src/transforms.json" "$dst/"
+      if [ -d "$src/masks" ]; then cp -r "$src/masks" "$dst/"; fi
+      if [ -f "$src/points3D.ply" ]; then cp "$src/points3D.ply" "$dst/"; fi
+      du -sh "$dst"
       ;;
     setup)
       python3 -m pip install -q --no-deps --no-index --target "$SITE" .whl/*.whl
@@ -41,9 +54,11 @@ from gsplat.cuda._backend import _C  # JIT-builds the kernels on first use
 print(f"gsplat kernels ready in {time.time() - tic:.0f} s on {torch.cuda.get_device_name()}")
 EOF
       ;;
-    tests)
+    tests)  # the generator's tests apart: diffusers there imports the image's own transformers
       python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rasterize.py tests/test_train.py tests/test_mcmc.py \
-        tests/test_generate.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+        2>&1 | tee "$OUT/pytest_gpu.txt" || true
+      python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_generate.py 2>&1 | tee "$OUT/pytest_gpu_generate.txt" \
+        || true
       ;;
     parity)
       python3 bench/rasterizer_parity.py | tee "$OUT/parity.md"
@@ -57,7 +72,7 @@ EOF
       python3 bench/generator_bench.py --device cuda --sv3d | tee "$OUT/generator_cuda.md"
       ;;
     *)
-      echo "unknown step $step: use wheels, setup, tests, parity, train CAPTURE or generator" >&2
+      echo "unknown step $step: use wheels, capture SRC DST, setup, tests, parity, train CAPTURE or generator" >&2
       exit 2
       ;;
   esac

@@ -29,6 +29,7 @@ def render_tensors(
     sh_degree: int,
     background: Tensor | None = None,  # [3]
     backend: str = "auto",
+    check_finite: bool = True,
 ) -> tuple[Tensor, Tensor, dict]:
     """One view of the splats: ([H, W, 3] colour, [H, W, 1] alpha, rasterizer meta); differentiable."""
     device = tensors["means"].device
@@ -46,6 +47,7 @@ def render_tensors(
         sh_degree=sh_degree,
         backgrounds=None if background is None else background.to(device)[None],
         backend=backend,
+        check_finite=check_finite,
     )
     return image[0], alpha[0], meta
 

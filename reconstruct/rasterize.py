@@ -43,12 +43,15 @@ def rasterize(
     far_plane: float = 1e10,
     backend: str = "auto",
     absgrad: bool = False,
+    check_finite: bool = True,
 ) -> tuple[Tensor, Tensor, dict]:
     """Render N Gaussians into C images; returns colors [C, H, W, 3], alphas [C, H, W, 1] and gsplat's ``meta``.
 
     ``backend``: ``"auto"`` takes gsplat for CUDA tensors and the PyTorch twin otherwise; ``"torch"`` runs anywhere
     (float32 or float64); ``"gsplat"`` needs CUDA float32 tensors. ``absgrad``: the backward pass also sets
     ``meta["means2d"].absgrad`` (sums of absolute per-pixel gradients), for ``DefaultStrategy(absgrad=True)``.
+    ``check_finite``: raise ValueError when an input holds NaN or Inf (False: the caller checks, as the trainer does
+    in its one read from the device per step; each check costs kernel launches on CUDA).
 
     ``meta`` carries gsplat's keys for a ``packed=False`` call, so ``gsplat.strategy.DefaultStrategy`` works on it:
     ``means2d`` [C, N, 2] (a non-leaf tensor whose ``.grad`` gsplat's strategies read), ``radii`` [C, N, 2] int32,
@@ -73,10 +76,11 @@ def rasterize(
         >>> round(alpha.max().item(), 3)
         0.999
     """
-    finite = _validate(
+    tensors = _validate(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
         near_plane, far_plane, backend,
     )  # fmt: skip
+    finite = _FiniteCheck(tensors) if check_finite else None
     if backend == "auto":
         backend = "gsplat" if means.is_cuda else "torch"
     Ks = Ks + _pixel_centre_offset(Ks.device, Ks.dtype)  # orbit4d's pixel centres are at integers; gsplat's at +0.5
@@ -85,7 +89,8 @@ def rasterize(
         out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad)
     else:
         out = _rasterize_torch(*args, near_plane, far_plane, absgrad)
-    finite.check()
+    if finite is not None:
+        finite.check()
     return out
 
 
@@ -146,8 +151,8 @@ def _rasterize_gsplat(
 
 def _validate(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, backend
-) -> _FiniteCheck:
-    """Raises ValueError on bad shapes, dtypes, devices or options; returns the (possibly pending) finiteness check."""
+) -> dict[str, Tensor]:
+    """Raises ValueError on bad shapes, dtypes, devices or options; returns the input tensors by name."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
@@ -203,7 +208,7 @@ def _validate(
         raise ValueError(f"backend='auto' on CUDA runs gsplat, which takes float32, got {means.dtype}")
     if math.prod((C, N)) >= 2**31:
         raise ValueError(f"C * N = {C * N} Gaussian views exceed gsplat's int32 indices")
-    return _FiniteCheck(tensors)
+    return tensors
 
 
 class _FiniteCheck:
@@ -220,7 +225,7 @@ class _FiniteCheck:
         # One multi-tensor kernel on CUDA (a max-abs per tensor, NaN-propagating) instead of two kernels per tensor:
         # kernel launches, not arithmetic, are what this check costs there.
         values = [t.detach() for t in tensors.values() if t.numel()]  # an empty tensor has no max
-        flags = torch.isfinite(torch.stack(torch._foreach_norm(values, math.inf)))
+        flags = torch.stack(torch._foreach_norm(values, math.inf)) < math.inf  # NaN < inf is False: one kernel
         self.names = [name for name, t in tensors.items() if t.numel()]
         if flags.is_cuda:
             self.flags = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)

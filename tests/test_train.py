@@ -220,6 +220,55 @@ def test_resume_a_finished_scene_trains_further(capture, reference_scene, tmp_pa
     assert not list(tmp_path.glob(".*"))
 
 
+def test_a_step_reads_from_the_device_once(capture, monkeypatch):
+    """On CUDA each read of a tensor's value waits for every queued kernel, and a small scene's step is bound by
+    launches: the step's own bookkeeping (loss, PSNR and the NaN guard) reads once. Not counted: the rasterizer and
+    the densifier (forward and backward; gsplat's on CUDA, the same in any loop) and the view order (drawn on the
+    host)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads, paused = [], [False]
+    waits = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in waits and not paused[0] and torch._C._current_autograd_node() is None:  # not in backward
+                reads.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def unwatched(function):
+        def call(*args, **kwargs):
+            paused[0] = True
+            try:
+                return function(*args, **kwargs)
+            finally:
+                paused[0] = False
+
+        return call
+
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(tensor):
+        if not paused[0]:
+            reads.append("tolist")
+        return tolist(tensor)
+
+    config = replace(RESUME_CONFIG, steps=30)
+    scene = load_scene(capture)
+    state = train._fresh_state(config, scene, torch.device("cpu"))
+    densifier = train._densifier(config)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
+    for owner, name in ((train, "render_tensors"), (train, "_next_view"), (densifier, "step_pre_backward"),
+                        (densifier, "step_post_backward")):  # fmt: skip
+        monkeypatch.setattr(owner, name, unwatched(getattr(owner, name)))
+    with Reads():
+        for _ in range(25):  # past a refinement (step 20)
+            loss, step_psnr = train.train_step(config, scene.train, state, densifier, torch.device("cpu"))
+            state.step += 1
+    assert reads == ["tolist"] * 25
+    assert math.isfinite(loss) and 0 < loss < 1 and 5 < step_psnr < 60
+
+
 # --- failures --------------------------------------------------------------------------------------------------
 
 
