@@ -1,4 +1,4 @@
-"""Forward and backward seconds of ``reconstruct.rasterize``'s PyTorch backend against a straightforward baseline.
+"""Forward and backward seconds of ``reconstruct.rasterize``'s CPU backends against a straightforward baseline.
 
     python bench/rasterizer_bench.py                      # CPU: 100k Gaussians at 512x512
     python bench/rasterizer_bench.py --gaussians 10000 100000 --size 256 512
@@ -7,7 +7,8 @@
 The baseline is how one would first write a splat compositor in PyTorch: materialise every overlapping
 Gaussian-pixel pair (each Gaussian against every pixel of its 3-sigma box), sort the pairs by (pixel, depth), and
 composite with a segmented cumulative product, differentiated by autograd. It shares the projection, SH and culling
-of the PyTorch backend, so the two differ only in compositing. Both are timed side by side in one process,
+of the PyTorch backend, so the three (baseline, ``backend="torch"``, ``backend="numba"``) differ only in compositing.
+They are timed side by side in one process,
 alternating, median of ``--repeats`` after a warm-up. Random scene: Gaussians in a 2x2x2 cube 2..4 units in front of
 one camera (f = 1.2 x size), scales 0.002..0.022, so each covers a few to a few hundred pixels.
 """
@@ -166,7 +167,8 @@ def main() -> None:
             row = {"num": num, "size": size, "isects": isects}
             if not args.skip_cpu:
                 row["cpu"] = measure(
-                    {"baseline": baseline_rasterize, "torch": lambda s: rasterize(**s, backend="torch")},
+                    {"baseline": baseline_rasterize, "torch": lambda s: rasterize(**s, backend="torch"),
+                     "numba": lambda s: rasterize(**s, backend="numba")},
                     scene, args.repeats, lambda: None,
                 )  # fmt: skip
             if args.device == "cuda":
@@ -192,13 +194,14 @@ def print_tables(rows: list[dict], cpu: bool, cuda: bool) -> None:
 
 
 def print_cpu_table(rows: list[dict]) -> None:
-    print("\n| Gaussians | image | tile pairs | baseline fwd s | baseline fwd+bwd s | torch fwd s | torch fwd+bwd s "
-          "| speed-up fwd | speed-up fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| Gaussians | image | tile pairs | baseline fwd / fwd+bwd s | torch fwd / fwd+bwd s "
+          "| numba fwd / fwd+bwd s | numba vs baseline | numba vs torch |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        (bf, bfb), (tf, tfb) = r["cpu"]["baseline"], r["cpu"]["torch"]
-        print(f"| {r['num']:,} | {r['size']}×{r['size']} | {r['isects']:,} | {bf:.3f} | {bfb:.3f} | {tf:.3f} | "
-              f"{tfb:.3f} | {bf / tf:.1f}× | {bfb / tfb:.1f}× |")
+        (bf, bfb), (tf, tfb), (nf, nfb) = r["cpu"]["baseline"], r["cpu"]["torch"], r["cpu"]["numba"]
+        print(f"| {r['num']:,} | {r['size']}×{r['size']} | {r['isects']:,} | {bf:.3f} / {bfb:.3f} | {tf:.3f} / "
+              f"{tfb:.3f} | {nf:.3f} / {nfb:.3f} | {bf / nf:.1f}× / {bfb / nfb:.1f}× | {tf / nf:.1f}× / "
+              f"{tfb / nfb:.1f}× |")
 
 
 def print_cuda_table(rows: list[dict]) -> None:
@@ -215,9 +218,8 @@ def print_cuda_table(rows: list[dict]) -> None:
 def print_row(row: dict) -> None:
     line = f"{row['num']:>9,} Gaussians {row['size']}², {row['isects']:,} tile pairs:"
     if "cpu" in row:
-        (bf, bfb), (tf, tfb) = row["cpu"]["baseline"], row["cpu"]["torch"]
-        line += (f" CPU baseline {bf:.3f} / {bfb:.3f} s, torch {tf:.3f} / {tfb:.3f} s (fwd / fwd+bwd) -> "
-                 f"{bf / tf:.1f}× / {bfb / tfb:.1f}×")  # fmt: skip
+        line += " CPU " + ", ".join(f"{k} {f:.3f} / {fb:.3f} s" for k, (f, fb) in row["cpu"].items())
+        line += " (fwd / fwd+bwd)"
     if "cuda" in row:
         line += " CUDA " + ", ".join(f"{k} {1e3 * f:.2f} / {1e3 * fb:.2f} ms" for k, (f, fb) in row["cuda"].items())
     print(line, flush=True)

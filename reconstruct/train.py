@@ -122,7 +122,8 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     backend: str = "auto"
-    """Rasterizer: auto (gsplat on CUDA, PyTorch on CPU), torch or gsplat."""
+    """Rasterizer: auto (gsplat on CUDA; on the CPU numba-compiled compositing, or PyTorch without numba), torch,
+    numba or gsplat."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
     checkpoint_every: int = 1000
@@ -156,8 +157,8 @@ class TrainConfig:
             raise InputError(f"--device {self.device}: use auto, cpu or cuda")
         if self.strategy not in ("default", "mcmc"):
             raise InputError(f"--strategy {self.strategy}: use default or mcmc")
-        if self.backend not in ("auto", "torch", "gsplat"):
-            raise InputError(f"backend {self.backend}: use auto, torch or gsplat")
+        if self.backend not in ("auto", "torch", "numba", "gsplat"):
+            raise InputError(f"backend {self.backend}: use auto, torch, numba or gsplat")
         parse_background(self.background)
 
 
@@ -298,6 +299,8 @@ def _device(config: TrainConfig) -> torch.device:
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
     if config.backend == "gsplat" and device.type != "cuda":
         raise InputError("the gsplat rasterizer needs CUDA and none is in use: use backend auto or torch on the CPU")
+    if config.backend == "numba" and device.type != "cpu":
+        raise InputError("the numba rasterizer runs on the CPU: use backend auto or gsplat on CUDA")
     return device
 
 

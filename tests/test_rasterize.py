@@ -1,5 +1,5 @@
-"""reconstruct.rasterize: the PyTorch backend against a float64 every-pair reference, gsplat's strategy on its meta,
-edge cases, input validation; on CUDA, the PyTorch backend against gsplat's kernels."""
+"""reconstruct.rasterize: the PyTorch and numba backends against a float64 every-pair reference, gsplat's strategy on
+their meta, edge cases, input validation; on CUDA, the PyTorch backend against gsplat's kernels."""
 
 from __future__ import annotations
 
@@ -210,12 +210,14 @@ def test_matches_dense_reference_float64(sh_degree, num, seed, backgrounds):
         assert_close_and_finite(grads[name], ref, 1e-8, 1e-7, f"d/d{name}")
 
 
-def test_matches_dense_reference_float32():
-    scene = make_scene(num=250, sh_degree=2, seed=4)
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+@pytest.mark.parametrize("seed, sh_degree", [(4, 2), (14, None)])
+def test_matches_dense_reference_float32(backend, seed, sh_degree):
+    scene = make_scene(num=250, sh_degree=sh_degree, seed=seed)
     weights = (torch.rand(2, 24, 32, 3, dtype=torch.float64), torch.rand(2, 24, 32, 1, dtype=torch.float64))
     ref_img, ref_alpha, ref_grads = grads_of(reference_rasterize, scene, weights)
     s32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
-    img, alpha, grads = grads_of(lambda s: call(s, backend="torch"), s32, tuple(w.float() for w in weights))
+    img, alpha, grads = grads_of(lambda s: call(s, backend=backend), s32, tuple(w.float() for w in weights))
     assert_close_and_finite(img.double(), ref_img, 2e-4, 1e-3, "image")
     assert_close_and_finite(alpha.double(), ref_alpha, 2e-4, 1e-3, "alpha")
     for name, ref in ref_grads.items():
@@ -235,31 +237,72 @@ def test_compositor_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-7, atol=1e-7, rtol=1e-5)
 
 
-def test_compositor_matches_reference_and_absgrad():
-    """Screen-space inputs against the every-pair reference; ``absgrad`` against per-pixel reference Jacobians."""
-    from reconstruct._tile_compositor import composite
+@pytest.mark.parametrize("compositor", ["torch", "numba"])
+def test_compositor_matches_reference_and_absgrad(compositor):
+    """Screen-space inputs against the every-pair reference; ``absgrad`` against per-pixel reference Jacobians.
+    The numba compositor computes in float32 (as gsplat): its tolerances are float32's."""
+    from reconstruct import _numba_compositor, _tile_compositor
 
+    composite = {"torch": _tile_compositor.composite, "numba": _numba_compositor.composite}[compositor]
+    dtype = {"torch": torch.float64, "numba": torch.float32}[compositor]
+    atol, rtol = {"torch": (1e-12, 1e-10), "numba": (2e-6, 1e-4)}[compositor]
     sc = projected_2d_scene(num=60, W=20, H=12, seed=12)
     names = ("means2d", "conics", "rgb", "opacities", "backgrounds")
-    ours = {k: sc[k].clone().requires_grad_(True) for k in names}
+    ours = {k: sc[k].to(dtype).clone().requires_grad_(True) for k in names}
     ref = {k: sc[k].clone().requires_grad_(True) for k in names}
     img, alpha = composite(ours["means2d"], ours["conics"], ours["rgb"], ours["opacities"], ours["backgrounds"],
                            sc["isect"], sc["W"], sc["H"], absgrad=True)  # fmt: skip
     ref_img, ref_alpha = reference_composite(ref["means2d"], ref["conics"], ref["opacities"], ref["rgb"],
                                              ref["backgrounds"], sc["visible"], sc["radii"], sc["depths"], sc["W"],
                                              sc["H"])  # fmt: skip
-    torch.testing.assert_close(img, ref_img, atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(alpha, ref_alpha, atol=1e-12, rtol=1e-10)
-    w_img, w_alpha = torch.randn_like(img), torch.randn_like(alpha)
-    ((img * w_img).sum() + (alpha * w_alpha).sum()).backward()
+    torch.testing.assert_close(img.double(), ref_img, atol=atol, rtol=rtol)
+    torch.testing.assert_close(alpha.double(), ref_alpha, atol=atol, rtol=rtol)
+    w_img = torch.randn(ref_img.shape, dtype=torch.float64)
+    w_alpha = torch.randn(ref_alpha.shape, dtype=torch.float64)
+    ((img * w_img.to(dtype)).sum() + (alpha * w_alpha.to(dtype)).sum()).backward()
     per_pixel = torch.cat([(ref_img * w_img).sum(-1, keepdim=True) + ref_alpha * w_alpha], -1).reshape(-1)
     eye = torch.eye(per_pixel.numel(), dtype=per_pixel.dtype)
     (jac,) = torch.autograd.grad(per_pixel, ref["means2d"], eye, retain_graph=True, is_grads_batched=True)
-    torch.testing.assert_close(ours["means2d"].grad, jac.sum(0), atol=1e-10, rtol=1e-9)
-    torch.testing.assert_close(ours["means2d"].absgrad, jac.abs().sum(0), atol=1e-10, rtol=1e-9)
+    grad_atol, grad_rtol = (1e-10, 1e-9) if dtype == torch.float64 else (1e-4, 1e-3)
+    scale = jac.abs().sum(0).max()
+    torch.testing.assert_close(ours["means2d"].grad.double(), jac.sum(0), atol=grad_atol * scale, rtol=grad_rtol)
+    torch.testing.assert_close(ours["means2d"].absgrad.double(), jac.abs().sum(0), atol=grad_atol * scale,
+                               rtol=grad_rtol)  # fmt: skip
     per_pixel.sum().backward()
     for k in names:
-        torch.testing.assert_close(ours[k].grad, ref[k].grad, atol=1e-10, rtol=1e-9)
+        scale = ref[k].grad.abs().max()
+        torch.testing.assert_close(ours[k].grad.double(), ref[k].grad, atol=grad_atol * scale, rtol=grad_rtol)
+
+
+def test_numba_backend_is_deterministic_and_thread_count_only_reorders_sums():
+    """Tiles go to workers round-robin: the same threads give the same bits; other thread counts differ only by
+    float32 summation order (here and in torch's projection)."""
+    scene = make_scene(num=400, seed=15, dtype=torch.float32, width=64, height=40)
+    weights = (torch.rand(2, 40, 64, 3), torch.rand(2, 40, 64, 1))
+    runs, before = {}, torch.get_num_threads()
+    try:
+        for threads in (1, 2, 2):
+            torch.set_num_threads(threads)
+            runs.setdefault(threads, []).append(grads_of(lambda s: call(s, backend="numba"), scene, weights))
+    finally:
+        torch.set_num_threads(before)
+    (img_a, alpha_a, grads_a), (img_b, alpha_b, grads_b) = runs[2]
+    assert torch.equal(img_a, img_b) and torch.equal(alpha_a, alpha_b)
+    assert all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
+    img_1, _, grads_1 = runs[1][0]
+    torch.testing.assert_close(img_1, img_a, atol=1e-6, rtol=0)
+    for k in grads_a:
+        torch.testing.assert_close(grads_1[k], grads_a[k], atol=1e-6 * grads_a[k].abs().max().item(), rtol=1e-5)
+
+
+def test_auto_backend_on_the_cpu_is_numba_for_float32_and_torch_for_float64(monkeypatch):
+    import reconstruct.rasterize as R
+
+    used = []
+    monkeypatch.setattr(R, "_compositor", lambda backend: used.append(backend) or R._tc.composite)
+    call(make_scene(num=20, seed=16, dtype=torch.float32))
+    call(make_scene(num=20, seed=16, dtype=torch.float64))
+    assert used == ["numba", "torch"]
 
 
 # --- meta works with gsplat's DefaultStrategy ------------------------------------------------------------------
@@ -313,8 +356,9 @@ def test_meta_drives_gsplat_default_strategy_with_absgrad():
 # --- edge cases ------------------------------------------------------------------------------------------------
 
 
-def test_zero_gaussians_render_background():
-    scene = make_scene(num=0, seed=6)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: the numba backend
+def test_zero_gaussians_render_background(dtype):
+    scene = make_scene(num=0, seed=6, dtype=dtype)
     img, alpha, meta = call(scene)
     torch.testing.assert_close(img, scene["backgrounds"][:, None, None, :].expand(2, 24, 32, 3))
     assert (alpha == 0).all() and meta["radii"].shape == (2, 0, 2)
@@ -369,6 +413,12 @@ def test_near_far_planes_cull_by_depth():
         ({"means": torch.full((5, 3), float("nan"))}, "means has NaN or Inf"),
         ({"scales": torch.ones(5, 3, dtype=torch.float64)}, "share one floating dtype"),
         ({"backend": "gsplat"}, "gsplat needs CUDA; use backend='torch'"),
+        ({"backend": "numba", **{k: torch.ones(5, 3, dtype=torch.float64) for k in ("means", "scales", "colors")},
+          "quats": torch.ones(5, 4, dtype=torch.float64), "opacities": torch.ones(5, dtype=torch.float64),
+          "viewmats": torch.eye(4, dtype=torch.float64).repeat(2, 1, 1),
+          "Ks": torch.eye(3, dtype=torch.float64).repeat(2, 1, 1),
+          "backgrounds": torch.zeros(2, 3, dtype=torch.float64)},
+         "the numba backend takes float32 tensors"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, match):
