@@ -1,7 +1,7 @@
 """Training quality on the CPU: held-out PSNR against wall time for two captures (issue 4).
 
 - ``avocado``: ``orbit4d render-asset Avocado.gltf --views 48 --elevation 5 30 --size 256`` (48 orbit views, every
-  8th held out), trained with the PyTorch rasterizer; target >= 30 dB within 20 minutes.
+  8th held out), trained with the CPU rasterizer (numba compositing); target >= 30 dB within 20 minutes.
 - ``fox``: ``../shared/data/captures/ingp_fox`` imported with ``--triangulate`` (undistorted, points from the known
   cameras), trained at ``--downscale 8``; target >= 23 dB within 20 minutes.
 
