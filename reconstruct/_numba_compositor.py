@@ -1,4 +1,4 @@
-"""Tile-based alpha compositing compiled with numba, with its backward: the fast CPU path of ``rasterize``.
+"""Tile binning and alpha compositing compiled with numba, with its backward: the fast CPU path of ``rasterize``.
 
 gsplat's algorithm with the loops turned for a CPU: a thread takes whole tiles, and within a tile it walks the
 depth-sorted list once, each Gaussian against all the tile's pixels in one SIMD-friendly loop (gsplat: one GPU thread
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from reconstruct import _torch_rasterizer as _tr
 from reconstruct._torch_rasterizer import (
     ALPHA_THRESHOLD,
     MAX_ALPHA,
@@ -79,6 +80,72 @@ def composite(
     float64), with ``isect`` binned in ``TILE`` px tiles.
     """
     return _Composite.apply(means2d, conics, colors, opacities, backgrounds, isect, width, height, absgrad)
+
+
+@torch.no_grad()
+def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
+                    tile_size: int = TILE) -> Intersections:  # fmt: skip
+    """``_torch_rasterizer.intersect_tiles`` with the pairs binned by a compiled counting sort (one pass to count
+    per tile, one to place, Gaussians in depth order) instead of a sort of all pairs: the same ``Intersections``."""
+    C, N = radii.shape[:2]
+    tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    tmin, tmax = _tr.tile_ranges(means2d, radii, tile_width, tile_height, tile_size)
+    spans = (tmax - tmin).clamp_min(0)
+    visible = (radii > 0).all(-1)
+    counts = torch.where(visible, spans[..., 0] * spans[..., 1], 0)  # [C, N]
+    depth32 = depths.detach().to(torch.float32)
+    order = torch.sort(torch.where(visible, depth32, torch.inf), dim=1, stable=True).indices  # gsplat's key order
+    order = (order + N * torch.arange(C)[:, None]).reshape(-1)
+    depth_bits = depth32.reshape(-1).view(torch.int32).numpy()
+    flatten_ids, isect_ids, offsets = _bin(order.numpy(), tmin.reshape(-1, 2).numpy(), tmax.reshape(-1, 2).numpy(),
+                                           counts.reshape(-1).numpy(), depth_bits, N, tile_width, tile_height, C)
+    return Intersections(
+        tiles_per_gauss=counts.to(torch.int32),
+        isect_ids=torch.from_numpy(isect_ids),
+        flatten_ids=torch.from_numpy(flatten_ids),
+        isect_offsets=torch.from_numpy(offsets).to(torch.int32).reshape(C, tile_height, tile_width),
+        tile_size=tile_size,
+        tile_width=tile_width,
+        tile_height=tile_height,
+    )
+
+
+@numba.njit(**JIT)
+def _bin(order, tmin, tmax, counts, depth_bits, N, tw, th, C):
+    """Pairs (Gaussian, tile) sorted by tile, Gaussians within a tile in ``order``: flat ids (int32), gsplat's
+    64-bit keys (camera | tile | depth bits) and each tile's first pair."""
+    per_camera = tw * th
+    tile_bits = 0
+    while (1 << tile_bits) <= per_camera:  # int.bit_length()
+        tile_bits += 1
+    starts = np.zeros(C * per_camera, np.int64)
+    total = 0
+    for g in order:
+        if counts[g] == 0:
+            continue
+        base = (g // N) * per_camera
+        for ty in range(tmin[g, 1], tmax[g, 1]):
+            for tx in range(tmin[g, 0], tmax[g, 0]):
+                starts[base + ty * tw + tx] += 1
+        total += counts[g]
+    running = 0
+    for t in range(starts.shape[0]):  # counts -> exclusive prefix sums
+        running, starts[t] = running + starts[t], running
+    cursor = starts.copy()
+    flatten_ids, keys = np.empty(total, np.int32), np.empty(total, np.int64)
+    for g in order:
+        if counts[g] == 0:
+            continue
+        camera = g // N
+        depth = np.int64(depth_bits[g]) & 0xFFFFFFFF
+        for ty in range(tmin[g, 1], tmax[g, 1]):
+            for tx in range(tmin[g, 0], tmax[g, 0]):
+                local = ty * tw + tx
+                t = camera * per_camera + local
+                flatten_ids[cursor[t]] = g
+                keys[cursor[t]] = (((np.int64(camera) << tile_bits) | local) << 32) | depth
+                cursor[t] += 1
+    return flatten_ids, keys, starts
 
 
 # Rows of a tile's per-pixel lanes [LANES, PIXELS]: one buffer with compile-time strides, so that the compiler can

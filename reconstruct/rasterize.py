@@ -92,7 +92,7 @@ def rasterize(
     if backend == "gsplat":
         out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad)
     else:
-        out = _rasterize_torch(*args, near_plane, far_plane, absgrad, _compositor(backend))
+        out = _rasterize_torch(*args, near_plane, far_plane, absgrad, *_cpu_kernels(backend))
     if finite is not None:
         finite.check()
     return out
@@ -115,24 +115,24 @@ def _has_numba() -> bool:
     return True
 
 
-def _compositor(backend: str):
-    """The compositing function of the CPU backends: compiled kernels (numba) or the pure-PyTorch twin (torch)."""
+def _cpu_kernels(backend: str) -> tuple:
+    """(tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch twin's (torch)."""
     if backend == "numba":
         from reconstruct import _numba_compositor
 
-        return _numba_compositor.composite
-    return _tc.composite
+        return _numba_compositor.intersect_tiles, _numba_compositor.composite
+    return _tr.intersect_tiles, _tc.composite
 
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad,
-    composite,
+    intersect_tiles, composite,
 ) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
-    """Projection, SH colours and tile binning in PyTorch, then ``composite`` (of _tile_compositor's signature)."""
+    """Projection and SH colours in PyTorch, then ``intersect_tiles`` and ``composite`` (the twin's signatures)."""
     C, N = viewmats.shape[0], means.shape[0]
     proj = _tr.project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
     rgb = _tr.view_colors(colors, means, viewmats, proj.radii, sh_degree)
-    isect = _tr.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, _tc.TILE_SIZE)
+    isect = intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, _tc.TILE_SIZE)
     image, alpha = composite(
         proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height, absgrad
     )

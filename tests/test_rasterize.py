@@ -295,11 +295,34 @@ def test_numba_backend_is_deterministic_and_thread_count_only_reorders_sums():
         torch.testing.assert_close(grads_1[k], grads_a[k], atol=1e-6 * grads_a[k].abs().max().item(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("cameras, num, width, height", [(1, 2000, 64, 48), (3, 5000, 100, 70), (2, 0, 32, 32)])
+def test_numba_tile_binning_equals_the_twins(cameras, num, width, height):
+    """Counting sort by tile against the twin's sort of all pairs: every field identical, depth ties included;
+    boxes partly outside the image, culled Gaussians."""
+    from reconstruct import _numba_compositor, _torch_rasterizer
+
+    g = torch.Generator().manual_seed(num)
+    size = torch.tensor([width, height])
+    means2d = torch.rand(cameras, num, 2, generator=g) * size * 1.4 - size * 0.2
+    radii = (torch.rand(cameras, num, 2, generator=g) * 20).to(torch.int32)
+    radii[torch.rand(cameras, num, generator=g) < 0.1] = 0
+    depths = torch.rand(cameras, num, generator=g)
+    depths[:, : num // 10] = 0.5
+    ours = _numba_compositor.intersect_tiles(means2d, radii, depths, width, height)
+    twin = _torch_rasterizer.intersect_tiles(means2d, radii, depths, width, height, _numba_compositor.TILE)
+    for field in ("tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets"):
+        a, b = getattr(ours, field), getattr(twin, field)
+        assert a.dtype == b.dtype and torch.equal(a, b), field
+    assert (ours.tile_width, ours.tile_height) == (twin.tile_width, twin.tile_height)
+    assert num == 0 or ours.flatten_ids.numel() > num  # boxes span several tiles
+
+
 def test_auto_backend_on_the_cpu_is_numba_for_float32_and_torch_for_float64(monkeypatch):
     import reconstruct.rasterize as R
 
     used = []
-    monkeypatch.setattr(R, "_compositor", lambda backend: used.append(backend) or R._tc.composite)
+    monkeypatch.setattr(R, "_cpu_kernels", lambda backend: used.append(backend) or (R._tr.intersect_tiles,
+                                                                                   R._tc.composite))
     call(make_scene(num=20, seed=16, dtype=torch.float32))
     call(make_scene(num=20, seed=16, dtype=torch.float64))
     assert used == ["numba", "torch"]
