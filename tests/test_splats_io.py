@@ -209,6 +209,27 @@ def test_ssim_known_values():
     assert 0.3 < ssim(noisy, image).item() < 0.95
 
 
+def test_ssim_separable_blur_equals_the_2d_window_up_to_the_border():
+    """3DGS blurs with the 11x11 window and zero padding; ours blurs rows then columns: equal everywhere."""
+    import torch.nn.functional as F
+
+    from reconstruct.metrics import gaussian_window
+
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(1, 3, 23, 37, generator=g, dtype=torch.float64) for _ in range(2))
+    window = gaussian_window().expand(3, 1, 11, 11).contiguous()
+
+    def blur(z):
+        return F.conv2d(z, window, padding=5, groups=3)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y, cov = blur(x * x) - mu_x**2, blur(y * y) - mu_y**2, blur(x * y) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    expected = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    ours = ssim_map(x[0].permute(1, 2, 0), y[0].permute(1, 2, 0))
+    torch.testing.assert_close(ours, expected[0].permute(1, 2, 0), atol=1e-12, rtol=0)
+
+
 def test_ssim_is_differentiable():
     g = torch.Generator().manual_seed(0)
     image = torch.rand(8, 8, 3, dtype=torch.float64, generator=g, requires_grad=True)
