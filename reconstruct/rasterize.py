@@ -118,9 +118,9 @@ def _has_numba() -> bool:
 def _cpu_kernels(backend: str) -> tuple:
     """(tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch twin's (torch)."""
     if backend == "numba":
-        from reconstruct import _numba_compositor
+        from reconstruct import _numba_kernels
 
-        return _numba_compositor.intersect_tiles, _numba_compositor.composite
+        return _numba_kernels.intersect_tiles, _numba_kernels.composite
     return _tr.intersect_tiles, _tc.composite
 
 

@@ -241,9 +241,9 @@ def test_compositor_gradcheck_float64():
 def test_compositor_matches_reference_and_absgrad(compositor):
     """Screen-space inputs against the every-pair reference; ``absgrad`` against per-pixel reference Jacobians.
     The numba compositor computes in float32 (as gsplat): its tolerances are float32's."""
-    from reconstruct import _numba_compositor, _tile_compositor
+    from reconstruct import _numba_kernels, _tile_compositor
 
-    composite = {"torch": _tile_compositor.composite, "numba": _numba_compositor.composite}[compositor]
+    composite = {"torch": _tile_compositor.composite, "numba": _numba_kernels.composite}[compositor]
     dtype = {"torch": torch.float64, "numba": torch.float32}[compositor]
     atol, rtol = {"torch": (1e-12, 1e-10), "numba": (2e-6, 1e-4)}[compositor]
     sc = projected_2d_scene(num=60, W=20, H=12, seed=12)
@@ -299,7 +299,7 @@ def test_numba_backend_is_deterministic_and_thread_count_only_reorders_sums():
 def test_numba_tile_binning_equals_the_twins(cameras, num, width, height):
     """Counting sort by tile against the twin's sort of all pairs: every field identical, depth ties included;
     boxes partly outside the image, culled Gaussians."""
-    from reconstruct import _numba_compositor, _torch_rasterizer
+    from reconstruct import _numba_kernels, _torch_rasterizer
 
     g = torch.Generator().manual_seed(num)
     size = torch.tensor([width, height])
@@ -308,8 +308,8 @@ def test_numba_tile_binning_equals_the_twins(cameras, num, width, height):
     radii[torch.rand(cameras, num, generator=g) < 0.1] = 0
     depths = torch.rand(cameras, num, generator=g)
     depths[:, : num // 10] = 0.5
-    ours = _numba_compositor.intersect_tiles(means2d, radii, depths, width, height)
-    twin = _torch_rasterizer.intersect_tiles(means2d, radii, depths, width, height, _numba_compositor.TILE)
+    ours = _numba_kernels.intersect_tiles(means2d, radii, depths, width, height)
+    twin = _torch_rasterizer.intersect_tiles(means2d, radii, depths, width, height, _numba_kernels.TILE)
     for field in ("tiles_per_gauss", "isect_ids", "flatten_ids", "isect_offsets"):
         a, b = getattr(ours, field), getattr(twin, field)
         assert a.dtype == b.dtype and torch.equal(a, b), field
