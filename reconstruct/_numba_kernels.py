@@ -95,7 +95,8 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, 
     visible = (radii > 0).all(-1)
     counts = torch.where(visible, spans[..., 0] * spans[..., 1], 0)  # [C, N]
     depth32 = depths.detach().to(torch.float32)
-    order = torch.sort(torch.where(visible, depth32, torch.inf), dim=1, stable=True).indices  # gsplat's key order
+    keys = torch.where(visible, depth32, torch.inf).view(torch.int32)  # visible depths are > 0: bits sort as floats
+    order = torch.from_numpy(_radix_argsort(keys.numpy()))  # = torch.sort(..., stable=True).indices, gsplat's order
     order = (order + N * torch.arange(C)[:, None]).reshape(-1)
     depth_bits = depth32.reshape(-1).view(torch.int32).numpy()
     flatten_ids, isect_ids, offsets = _bin(order.numpy(), tmin.reshape(-1, 2).numpy(), tmax.reshape(-1, 2).numpy(),
@@ -109,6 +110,31 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, 
         tile_width=tile_width,
         tile_height=tile_height,
     )
+
+
+@numba.njit(**JIT)
+def _radix_argsort(keys):
+    """Stable argsort of each row of non-negative int32 keys [C, N]: three passes of 11 bits (31-bit keys), 10x
+    faster than a comparison sort at 80k keys."""
+    C, N = keys.shape
+    out = np.empty((C, N), np.int64)
+    scratch = np.empty(N, np.int64)
+    for c in range(C):
+        order = out[c]
+        for i in range(N):
+            order[i] = i
+        for shift in (0, 11, 22):
+            counts = np.zeros(2049, np.int64)
+            for i in range(N):
+                counts[((keys[c, order[i]] >> shift) & 2047) + 1] += 1
+            for b in range(2048):
+                counts[b + 1] += counts[b]
+            for i in range(N):
+                bucket = (keys[c, order[i]] >> shift) & 2047
+                scratch[counts[bucket]] = order[i]
+                counts[bucket] += 1
+            order[:] = scratch
+    return out
 
 
 @numba.njit(**JIT)

@@ -317,6 +317,19 @@ def test_numba_tile_binning_equals_the_twins(cameras, num, width, height):
     assert num == 0 or ours.flatten_ids.numel() > num  # boxes span several tiles
 
 
+@pytest.mark.parametrize("cameras, num", [(1, 5000), (3, 700), (2, 1), (1, 0)])
+def test_numba_depth_order_is_torchs_stable_sort(cameras, num):
+    """The radix argsort behind the binning: equal to ``torch.sort(stable=True)`` with ties and culled (inf) depths."""
+    from reconstruct._numba_kernels import _radix_argsort
+
+    g = torch.Generator().manual_seed(num)
+    depths = torch.rand(cameras, num, generator=g) * 10
+    depths[:, : num // 5] = 1.5
+    depths[:, num // 5 : num // 3] = torch.inf
+    expected = torch.sort(depths, dim=1, stable=True).indices
+    assert torch.equal(torch.from_numpy(_radix_argsort(depths.view(torch.int32).numpy())), expected)
+
+
 def test_auto_backend_on_the_cpu_is_numba_for_float32_and_torch_for_float64(monkeypatch):
     import reconstruct.rasterize as R
 
