@@ -74,7 +74,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "at most 200k Gaussians (CPU)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (overrides the preset)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="auto: CUDA (gsplat kernels) when available, else CPU (PyTorch rasterizer)")
+                   help="auto: CUDA (gsplat kernels) when available, else CPU (numba-compiled rasterizer)")
     p.add_argument("--downscale", type=int, default=None, metavar="K",
                    help="divide image width and height by K once at load")
     p.add_argument("--strategy", choices=["default", "mcmc"], default=None,

@@ -438,9 +438,10 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     loss_value, error, *extremes = _read_once(loss, M.mse(image.detach(), target), *extremes)
+    per_parameter = len(extremes) // max(len(checked), 1)  # 1 on CUDA (max |value|), 2 on the CPU (min, max)
     for i, value in enumerate(extremes):
         if not math.isfinite(value):
-            raise _diverged(step, f"the {checked[i * len(checked) // len(extremes)]}", state)
+            raise _diverged(step, f"the {checked[i // per_parameter]}", state)
     if not math.isfinite(loss_value):
         raise _diverged(step, "the loss", state)
     if config.densify:
