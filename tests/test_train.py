@@ -3,6 +3,7 @@ line and keep what was written before; the densifier (gsplat's DefaultStrategy) 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -267,6 +268,21 @@ def test_a_step_reads_from_the_device_once(capture, monkeypatch):
             state.step += 1
     assert reads == ["tolist"] * 25
     assert math.isfinite(loss) and 0 < loss < 1 and 5 < step_psnr < 60
+
+
+def test_the_benchmarks_minimal_loop_trains_as_orbit4d_does(capture):
+    """bench/train_vs_gsplat.py holds orbit4d's CUDA path to a bare loop around ``gsplat.rasterization``; that is a
+    fair test only if the bare loop is the same training. On the CPU both call the same kernels, so they must end
+    with the same Gaussians and held-out PSNR: same initialisation, view order, backgrounds, SH warm-up, learning
+    rates, refinement (step 20, with the cap) and evaluation."""
+    spec = importlib.util.spec_from_file_location("train_vs_gsplat", REPO / "bench" / "train_vs_gsplat.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = RESUME_CONFIG
+    ours, minimal = bench.orbit4d_run(config, capture), bench.minimal_loop(config, capture)
+    assert ours["num_gaussians"] == minimal["num_gaussians"] != config.random_init_points  # refined
+    assert ours["psnr"] == pytest.approx(minimal["psnr"], abs=1e-3)
+    assert ours["ms_per_step"] > 0 and minimal["ms_per_step"] > 0
 
 
 # --- failures --------------------------------------------------------------------------------------------------
