@@ -1,5 +1,5 @@
 """One rasterization function for 3D Gaussian splats, three backends: gsplat's CUDA kernels, a pure-PyTorch twin,
-and the twin with its compositing compiled by numba (the CPU default).
+and the twin's algorithm compiled by numba (the CPU default).
 
 Semantics are those of ``gsplat.rasterization`` 1.5.3 with ``packed=False``, ``rasterize_mode="classic"``,
 ``render_mode="RGB"``, ``eps2d=0.3``, ``tile_size=16`` and no radius clipping: EWA projection with a 0.3 px^2
@@ -49,8 +49,9 @@ def rasterize(
     """Render N Gaussians into C images; returns colors [C, H, W, 3], alphas [C, H, W, 1] and gsplat's ``meta``.
 
     ``backend``: ``"auto"`` takes gsplat for CUDA tensors, numba for float32 CPU tensors (when numba is installed)
-    and the PyTorch twin otherwise; ``"torch"`` runs anywhere (float32 or float64); ``"numba"`` composites float32 CPU
-    tensors with compiled kernels (projection and binning as the twin); ``"gsplat"`` needs CUDA float32 tensors.
+    and the PyTorch twin otherwise; ``"torch"`` runs anywhere (float32 or float64); ``"numba"`` renders float32 CPU
+    tensors with compiled kernels (projection, SH colours, binning, compositing; when the cameras need gradients or
+    ``sh_degree`` is 4, projection and colours are the twin's); ``"gsplat"`` needs CUDA float32 tensors.
     ``absgrad``: the backward pass also sets ``meta["means2d"].absgrad`` (sums of absolute per-pixel gradients), for
     ``DefaultStrategy(absgrad=True)``.
     ``check_finite``: raise ValueError when an input holds NaN or Inf (False: the caller checks, as the trainer does
@@ -64,8 +65,8 @@ def rasterize(
 
     The PyTorch backend runs on any device: on CUDA it is a correctness twin, about 300x slower than gsplat; on the
     CPU it composites tiles in ``torch.get_num_threads()`` Python threads (at most 4) and lowers the process-wide
-    intra-op thread count meanwhile. The numba backend composites in ``torch.get_num_threads()`` threads (at most 8),
-    3-4x faster than the twin on the CPU; its kernels compile once per machine (a few seconds, then cached).
+    intra-op thread count meanwhile. The numba backend runs its kernels in ``torch.get_num_threads()`` threads (at
+    most 8), 3-4x faster than the twin on the CPU; they compile once per machine (seconds, then cached).
 
     Example:
         >>> import torch
@@ -92,7 +93,8 @@ def rasterize(
     if backend == "gsplat":
         out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad)
     else:
-        out = _rasterize_torch(*args, near_plane, far_plane, absgrad, *_cpu_kernels(backend))
+        kernels = _cpu_kernels(backend, viewmats.requires_grad or Ks.requires_grad, sh_degree)
+        out = _rasterize_torch(*args, near_plane, far_plane, absgrad, *kernels)
     if finite is not None:
         finite.check()
     return out
@@ -115,23 +117,28 @@ def _has_numba() -> bool:
     return True
 
 
-def _cpu_kernels(backend: str) -> tuple:
-    """(tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch twin's (torch)."""
-    if backend == "numba":
-        from reconstruct import _numba_kernels
+def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None) -> tuple:
+    """(projection, SH colours, tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch
+    twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4: the twin's
+    stand in for those."""
+    if backend != "numba":
+        return _tr.project, _tr.view_colors, _tr.intersect_tiles, _tc.composite
+    from reconstruct import _numba_kernels, _numba_projection
 
-        return _numba_kernels.intersect_tiles, _numba_kernels.composite
-    return _tr.intersect_tiles, _tc.composite
+    if cameras_need_grad or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
+        return _tr.project, _tr.view_colors, _numba_kernels.intersect_tiles, _numba_kernels.composite
+    return _numba_projection.project, _numba_projection.view_colors, _numba_kernels.intersect_tiles, \
+        _numba_kernels.composite  # fmt: skip
 
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad,
-    intersect_tiles, composite,
+    project, view_colors, intersect_tiles, composite,
 ) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
-    """Projection and SH colours in PyTorch, then ``intersect_tiles`` and ``composite`` (the twin's signatures)."""
+    """``project``, ``view_colors``, ``intersect_tiles`` and ``composite`` (with the twin's signatures) in turn."""
     C, N = viewmats.shape[0], means.shape[0]
-    proj = _tr.project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
-    rgb = _tr.view_colors(colors, means, viewmats, proj.radii, sh_degree)
+    proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
+    rgb = view_colors(colors, means, viewmats, proj.radii, sh_degree)
     isect = intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, _tc.TILE_SIZE)
     image, alpha = composite(
         proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height, absgrad

@@ -175,11 +175,12 @@ def leaf_scene(scene: dict, names=GAUSSIAN_PARAMS + ("viewmats", "backgrounds"))
     return out
 
 
-def grads_of(fn, scene: dict, weights: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    s = leaf_scene(scene)
+def grads_of(fn, scene: dict, weights: tuple[torch.Tensor, torch.Tensor], names=GAUSSIAN_PARAMS + ("viewmats",
+             "backgrounds")) -> tuple[torch.Tensor, torch.Tensor, dict]:  # fmt: skip
+    s = leaf_scene(scene, names)
     img, alpha = fn(s)[:2]
     ((img * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
-    grads = {k: s[k].grad for k in GAUSSIAN_PARAMS + ("viewmats", "backgrounds") if s.get(k) is not None}
+    grads = {k: s[k].grad for k in names if s.get(k) is not None}
     return img.detach(), alpha.detach(), grads
 
 
@@ -210,19 +211,71 @@ def test_matches_dense_reference_float64(sh_degree, num, seed, backgrounds):
         assert_close_and_finite(grads[name], ref, 1e-8, 1e-7, f"d/d{name}")
 
 
-@pytest.mark.parametrize("backend", ["torch", "numba"])
-@pytest.mark.parametrize("seed, sh_degree", [(4, 2), (14, None)])
-def test_matches_dense_reference_float32(backend, seed, sh_degree):
+@pytest.mark.parametrize("backend, camera_grads", [("torch", True), ("numba", True), ("numba", False)])
+@pytest.mark.parametrize("seed, sh_degree", [(4, 2), (14, None), (24, 3)])
+def test_matches_dense_reference_float32(backend, camera_grads, seed, sh_degree):
+    """camera_grads: the cameras are optimised too (the numba backend then projects with the twin's PyTorch code);
+    without, the numba backend's compiled projection and SH colours run."""
     scene = make_scene(num=250, sh_degree=sh_degree, seed=seed)
+    names = GAUSSIAN_PARAMS + (("viewmats", "backgrounds") if camera_grads else ("backgrounds",))
     weights = (torch.rand(2, 24, 32, 3, dtype=torch.float64), torch.rand(2, 24, 32, 1, dtype=torch.float64))
-    ref_img, ref_alpha, ref_grads = grads_of(reference_rasterize, scene, weights)
+    ref_img, ref_alpha, ref_grads = grads_of(reference_rasterize, scene, weights, names)
     s32 = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
-    img, alpha, grads = grads_of(lambda s: call(s, backend=backend), s32, tuple(w.float() for w in weights))
+    img, alpha, grads = grads_of(lambda s: call(s, backend=backend), s32, tuple(w.float() for w in weights), names)
     assert_close_and_finite(img.double(), ref_img, 2e-4, 1e-3, "image")
     assert_close_and_finite(alpha.double(), ref_alpha, 2e-4, 1e-3, "alpha")
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
         assert_close_and_finite(grads[name].double(), ref, 2e-3 * scale, 1e-2, f"d/d{name}")
+
+
+@pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
+def test_numba_projection_and_colors_match_the_twin(sh_degree):
+    """The compiled projection and SH colours against the twin's PyTorch code in float64, values and gradients
+    (means, quats, scales, SH coefficients), with Gaussians behind the near plane, beyond the far plane, outside
+    the image, with the Jacobian's field-of-view clamp active, too transparent, and three cameras."""
+    from reconstruct import _numba_projection, _torch_rasterizer
+
+    g = torch.Generator().manual_seed(30 + (sh_degree or 0))
+    N, C, W, H = 3000, 3, 80, 60
+    means = torch.randn(N, 3, generator=g, dtype=torch.float64) * torch.tensor([2.5, 2.0, 2.0], dtype=torch.float64)
+    quats = torch.randn(N, 4, generator=g, dtype=torch.float64)
+    scales = torch.exp(torch.rand(N, 3, generator=g, dtype=torch.float64) * 4 - 5)
+    opacities = torch.rand(N, generator=g, dtype=torch.float64)
+    opacities[:50] = 0.5 / 255  # culled as transparent
+    colors = torch.randn(N, 3 if sh_degree is None else 16, 3, generator=g, dtype=torch.float64) * 0.4
+    colors = colors[:, 0] if sh_degree is None else colors
+    viewmats = torch.stack([look_at((3 * math.sin(a), 0.5, -3 * math.cos(a)), (0.0, 0.0, 0.0)) for a in (0, 1, 2.5)])
+    Ks = torch.tensor([[60.0, 0, 40.5], [0, 66.0, 30.5], [0, 0, 1]], dtype=torch.float64).repeat(C, 1, 1)
+    inputs = {"means": means, "quats": quats, "scales": scales, "colors": colors}
+    weights = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((C, N, 2), (C, N, 3), (C, N),
+                                                                                   (C, N, 3))]  # fmt: skip
+
+    def run(module, dtype):
+        x = {k: v.to(dtype).requires_grad_(True) for k, v in inputs.items()}
+        proj = module.project(x["means"], x["quats"], x["scales"], opacities.to(dtype), viewmats.to(dtype),
+                              Ks.to(dtype), W, H, 0.01, 5.0)  # fmt: skip
+        rgb = module.view_colors(x["colors"], x["means"], viewmats.to(dtype), proj.radii, sh_degree)
+        outputs = (proj.means2d, proj.conics, proj.depths, rgb)
+        sum((out * w.to(dtype)).sum() for out, w in zip(outputs, weights)).backward()
+        return proj.radii, [out.detach().double() for out in outputs], {k: v.grad for k, v in x.items()}
+
+    radii, outputs, grads = run(_numba_projection, torch.float32)
+    ref_radii, ref_outputs, ref_grads = run(_torch_rasterizer, torch.float64)
+    visible = (ref_radii > 0).all(-1)
+    assert 0.2 < visible.float().mean() < 0.9, "the scene should have both culled and visible Gaussians"
+    camera_x = torch.einsum("cj,nj->cn", viewmats[:, 0, :3], means) + viewmats[:, 0, None, 3]
+    depth = ref_outputs[2]
+    limit = max(W - 40.5, 40.5) / 60.0 + 0.3 * 0.5 * W / 60.0  # gsplat's: 1.3x the field of view, in x / z
+    clamped = (camera_x / depth).abs() > limit
+    assert (visible & clamped).sum() > 20, "the Jacobian's clamp should be active for some visible Gaussians"
+    assert (radii != ref_radii).any(-1).float().mean() < 1e-3  # float32 rounding may move a ceil by one
+    same = (radii == ref_radii).all(-1)
+    for name, out, ref in zip(("means2d", "conics", "depths", "colours"), outputs, ref_outputs):
+        torch.testing.assert_close(out[same], ref[same], atol=1e-5 * ref.abs().max().item(), rtol=1e-5, msg=name)
+    for name, ref in ref_grads.items():
+        scale = ref.abs().max().item()
+        assert_close_and_finite(grads[name].double(), ref, 1e-5 * scale, 1e-4, f"d/d{name}")
 
 
 def test_compositor_gradcheck_float64():
@@ -334,8 +387,8 @@ def test_auto_backend_on_the_cpu_is_numba_for_float32_and_torch_for_float64(monk
     import reconstruct.rasterize as R
 
     used = []
-    monkeypatch.setattr(R, "_cpu_kernels", lambda backend: used.append(backend) or (R._tr.intersect_tiles,
-                                                                                   R._tc.composite))
+    monkeypatch.setattr(R, "_cpu_kernels", lambda backend, *_: used.append(backend) or (
+        R._tr.project, R._tr.view_colors, R._tr.intersect_tiles, R._tc.composite))
     call(make_scene(num=20, seed=16, dtype=torch.float32))
     call(make_scene(num=20, seed=16, dtype=torch.float64))
     assert used == ["numba", "torch"]
