@@ -55,35 +55,87 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tenso
 
 
 def ssim_map(image: Tensor, target: Tensor, size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
-    """[..., H, W, C] per-pixel SSIM (zero-padded 'same' convolution, as 3DGS).
-
-    The five local means (x, y, x^2, y^2, xy) come from one separable blur of the stacked channels: a row pass and a
-    column pass of the 1D Gaussian, equal to the 2D window with zero padding, 3-4x faster forward and backward.
-    """
+    """[..., H, W, C] per-pixel SSIM (zero-padded 'same' convolution, as 3DGS); differentiable by autograd."""
     _check_pair(image, target)
-    shape = image.shape
-    channels = shape[-1]
-    x = image.reshape(-1, *shape[-3:]).permute(0, 3, 1, 2)  # [B, C, H, W]
-    y = target.reshape(-1, *shape[-3:]).permute(0, 3, 1, 2)
-    g = gaussian_window(size, sigma)[size // 2].to(image)
-    g = g / g.sum()  # the 1D factor of the 2D window
-    stacked = torch.cat([x, y, x * x, y * y, x * y], 1)  # [B, 5C, H, W]
-    groups = stacked.shape[1]
-    blurred = F.conv2d(stacked, g.expand(groups, 1, 1, size).contiguous(), padding=(0, size // 2), groups=groups)
-    blurred = F.conv2d(blurred, g[:, None].expand(groups, 1, size, 1).contiguous(), padding=(size // 2, 0),
-                       groups=groups)  # fmt: skip
-    mu_x, mu_y, xx, yy, xy = blurred.split(channels, 1)
-    sigma_x = xx - mu_x**2
-    sigma_y = yy - mu_y**2
-    sigma_xy = xy - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    value = ((2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sigma_x + sigma_y + c2))
-    return value.permute(0, 2, 3, 1).reshape(shape)
+    terms = _ssim_terms(_channels_first(image), _channels_first(target), size, sigma)
+    return terms[0].permute(0, 2, 3, 1).reshape(image.shape)
 
 
 def ssim(image: Tensor, target: Tensor) -> Tensor:
-    """Mean SSIM of [..., H, W, C] images (1 for identical images); differentiable."""
-    return ssim_map(image, target).mean()
+    """Mean SSIM of [..., H, W, C] images (1 for identical images); differentiable.
+
+    Gradients reach ``image`` through a closed-form backward pass (three blurs of per-pixel partial derivatives, as
+    fused-ssim does on CUDA) rather than autograd's trace of the forward: 2x faster forward and backward together
+    on a 256 x 256 CPU image. A ``target`` that needs gradients goes through autograd instead.
+    """
+    _check_pair(image, target)
+    if target.requires_grad:
+        return ssim_map(image, target).mean()
+    return _MeanSSIM.apply(image, target.detach())
+
+
+def _channels_first(image: Tensor) -> Tensor:
+    """[..., H, W, C] -> [B, C, H, W]."""
+    return image.reshape(-1, *image.shape[-3:]).permute(0, 3, 1, 2)
+
+
+def _blur(maps: Tensor, size: int, sigma: float) -> Tensor:
+    """[B, K, H, W] convolved with the SSIM window, zero-padded 'same': a row pass and a column pass of the 1D
+    Gaussian on all K channels at once (equal to the 2D window, 3-4x faster forward and backward). The window is
+    symmetric, so this is also its own adjoint."""
+    g = gaussian_window(size, sigma)[size // 2].to(maps)
+    g = g / g.sum()  # the 1D factor of the 2D window
+    groups = maps.shape[1]
+    maps = F.conv2d(maps, g.expand(groups, 1, 1, size).contiguous(), padding=(0, size // 2), groups=groups)
+    return F.conv2d(maps, g[:, None].expand(groups, 1, size, 1).contiguous(), padding=(size // 2, 0), groups=groups)
+
+
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+
+
+def _ssim_terms(x: Tensor, y: Tensor, size: int, sigma: float) -> tuple[Tensor, ...]:
+    """SSIM of [B, C, H, W] images per pixel, with the parts the backward pass needs: (S, mu_x, mu_y, A1, A2, B1,
+    B2) for S = A1 A2 / (B1 B2), A1 = 2 mu_x mu_y + C1, A2 = 2 sigma_xy + C2, B1 = mu_x^2 + mu_y^2 + C1,
+    B2 = sigma_x^2 + sigma_y^2 + C2 (local moments under the window)."""
+    channels = x.shape[1]
+    mu_x, mu_y, xx, yy, xy = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), size, sigma).split(channels, 1)
+    a1 = 2 * mu_x * mu_y + SSIM_C1
+    a2 = 2 * (xy - mu_x * mu_y) + SSIM_C2
+    b1 = mu_x**2 + mu_y**2 + SSIM_C1
+    b2 = (xx - mu_x**2) + (yy - mu_y**2) + SSIM_C2
+    return (a1 * a2) / (b1 * b2), mu_x, mu_y, a1, a2, b1, b2
+
+
+class _MeanSSIM(torch.autograd.Function):
+    """Mean SSIM with its gradient in closed form. As a function of the local moments mu_x, E[x^2] and E[xy]
+    (the target's are constants), with D = B1 B2:
+
+        dS/dmu_x = 2 mu_y (A2 - A1) / D - 2 mu_x S (1 / B1 - 1 / B2),  dS/dE[x^2] = -S / B2,  dS/dE[xy] = 2 A1 / D
+
+    and a moment's gradient reaches pixel x(p) through the (self-adjoint) blur: dL/dx = blur(g dS/dmu_x)
+    + 2 x blur(g dS/dE[x^2]) + y blur(g dS/dE[xy]), g = dL/dS per pixel.
+    """
+
+    @staticmethod
+    def forward(ctx, image, target):
+        x, y = _channels_first(image), _channels_first(target)
+        s, mu_x, mu_y, a1, a2, b1, b2 = _ssim_terms(x, y, SSIM_WINDOW, SSIM_SIGMA)
+        ctx.save_for_backward(image, target, s, mu_x, mu_y, a1, a2, b1, b2)
+        return s.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        image, target, s, mu_x, mu_y, a1, a2, b1, b2 = ctx.saved_tensors
+        x, y = _channels_first(image), _channels_first(target)
+        g = grad / s.numel()
+        inv_d = g / (b1 * b2)
+        d_mu = 2 * mu_y * (a2 - a1) * inv_d - 2 * mu_x * (g * s) * (1 / b1 - 1 / b2)
+        d_xx = -(g * s) / b2
+        d_xy = 2 * a1 * inv_d
+        channels = x.shape[1]
+        b_mu, b_xx, b_xy = _blur(torch.cat([d_mu, d_xx, d_xy], 1), SSIM_WINDOW, SSIM_SIGMA).split(channels, 1)
+        d_x = b_mu + 2 * x * b_xx + y * b_xy
+        return d_x.permute(0, 2, 3, 1).reshape(image.shape), None
 
 
 def dssim_loss(image: Tensor, target: Tensor) -> Tensor:

@@ -231,7 +231,17 @@ def test_ssim_separable_blur_equals_the_2d_window_up_to_the_border():
 
 
 def test_ssim_is_differentiable():
+    """The mean's closed-form backward (what training uses) passes gradcheck and equals autograd's trace of the
+    per-pixel map on a batch of non-square images; a target that needs gradients gets them."""
     g = torch.Generator().manual_seed(0)
     image = torch.rand(8, 8, 3, dtype=torch.float64, generator=g, requires_grad=True)
     target = torch.rand(8, 8, 3, dtype=torch.float64, generator=g)
     assert torch.autograd.gradcheck(lambda x: dssim_loss(x, target), (image,))
+    image = torch.rand(2, 30, 45, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    target = (image.detach() + 0.2 * torch.randn(image.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    (closed_form,) = torch.autograd.grad(ssim(image, target), image)
+    (traced,) = torch.autograd.grad(ssim_map(image, target).mean(), image)
+    torch.testing.assert_close(closed_form, traced, atol=1e-12 * traced.abs().max().item(), rtol=1e-9)
+    target.requires_grad_(True)
+    ssim(image, target).backward()
+    assert target.grad is not None and target.grad.abs().sum() > 0
