@@ -122,7 +122,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     backend: str = "auto"
-    """Rasterizer: auto (gsplat on CUDA; on the CPU numba-compiled compositing, or PyTorch without numba), torch,
+    """Rasterizer: auto (gsplat on CUDA; on the CPU the numba-compiled rasterizer, or PyTorch without numba), torch,
     numba or gsplat."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
