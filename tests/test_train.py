@@ -139,6 +139,19 @@ def test_trains_a_small_scene_and_psnr_rises(capture, tmp_path):
     assert not list(tmp_path.glob(".*"))  # the staging folder was renamed into place
 
 
+def test_pytorch_and_numba_backends_train_alike(capture, tmp_path):
+    """Without numba the CPU trains with the pure-PyTorch twin: the same training, float32 rounding apart (SH degree
+    3 from step 20, refinement at step 20)."""
+    config = replace(RESUME_CONFIG, sh_degree=3, background="black")
+    reports = {}
+    for backend in ("torch", "numba"):
+        out = train.run(replace(config, backend=backend), capture, tmp_path / backend)
+        reports[backend] = json.loads((out / "metrics.json").read_text())
+    assert reports["torch"]["num_gaussians"] == reports["numba"]["num_gaussians"] > config.random_init_points
+    assert reports["torch"]["psnr"] == pytest.approx(reports["numba"]["psnr"], abs=0.05)
+    assert reports["numba"]["psnr"] > 18
+
+
 def test_masks_and_downscale(tmp_path):
     """RGBA images: alpha becomes the mask; --downscale 2 halves images and intrinsics once at load."""
     capture = make_capture(tmp_path / "capture", num_views=4, rgba=True)
