@@ -17,8 +17,8 @@
 #   run: bench/gpu_session.sh train CAPTURE              # bench/train_vs_gsplat.py (0.3 dB / 10% targets)
 #   run: bench/gpu_session.sh generator                  # bench/generator_bench.py --device cuda --sv3d
 #
-# e.g. one call, carry [".whl", "outputs/avocado_gpu"]:
-#   bench/gpu_session.sh setup tests parity train outputs/avocado_gpu generator
+# e.g. one call, carry [".whl", "outputs/avocado_gpu"], the open comparison first (about 8 minutes in all):
+#   bench/gpu_session.sh setup train outputs/avocado_gpu tests parity generator
 # `setup` must come first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
