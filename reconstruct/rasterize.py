@@ -120,26 +120,34 @@ def _has_numba() -> bool:
 def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None) -> tuple:
     """(projection, SH colours, tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch
     twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4: the twin's
-    stand in for those."""
+    stand in for those. Binning takes (projected, opacities, width, height)."""
     if backend != "numba":
-        return _tr.project, _tr.view_colors, _tr.intersect_tiles, _tc.composite
+        return _tr.project, _tr.view_colors, _twin_bins, _tc.composite
     from reconstruct import _numba_kernels, _numba_projection
 
+    def bins(proj: _tr.Projected, opacities: Tensor, width: int, height: int) -> _tr.Intersections:
+        return _numba_kernels.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height,
+                                              _numba_kernels.TILE, proj.conics, opacities)  # fmt: skip
+
     if cameras_need_grad or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
-        return _tr.project, _tr.view_colors, _numba_kernels.intersect_tiles, _numba_kernels.composite
-    return _numba_projection.project, _numba_projection.view_colors, _numba_kernels.intersect_tiles, \
-        _numba_kernels.composite  # fmt: skip
+        return _tr.project, _tr.view_colors, bins, _numba_kernels.composite
+    return _numba_projection.project, _numba_projection.view_colors, bins, _numba_kernels.composite
+
+
+def _twin_bins(proj: _tr.Projected, opacities: Tensor, width: int, height: int) -> _tr.Intersections:
+    """gsplat's binning: every tile of each Gaussian's box."""
+    return _tr.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, _tc.TILE_SIZE)
 
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad,
     project, view_colors, intersect_tiles, composite,
 ) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
-    """``project``, ``view_colors``, ``intersect_tiles`` and ``composite`` (with the twin's signatures) in turn."""
+    """``project``, ``view_colors``, ``intersect_tiles`` (binning, see ``_cpu_kernels``) and ``composite`` in turn."""
     C, N = viewmats.shape[0], means.shape[0]
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
     rgb = view_colors(colors, means, viewmats, proj.radii, sh_degree)
-    isect = intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height, _tc.TILE_SIZE)
+    isect = intersect_tiles(proj, opacities, width, height)
     image, alpha = composite(
         proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height, absgrad
     )

@@ -370,6 +370,53 @@ def test_numba_tile_binning_equals_the_twins(cameras, num, width, height):
     assert num == 0 or ours.flatten_ids.numel() > num  # boxes span several tiles
 
 
+def test_numba_exact_tile_culling_drops_only_tiles_the_gaussian_cannot_reach():
+    """With conics and opacities the numba binning keeps a box tile only where alpha can reach 1/255: the kept pairs
+    are the box's in the same order, every dropped tile has alpha < 1/255 at each of its pixels (float64, brute
+    force), many are dropped, and compositing gives the same bits, forward and backward."""
+    from reconstruct import _numba_kernels
+
+    sc = projected_2d_scene(num=400, W=70, H=45, seed=21)
+    W, H, tile = sc["W"], sc["H"], _numba_kernels.TILE
+    f32 = {k: sc[k].float() for k in ("means2d", "conics", "opacities", "rgb", "backgrounds")}
+    box = _numba_kernels.intersect_tiles(f32["means2d"], sc["radii"], sc["depths"], W, H)
+    exact = _numba_kernels.intersect_tiles(f32["means2d"], sc["radii"], sc["depths"], W, H, tile, f32["conics"],
+                                           f32["opacities"])  # fmt: skip
+    C, N = sc["radii"].shape[:2]
+
+    def pairs(isect):  # tile -> Gaussian ids in list order
+        ends = torch.cat([isect.isect_offsets.reshape(-1)[1:].long(), torch.tensor([isect.flatten_ids.numel()])])
+        return [isect.flatten_ids[s:e].tolist() for s, e in zip(isect.isect_offsets.reshape(-1).tolist(), ends)]
+
+    kept_total = dropped_total = 0
+    ys, xs = torch.meshgrid(torch.arange(tile, dtype=torch.float64), torch.arange(tile, dtype=torch.float64),
+                            indexing="ij")  # fmt: skip
+    for t, (in_box, kept) in enumerate(zip(pairs(box), pairs(exact))):
+        assert kept == [g for g in in_box if g in set(kept)], "kept pairs keep the box's order"
+        tx, ty = t % box.tile_width, (t // box.tile_width) % box.tile_height
+        px, py = (tx * tile + xs + 0.5).flatten(), (ty * tile + ys + 0.5).flatten()
+        inside = (px < W) & (py < H)
+        for g in set(in_box) - set(kept):
+            (mx, my), (a, b, c) = sc["means2d"].reshape(-1, 2)[g], sc["conics"].reshape(-1, 3)[g]
+            dx, dy = px[inside] - mx, py[inside] - my
+            alpha = sc["opacities"].reshape(-1)[g] * torch.exp(-(0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy))
+            assert alpha.max() < ALPHA_THRESHOLD, (t, g)
+        kept_total, dropped_total = kept_total + len(kept), dropped_total + len(in_box) - len(kept)
+    assert kept_total == exact.flatten_ids.numel() == int(exact.tiles_per_gauss.sum())
+    assert dropped_total > 0.15 * (kept_total + dropped_total)
+    renders = []
+    for isect in (box, exact):
+        inputs = {k: v.clone().requires_grad_(True) for k, v in f32.items()}
+        img, alpha = _numba_kernels.composite(inputs["means2d"], inputs["conics"], inputs["rgb"], inputs["opacities"],
+                                              inputs["backgrounds"], isect, W, H)  # fmt: skip
+        (img.square().sum() + alpha.sum()).backward()
+        renders.append((img, alpha, {k: v.grad for k, v in inputs.items()}))
+    (img_box, alpha_box, grads_box), (img_exact, alpha_exact, grads_exact) = renders
+    assert torch.equal(img_box, img_exact) and torch.equal(alpha_box, alpha_exact)
+    for k in grads_box:
+        assert torch.equal(grads_box[k], grads_exact[k]), k
+
+
 @pytest.mark.parametrize("cameras, num", [(1, 5000), (3, 700), (2, 1), (1, 0)])
 def test_numba_depth_order_is_torchs_stable_sort(cameras, num):
     """The radix argsort behind the binning: equal to ``torch.sort(stable=True)`` with ties and culled (inf) depths."""
@@ -388,7 +435,7 @@ def test_auto_backend_on_the_cpu_is_numba_for_float32_and_torch_for_float64(monk
 
     used = []
     monkeypatch.setattr(R, "_cpu_kernels", lambda backend, *_: used.append(backend) or (
-        R._tr.project, R._tr.view_colors, R._tr.intersect_tiles, R._tc.composite))
+        R._tr.project, R._tr.view_colors, R._twin_bins, R._tc.composite))
     call(make_scene(num=20, seed=16, dtype=torch.float32))
     call(make_scene(num=20, seed=16, dtype=torch.float64))
     assert used == ["numba", "torch"]
