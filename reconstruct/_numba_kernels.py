@@ -36,6 +36,8 @@ from reconstruct._torch_rasterizer import (
 
 # cache: compiled once per machine (about 3 s), then loaded; fastmath: lets sums be reordered into SIMD lanes;
 # error_model numpy: x / 0 gives inf instead of raising, a branch that would keep the loops from vectorising.
+# The cache is keyed on the kernel's own file: after changing a constant these kernels import from another module
+# (_torch_rasterizer's thresholds), delete reconstruct/__pycache__/*.nbi so that they recompile.
 JIT = {"cache": True, "fastmath": True, "error_model": "numpy"}
 
 # Columns of the packed per-Gaussian rows.
