@@ -61,7 +61,8 @@ def rasterize(
     ``means2d`` [C, N, 2] (a non-leaf tensor whose ``.grad`` gsplat's strategies read), ``radii`` [C, N, 2] int32,
     ``depths`` [C, N], ``conics`` [C, N, 3], ``opacities`` [C, N], ``width``, ``height``, ``n_cameras``,
     ``gaussian_ids`` (None), and the tile binning (``tile_size``, ``isect_ids``, ``flatten_ids``, ``isect_offsets``,
-    ...): 16 px tiles from gsplat, 8 px tiles from the CPU backends (the images do not depend on the tile size).
+    ...): 16 px tiles from gsplat, 8 px tiles from the CPU backends, and from the numba backend only the tiles of a
+    Gaussian's box where its alpha can reach 1/255 (the images depend on neither).
 
     The PyTorch backend runs on any device: on CUDA it is a correctness twin, about 300x slower than gsplat; on the
     CPU it composites tiles in ``torch.get_num_threads()`` Python threads (at most 4) and lowers the process-wide
