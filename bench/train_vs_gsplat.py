@@ -44,12 +44,13 @@ def gsplat_render(params: dict, view, degree: int, background: torch.Tensor):
     """gsplat.rasterization with orbit4d's settings (packed=False, classic, gsplat's pixel centres)."""
     from gsplat import rasterization
 
-    K = view.K().cuda().clone()
+    device = params["means"].device
+    K = view.K().to(device).clone()  # never the camera's own array
     K[:2, 2] += 0.5  # gsplat's pixel centres
     colors = torch.cat([params["sh0"], params["shN"]], dim=1)
     image, _, meta = rasterization(
         params["means"], params["quats"], torch.exp(params["scales"]), torch.sigmoid(params["opacities"]), colors,
-        view.viewmat().cuda()[None], K[None], view.camera.width, view.camera.height, sh_degree=degree,
+        view.viewmat().to(device)[None], K[None], view.camera.width, view.camera.height, sh_degree=degree,
         backgrounds=background[None], packed=False, rasterize_mode="classic",
     )  # fmt: skip
     return image[0], meta

@@ -139,6 +139,38 @@ def test_trains_a_small_scene_and_psnr_rises(capture, tmp_path):
     assert not list(tmp_path.glob(".*"))  # the staging folder was renamed into place
 
 
+def test_the_benchmarks_gsplat_call_follows_gsplats_conventions(capture, monkeypatch):
+    """The bare loop's call of ``gsplat.rasterization`` (CUDA only) run against a stand-in with gsplat's
+    conventions (pixel centres at +0.5, one [C, N, K, 3] colour tensor, packed=False, classic mode) that renders with
+    orbit4d's CPU rasterizer: it must give the image of the CPU path, so that the GPU comparison compares like with
+    like."""
+    import gsplat
+
+    spec = importlib.util.spec_from_file_location("train_vs_gsplat", REPO / "bench" / "train_vs_gsplat.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def stand_in(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
+                 packed, rasterize_mode):  # fmt: skip
+        assert packed is False and rasterize_mode == "classic"
+        return rasterize(means, quats, scales, opacities, colors, viewmats, Ks - gsplat_centres, width, height,
+                         sh_degree=sh_degree, backgrounds=backgrounds)  # fmt: skip
+
+    gsplat_centres = torch.zeros(3, 3)
+    gsplat_centres[:2, 2] = 0.5
+    monkeypatch.setattr(gsplat, "rasterization", stand_in)
+    scene = load_scene(capture)
+    params = train.initial_splats(replace(RESUME_CONFIG, sh_degree=2), scene).parameters()
+    params["shN"] = torch.randn(params["shN"].shape, generator=torch.Generator().manual_seed(3)) * 0.2
+    view, background = scene.train[3], torch.tensor([0.2, 0.5, 0.9])
+    K_before = view.K().clone()
+    ours, _ = bench.numba_render(params, view, 2, background)
+    theirs, _ = bench.gsplat_render(params, view, 2, background)
+    assert torch.equal(view.K(), K_before)
+    assert ours.std() > 0.01
+    torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
+
+
 def test_pytorch_and_numba_backends_train_alike(capture, tmp_path):
     """Without numba the CPU trains with the pure-PyTorch twin: the same training, float32 rounding apart (SH degree
     3 from step 20, refinement at step 20)."""
