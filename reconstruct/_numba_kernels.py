@@ -95,7 +95,7 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, 
     can reach 1/255 somewhere in the tile (its exponent's minimum over the tile's rectangle of pixel centres, with a
     margin for float32 rounding): about 30% of the box's tiles are corners the ellipse misses, where every pixel
     would skip the Gaussian anyway, so the image and gradients are unchanged and compositing has less to try.
-    ``tiles_per_gauss`` then counts the kept tiles.
+    ``tiles_per_gauss`` counts the tiles listed.
     """
     C, N = radii.shape[:2]
     tile_width, tile_height = math.ceil(width / tile_size), math.ceil(height / tile_size)
@@ -120,7 +120,7 @@ def intersect_tiles(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, 
         tile_size,
     )  # fmt: skip
     return Intersections(
-        tiles_per_gauss=torch.from_numpy(kept).reshape(C, N) if exact else counts.to(torch.int32),
+        tiles_per_gauss=torch.from_numpy(kept).reshape(C, N),
         isect_ids=torch.from_numpy(isect_ids),
         flatten_ids=torch.from_numpy(flatten_ids),
         isect_offsets=torch.from_numpy(offsets).to(torch.int32).reshape(C, tile_height, tile_width),

@@ -421,8 +421,7 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     target = composite(view, background, device)
     interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
     degree = min(config.sh_degree, step // interval)
-    checked = [name for name, p in params.items() if p.numel()]  # no SH rest at degree 0; an empty max is undefined
-    extremes = _extremes([params[name].detach() for name in checked])  # read with the loss below
+    checked, extremes = _extremes(params)  # read with the loss below
     image, _, meta = render_tensors(params, view.viewmat(), view.K(), view.camera.width, view.camera.height,
                                     degree, background, config.backend, check_finite=False)  # fmt: skip
     if config.densify:
@@ -438,10 +437,9 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     loss_value, error, *extremes = _read_once(loss, M.mse(image.detach(), target), *extremes)
-    per_parameter = len(extremes) // max(len(checked), 1)  # 1 on CUDA (max |value|), 2 on the CPU (min, max)
-    for i, value in enumerate(extremes):
+    for name, value in zip(checked, extremes):
         if not math.isfinite(value):
-            raise _diverged(step, f"the {checked[i // per_parameter]}", state)
+            raise _diverged(step, f"the {name}", state)
     if not math.isfinite(loss_value):
         raise _diverged(step, "the loss", state)
     if config.densify:
@@ -449,23 +447,26 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     return loss_value, math.inf if error == 0.0 else -10.0 * math.log10(error)
 
 
-def _extremes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """0-dim tensors per input, all finite exactly when its values are: the largest magnitude on CUDA (one
-    multi-tensor kernel for all), the minimum and maximum on the CPU (20x faster there than the norm: 0.3 ms against
-    7.6 ms for the parameters of 80k Gaussians)."""
+def _extremes(params: dict[str, torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
+    """0-dim tensors, all finite exactly when the parameters' values are, and the parameter each belongs to: the
+    largest magnitude on CUDA (one multi-tensor kernel for all), the minimum and maximum on the CPU (20x faster there
+    than the norm: 0.3 ms against 7.6 ms for the parameters of 80k Gaussians). Empty parameters (no SH rest at
+    degree 0) are left out: their extremes are undefined."""
+    names = [name for name, p in params.items() if p.numel()]
+    tensors = [params[name].detach() for name in names]
     if tensors and tensors[0].is_cuda:
-        return list(torch._foreach_norm(tensors, math.inf))
-    return [value for t in tensors for value in torch.aminmax(t)]
+        return names, list(torch._foreach_norm(tensors, math.inf))
+    return [name for name in names for _ in range(2)], [value for t in tensors for value in torch.aminmax(t)]
 
 
 def _read_once(*scalars: torch.Tensor) -> list[float]:
     """The values of 0-dim tensors, in one read from the device.
 
     A step's NaN/Inf guard (``_extremes`` of each parameter as it entered the step) rides on the read of the loss
-    and the view's error that the progress display needs anyway: on CUDA
-    every read waits for the queued kernels, and each separate check costs kernel launches, which is what a step of
-    a small scene spends its time on. The read comes after the optimizer step and before densification; parameters
-    an update made non-finite are caught by the next step's read, or by ``_save`` before anything is written.
+    and the view's error that the progress display needs anyway: on CUDA every read waits for the queued kernels,
+    and each separate check costs kernel launches, which is what a step of a small scene spends its time on. The
+    read comes after the optimizer step and before densification; parameters an update made non-finite are caught
+    by the next step's read, or by ``_save`` before anything is written.
     """
     return torch.stack(scalars).tolist()
 

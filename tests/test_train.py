@@ -146,9 +146,7 @@ def test_the_benchmarks_gsplat_call_follows_gsplats_conventions(capture, monkeyp
     like."""
     import gsplat
 
-    spec = importlib.util.spec_from_file_location("train_vs_gsplat", REPO / "bench" / "train_vs_gsplat.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _train_vs_gsplat()
 
     def stand_in(means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
                  packed, rasterize_mode):  # fmt: skip
@@ -315,14 +313,20 @@ def test_a_step_reads_from_the_device_once(capture, monkeypatch):
     assert math.isfinite(loss) and 0 < loss < 1 and 5 < step_psnr < 60
 
 
+def _train_vs_gsplat():
+    """bench/train_vs_gsplat.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("train_vs_gsplat", REPO / "bench" / "train_vs_gsplat.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_the_benchmarks_minimal_loop_trains_as_orbit4d_does(capture):
     """bench/train_vs_gsplat.py holds orbit4d's CUDA path to a bare loop around ``gsplat.rasterization``; that is a
     fair test only if the bare loop is the same training. On the CPU both call the same kernels, so they must end
     with the same Gaussians and held-out PSNR: same initialisation, view order, backgrounds, SH warm-up, learning
     rates, refinement (step 20, with the cap) and evaluation."""
-    spec = importlib.util.spec_from_file_location("train_vs_gsplat", REPO / "bench" / "train_vs_gsplat.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _train_vs_gsplat()
     config = RESUME_CONFIG
     ours, minimal = bench.orbit4d_run(config, capture), bench.minimal_loop(config, capture)
     assert ours["num_gaussians"] == minimal["num_gaussians"] != config.random_init_points  # refined
