@@ -2,12 +2,16 @@
 and the twin's algorithm compiled by numba (the CPU default).
 
 Semantics are those of ``gsplat.rasterization`` 1.5.3 with ``packed=False``, ``rasterize_mode="classic"``,
-``render_mode="RGB"``, ``eps2d=0.3``, ``tile_size=16`` and no radius clipping: EWA projection with a 0.3 px^2
+``eps2d=0.3``, ``tile_size=16`` and no radius clipping: EWA projection with a 0.3 px^2
 low-pass dilation, an opacity-aware extent of at most 3.33 sigma, culling outside [near, far], outside the image and
 below opacity 1/255; per pixel, Gaussians in depth order with alpha = min(0.999, o exp(-sigma)) skipped below 1/255,
 stopping before the first one that would bring the transmittance T to 1e-4 or below; colours premultiplied,
 ``C = sum_i c_i a_i T_i + T_final * background``. SH colours are evaluated from the camera centre to each mean,
 plus 0.5, clamped at 0.
+
+Depth (``render_mode``, as gsplat's): "D" composites each Gaussian's camera z like a colour, ``sum_i z_i a_i T_i``,
+with no background; "ED" divides that by the alpha, the expected depth; "RGB+D" and "RGB+ED" append it to the
+colours as a fourth channel.
 
 Intrinsics follow orbit4d (``multiview.Camera.K``: the centre of the top-left pixel is (0, 0)); all backends add
 0.5 to cx and cy before following gsplat, so ``meta`` is in gsplat's pixel convention (``meta["means2d"]`` = ours
@@ -26,6 +30,7 @@ from reconstruct import _tile_compositor as _tc
 from reconstruct import _torch_rasterizer as _tr
 
 BACKENDS = ("auto", "torch", "numba", "gsplat")
+RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 
 
 def rasterize(
@@ -45,8 +50,12 @@ def rasterize(
     backend: str = "auto",
     absgrad: bool = False,
     check_finite: bool = True,
+    render_mode: str = "RGB",
 ) -> tuple[Tensor, Tensor, dict]:
-    """Render N Gaussians into C images; returns colors [C, H, W, 3], alphas [C, H, W, 1] and gsplat's ``meta``.
+    """Render N Gaussians into C images; returns colors [C, H, W, X], alphas [C, H, W, 1] and gsplat's ``meta``.
+
+    ``render_mode``: "RGB" (X = 3), "D" or "ED" (X = 1: accumulated or expected camera z), "RGB+D" or "RGB+ED"
+    (X = 4), as gsplat's. Depth is differentiable (in the means and the cameras).
 
     ``backend``: ``"auto"`` takes gsplat for CUDA tensors, numba for float32 CPU tensors (when numba is installed)
     and the PyTorch twin otherwise; ``"torch"`` runs anywhere (float32 or float64); ``"numba"`` renders float32 CPU
@@ -56,6 +65,8 @@ def rasterize(
     ``DefaultStrategy(absgrad=True)``.
     ``check_finite``: raise ValueError when an input holds NaN or Inf (False: the caller checks, as the trainer does
     in its one read from the device per step; each check costs kernel launches on CUDA).
+    On the CPU backends depth is a second compositing pass over the same tile lists (the colour kernels stay
+    three-channel and no slower for "RGB"); ``absgrad`` then sums the colour pass's gradients only (gsplat: both).
 
     ``meta`` carries gsplat's keys for a ``packed=False`` call, so ``gsplat.strategy.DefaultStrategy`` works on it:
     ``means2d`` [C, N, 2] (a non-leaf tensor whose ``.grad`` gsplat's strategies read), ``radii`` [C, N, 2] int32,
@@ -84,7 +95,7 @@ def rasterize(
     """
     tensors = _validate(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
-        near_plane, far_plane, backend,
+        near_plane, far_plane, backend, render_mode,
     )  # fmt: skip
     finite = _FiniteCheck(tensors) if check_finite else None
     if backend == "auto":
@@ -92,10 +103,10 @@ def rasterize(
     Ks = Ks + _pixel_centre_offset(Ks.device, Ks.dtype)  # orbit4d's pixel centres are at integers; gsplat's at +0.5
     args = (means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
     if backend == "gsplat":
-        out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad)
+        out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad, render_mode)
     else:
         kernels = _cpu_kernels(backend, viewmats.requires_grad or Ks.requires_grad, sh_degree)
-        out = _rasterize_torch(*args, near_plane, far_plane, absgrad, *kernels)
+        out = _rasterize_torch(*args, near_plane, far_plane, absgrad, render_mode, *kernels)
     if finite is not None:
         finite.check()
     return out
@@ -142,16 +153,27 @@ def _twin_bins(proj: _tr.Projected, opacities: Tensor, width: int, height: int) 
 
 def _rasterize_torch(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad,
-    project, view_colors, intersect_tiles, composite,
+    render_mode, project, view_colors, intersect_tiles, composite,
 ) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
-    """``project``, ``view_colors``, ``intersect_tiles`` (binning, see ``_cpu_kernels``) and ``composite`` in turn."""
+    """``project``, ``view_colors``, ``intersect_tiles`` (binning, see ``_cpu_kernels``) and ``composite`` in turn;
+    depth composites as a colour (z, 0, 0) in a second pass over the same tile lists."""
     C, N = viewmats.shape[0], means.shape[0]
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
-    rgb = view_colors(colors, means, viewmats, proj.radii, sh_degree)
     isect = intersect_tiles(proj, opacities, width, height)
-    image, alpha = composite(
-        proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height, absgrad
-    )
+    passes = []
+    if render_mode.startswith("RGB"):
+        rgb = view_colors(colors, means, viewmats, proj.radii, sh_degree)
+        image, alpha = composite(
+            proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height, absgrad
+        )
+        passes.append(image)
+    if render_mode.endswith("D"):
+        z = torch.nn.functional.pad(proj.depths[..., None], (0, 2))  # [C, N, 3]
+        depth, alpha = composite(proj.means2d, proj.conics, z, opacities.expand(C, N), None, isect, width, height,
+                                 absgrad and not passes)  # fmt: skip
+        depth = depth[..., :1]
+        passes.append(depth / alpha.clamp_min(1e-10) if render_mode.endswith("ED") else depth)
+    image = torch.cat(passes, -1) if len(passes) > 1 else passes[0]
     meta = {
         "batch_ids": None,
         "camera_ids": None,
@@ -177,24 +199,28 @@ def _rasterize_torch(
 
 
 def _rasterize_gsplat(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad
-) -> tuple[Tensor, Tensor, dict]:
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad,
+    render_mode,
+) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
     from gsplat import rasterization
 
     return rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         near_plane=near, far_plane=far, radius_clip=0.0, eps2d=_tr.EPS2D, sh_degree=sh_degree, packed=False,
-        tile_size=_tr.TILE_SIZE, backgrounds=backgrounds, render_mode="RGB", rasterize_mode="classic",
+        tile_size=_tr.TILE_SIZE, backgrounds=backgrounds, render_mode=render_mode, rasterize_mode="classic",
         absgrad=absgrad,
     )  # fmt: skip
 
 
 def _validate(
-    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, backend
-) -> dict[str, Tensor]:
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, backend,
+    render_mode,
+) -> dict[str, Tensor]:  # fmt: skip
     """Raises ValueError on bad shapes, dtypes, devices or options; returns the input tensors by name."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if render_mode not in RENDER_MODES:
+        raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                "viewmats": viewmats, "Ks": Ks}  # fmt: skip
     if backgrounds is not None:

@@ -68,8 +68,10 @@ def make_scene(
 # --- float64 reference: every Gaussian-pixel pair, gsplat 1.5.3's CUDA semantics --------------------------------
 
 
-def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense reference built on gsplat's own PyTorch projection and SH twins, with the CUDA kernels' culling."""
+def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10,
+                        render_mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Dense reference built on gsplat's own PyTorch projection and SH twins, with the CUDA kernels' culling; depth
+    as gsplat's ``rasterization`` makes it: camera z as one more colour channel, with a zero background."""
     from gsplat.cuda._torch_impl import (
         _eval_sh_bases_fast,
         _persp_proj,
@@ -103,8 +105,18 @@ def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10) -> t
         bases = _eval_sh_bases_fast((d + 1) ** 2, dirs)
         rgb = torch.clamp_min((bases[..., None] * scene["colors"][None, :, : (d + 1) ** 2]).sum(-2) + 0.5, 0)
 
-    return reference_composite(means2d, conic, opac.expand(len(viewmats), -1), rgb, scene.get("backgrounds"),
-                               visible, radii, z, W, H)  # fmt: skip
+    backgrounds = scene.get("backgrounds")
+    if render_mode != "RGB":
+        depth = means_c[..., 2:3]  # differentiable, unlike z
+        rgb = depth if render_mode in ("D", "ED") else torch.cat([rgb, depth], -1)
+        if backgrounds is not None:
+            zero = backgrounds.new_zeros(len(backgrounds), 1)
+            backgrounds = zero if render_mode in ("D", "ED") else torch.cat([backgrounds, zero], -1)
+    image, alpha = reference_composite(means2d, conic, opac.expand(len(viewmats), -1), rgb, backgrounds, visible,
+                                       radii, z, W, H)  # fmt: skip
+    if render_mode.endswith("ED"):
+        image = torch.cat([image[..., :-1], image[..., -1:] / alpha.clamp_min(1e-10)], -1)
+    return image, alpha
 
 
 def reference_composite(means2d, conics, opacities, rgb, backgrounds, visible, radii, depths, W, H):
@@ -133,7 +145,7 @@ def reference_composite(means2d, conics, opacities, rgb, backgrounds, visible, r
         img = (a * T[:, :-1]) @ rgb[c, ids]
         if backgrounds is not None:
             img = img + T[:, -1:] * backgrounds[c]
-        images.append(img.reshape(H, W, 3))
+        images.append(img.reshape(H, W, -1))
         alphas.append((1 - T[:, -1]).reshape(H, W, 1))
     return torch.stack(images), torch.stack(alphas)
 
@@ -227,6 +239,47 @@ def test_matches_dense_reference_float32(backend, camera_grads, seed, sh_degree)
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
         assert_close_and_finite(grads[name].double(), ref, 2e-3 * scale, 1e-2, f"d/d{name}")
+
+
+@pytest.mark.parametrize(
+    "backend, dtype, camera_grads", [("torch", torch.float64, True), ("numba", torch.float32, False),
+                                     ("numba", torch.float32, True)],
+)  # fmt: skip
+@pytest.mark.parametrize("render_mode", ["D", "ED", "RGB+D", "RGB+ED"])
+def test_depth_matches_dense_reference(render_mode, backend, dtype, camera_grads):
+    """Depth as gsplat renders it: values and gradients (through the depth channel and, for the expected depth,
+    the alpha it is divided by) against the reference, in float64 for the twin and float32 for numba."""
+    scene = make_scene(num=200, sh_degree=1, seed=7)
+    channels = {"D": 1, "ED": 1, "RGB+D": 4, "RGB+ED": 4}[render_mode]
+    g = torch.Generator().manual_seed(8)
+    weights = (torch.randn(2, 24, 32, channels, generator=g, dtype=torch.float64),
+               torch.randn(2, 24, 32, 1, generator=g, dtype=torch.float64))  # fmt: skip
+    names = GAUSSIAN_PARAMS + (("viewmats", "backgrounds") if camera_grads else ("backgrounds",))
+    ref_img, ref_alpha, ref_grads = grads_of(lambda s: reference_rasterize(s, render_mode=render_mode), scene,
+                                             weights, names)  # fmt: skip
+    covered = ref_alpha[..., 0] > 0.5
+    assert covered.any() and (~covered).any()
+    depth = ref_img[..., -1][covered] / (1.0 if render_mode.endswith("ED") else ref_alpha[..., 0][covered])
+    assert 1.5 < depth.min() and depth.max() < 4.5, "the scene sits 3 units in front of the cameras"
+    s = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
+    img, alpha, grads = grads_of(lambda s: call(s, backend=backend, render_mode=render_mode), s,
+                                 tuple(w.to(dtype) for w in weights), names)  # fmt: skip
+    assert img.shape == ref_img.shape
+    tight = dtype == torch.float64
+    # the expected depth divides by alphas near 0 at the silhouettes: compare it where pixels are covered
+    where = covered[..., None] if render_mode.endswith("ED") else torch.ones_like(covered[..., None])
+    assert_close_and_finite(img.double()[..., -1:][where], ref_img[..., -1:][where], 1e-9 if tight else 2e-3,
+                            1e-9 if tight else 1e-3, "depth")  # fmt: skip
+    atol, rtol = (1e-10, 1e-9) if tight else (2e-4, 1e-3)
+    assert_close_and_finite(img.double()[..., :-1], ref_img[..., :-1], atol, rtol, "colour")
+    assert_close_and_finite(alpha.double(), ref_alpha, atol, rtol, "alpha")
+    for name, ref in ref_grads.items():
+        if ref is None:  # colours and backgrounds, when only depth is rendered
+            assert grads[name] is None or not grads[name].any(), f"d/d{name} should be zero"
+            continue
+        scale = ref.abs().max().item()
+        assert_close_and_finite(grads[name].double(), ref, (1e-8 if tight else 2e-3) * scale, 1e-7 if tight else 1e-2,
+                                f"d/d{name}")  # fmt: skip
 
 
 @pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
@@ -570,21 +623,26 @@ def test_bad_inputs_raise_clear_errors(change, match):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat's kernels)")
 @pytest.mark.parametrize(
-    "num, width, height, sh_degree",
-    [(1000, 64, 48, None), (5000, 128, 96, 3), (10000, 256, 256, 1), (10000, 200, 120, None)],
-)
-def test_torch_backend_matches_gsplat_on_cuda(num, width, height, sh_degree):
+    "num, width, height, sh_degree, render_mode",
+    [(1000, 64, 48, None, "RGB"), (5000, 128, 96, 3, "RGB"), (10000, 256, 256, 1, "RGB"),
+     (10000, 200, 120, None, "RGB"), (5000, 128, 96, 2, "RGB+D"), (5000, 128, 96, None, "ED")],
+)  # fmt: skip
+def test_torch_backend_matches_gsplat_on_cuda(num, width, height, sh_degree, render_mode):
     scene = make_scene(num=num, width=width, height=height, sh_degree=sh_degree, seed=num, dtype=torch.float32,
                        scale=(0.005, 0.05))  # fmt: skip
     scene = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
-    weights = (torch.rand(2, height, width, 3, device="cuda"), torch.rand(2, height, width, 1, device="cuda"))
+    channels = {"RGB": 3, "RGB+D": 4, "ED": 1}[render_mode]
+    weights = (torch.rand(2, height, width, channels, device="cuda"), torch.rand(2, height, width, 1, device="cuda"))
     out = {}
     for backend in ("gsplat", "torch"):
         s = leaf_scene(scene)
-        img, alpha, meta = rasterize(**s, backend=backend)
+        img, alpha, meta = rasterize(**s, backend=backend, render_mode=render_mode)
+        if render_mode == "ED":  # compare the expected depth where it is defined (alpha near 0 at silhouettes)
+            img = torch.where(alpha > 0.5, img, 0.0)
         ((img * weights[0]).sum() + (alpha * weights[1]).sum()).backward()
         out[backend] = (img.detach(), alpha.detach(), meta,
-                        {k: s[k].grad for k in GAUSSIAN_PARAMS + ("backgrounds", "viewmats")})  # fmt: skip
+                        {k: s[k].grad for k in GAUSSIAN_PARAMS + ("backgrounds", "viewmats")
+                         if s[k].grad is not None})  # fmt: skip
     (g_img, g_alpha, g_meta, g_grads), (t_img, t_alpha, t_meta, t_grads) = out["gsplat"], out["torch"]
     same_radii = (g_meta["radii"] == t_meta["radii"]).all(-1).float().mean().item()
     report = [f"radii equal for {100 * same_radii:.3f}% of Gaussian views"]
