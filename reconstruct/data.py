@@ -4,6 +4,9 @@ Masks: a frame's ``mask_path`` (white = object) when the capture lists one, else
 one, else none. A masked view is composited onto the training background each step (``train.py``), so an object
 capture learns a transparent background instead of baking one in.
 
+Depth: a frame's ``depth_file_path`` (synthetic captures carry the renderer's planar camera-z depth) is read only
+when a view is evaluated (``View.depth``), sampled at the view's pixel centres.
+
 Split: frames sorted by image name; every ``test_every``-th (indices 0, 8, 16, ... as 3DGS's ``llffhold``) is held out
 for evaluation; ``test_every = 0`` or a capture of fewer than 2 frames holds none out.
 """
@@ -32,6 +35,7 @@ class View:
     camera: Camera  # scaled to the loaded image
     image: Tensor  # [H, W, 3] uint8 (converted to float per step: 4x less memory than float32)
     mask: Tensor | None  # [H, W, 1] uint8, 255 = keep
+    depth_path: Path | None = None  # ground-truth depth (.npy [H', W'] planar camera z, 0 = no surface), read on demand
 
     def image_float(self, device: torch.device | str = "cpu") -> Tensor:
         """[H, W, 3] float32 in [0, 1] on ``device``."""
@@ -40,6 +44,30 @@ class View:
     def mask_float(self, device: torch.device | str = "cpu") -> Tensor | None:
         """[H, W, 1] float32 in [0, 1] on ``device``, or None."""
         return None if self.mask is None else self.mask.to(device).float() / 255.0
+
+    def depth(self, device: torch.device | str = "cpu") -> Tensor | None:
+        """[H, W] float32 ground-truth camera-z depth at this view's resolution (0 = no surface), or None.
+
+        Sampled (nearest) at the view's pixel centres, never averaged: a mean across a silhouette would invent depths
+        between the object and the empty background.
+        """
+        if self.depth_path is None:
+            return None
+        try:
+            depth = np.load(self.depth_path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise InputError(f"{self.depth_path} is not a readable .npy depth map ({error}): re-render the capture "
+                             "or remove depth_file_path from transforms.json") from None
+        if depth.ndim == 3 and depth.shape[-1] == 1:
+            depth = depth[..., 0]
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
+            raise InputError(f"{self.depth_path} holds a {depth.dtype} array of shape {depth.shape}, not an [H, W] "
+                             "float depth map: re-render the capture or remove depth_file_path from transforms.json")
+        height, width = self.camera.height, self.camera.width
+        rows = ((np.arange(height) + 0.5) * depth.shape[0] / height).astype(np.int64)
+        cols = ((np.arange(width) + 0.5) * depth.shape[1] / width).astype(np.int64)
+        sampled = np.nan_to_num(depth[rows[:, None], cols[None, :]].astype(np.float32), nan=0.0, posinf=0.0)
+        return torch.from_numpy(np.maximum(sampled, 0.0)).to(device)
 
     def viewmat(self) -> Tensor:
         """[4, 4] float32 cam_from_world."""
@@ -117,6 +145,7 @@ def _load_view(frame: Frame, root: Path, downscale: int) -> View:
         camera=camera,
         image=torch.from_numpy(np.array(rgb, dtype=np.uint8)),
         mask=None if mask is None else torch.from_numpy(np.array(mask, dtype=np.uint8))[..., None],
+        depth_path=frame.depth_path,
     )
 
 

@@ -1,4 +1,4 @@
-"""Rendering trained splats for people: held-out metrics, side-by-side images, a turntable video."""
+"""Rendering trained splats for people: held-out metrics, side-by-side images with depth, a turntable video."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from multiview.camera import Camera
 from reconstruct.data import View
-from reconstruct.metrics import lpips, psnr, ssim
+from reconstruct.metrics import depth_abs_rel, lpips, psnr, ssim
 from reconstruct.rasterize import rasterize
 from reconstruct.splats import Splats, view_volume
 
@@ -30,8 +30,10 @@ def render_tensors(
     background: Tensor | None = None,  # [3]
     backend: str = "auto",
     check_finite: bool = True,
+    render_mode: str = "RGB",
 ) -> tuple[Tensor, Tensor, dict]:
-    """One view of the splats: ([H, W, 3] colour, [H, W, 1] alpha, rasterizer meta); differentiable."""
+    """One view of the splats: ([H, W, X] colour (and depth, per ``render_mode``), [H, W, 1] alpha, rasterizer
+    meta); differentiable."""
     device = tensors["means"].device
     colors = torch.cat([tensors["sh0"], tensors["shN"]], dim=1)
     image, alpha, meta = rasterize(
@@ -48,6 +50,7 @@ def render_tensors(
         backgrounds=None if background is None else background.to(device)[None],
         backend=backend,
         check_finite=check_finite,
+        render_mode=render_mode,
     )
     return image[0], alpha[0], meta
 
@@ -57,12 +60,19 @@ def render_camera(
     splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto"
 ) -> Tensor:
     """[H, W, 3] float image of ``splats`` seen by ``camera``, clamped to [0, 1]."""
+    return render_with_depth(splats, camera, background, backend, depth=False)[0]
+
+
+@torch.no_grad()
+def render_with_depth(
+    splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto", depth: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """([H, W, 3] image clamped to [0, 1], [H, W] expected camera-z depth or None, [H, W] alpha)."""
     viewmat = torch.as_tensor(camera.cam_from_world, dtype=torch.float32)
     K = torch.as_tensor(camera.K, dtype=torch.float32)
-    image, _, _ = render_tensors(
-        splats.tensors(), viewmat, K, camera.width, camera.height, splats.sh_degree, background, backend
-    )
-    return image.clamp(0.0, 1.0)
+    image, alpha, _ = render_tensors(splats.tensors(), viewmat, K, camera.width, camera.height, splats.sh_degree,
+                                     background, backend, render_mode="RGB+ED" if depth else "RGB")  # fmt: skip
+    return image[..., :3].clamp(0.0, 1.0), image[..., 3] if depth else None, alpha[..., 0]
 
 
 def composite(view: View, background: Tensor, device: torch.device | str = "cpu") -> Tensor:
@@ -74,18 +84,23 @@ def composite(view: View, background: Tensor, device: torch.device | str = "cpu"
 
 @torch.no_grad()
 def evaluate_views(
-    splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto", with_lpips: bool = False
-) -> list[dict]:
-    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image, and "lpips" (None without
-    local weights) when ``with_lpips``.
+    splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto", with_lpips: bool = False,
+    with_depth: bool = False,
+) -> list[dict]:  # fmt: skip
+    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image, "lpips" (None without
+    local weights) when ``with_lpips``, and when ``with_depth``, for views with ground-truth depth, "depth_abs_rel"
+    (NaN where the render covers none of the surface) and "depth_coverage" (``metrics.depth_abs_rel``).
     """
     results = []
     for view in views:
         target = composite(view, background, splats.device)
-        image = render_camera(splats, view.camera, background, backend)
+        true_depth = view.depth(splats.device) if with_depth else None
+        image, depth, alpha = render_with_depth(splats, view.camera, background, backend, true_depth is not None)
         results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target))})
         if with_lpips:
             results[-1]["lpips"] = lpips(image, target)
+        if true_depth is not None:
+            results[-1]["depth_abs_rel"], results[-1]["depth_coverage"] = depth_abs_rel(depth, alpha, true_depth)
     return results
 
 
@@ -93,17 +108,35 @@ def evaluate_views(
 def write_side_by_side(
     splats: Splats, views: Sequence[View], background: Tensor, out_dir: Path, backend: str = "auto"
 ) -> list[Path]:
-    """PNG per view into ``out_dir`` (created): ground truth | render, named after the image."""
+    """PNG per view into ``out_dir`` (created): ground truth | render | depth (``depth_colors``), named after the
+    image. The depth colours span the view's ground-truth depth where the capture has it, else the render's own."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for view in views:
         target = composite(view, background, splats.device)
-        image = render_camera(splats, view.camera, background, backend)
-        pair = torch.cat([target, image], dim=1)
+        image, depth, alpha = render_with_depth(splats, view.camera, background, backend)
+        true_depth = view.depth(splats.device)
+        reference = true_depth[true_depth > 0] if true_depth is not None else depth[alpha > 0.5]
+        panel = depth_colors(depth, alpha, reference, background.to(splats.device))
+        row = torch.cat([target, image, panel], dim=1)
         path = out_dir / (view.name.replace("/", "_").rsplit(".", 1)[0] + ".png")
-        PIL.Image.fromarray(to_uint8(pair)).save(path)
+        PIL.Image.fromarray(to_uint8(row)).save(path)
         paths.append(path)
     return paths
+
+
+def depth_colors(depth: Tensor, alpha: Tensor, reference: Tensor, background: Tensor) -> Tensor:
+    """[H, W, 3] picture of ``depth`` [H, W]: turbo colours from near (blue) to far (red) over the 1st to 99th
+    percentile of ``reference`` (depth values), blended over ``background`` [3] by ``alpha`` [H, W]."""
+    from matplotlib import colormaps
+
+    if reference.numel() == 0:
+        reference = depth.new_ones(1)
+    near, far = torch.quantile(reference.double().cpu(), torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
+    t = ((torch.nan_to_num(depth.double().cpu()) - near) / max(far - near, 1e-9)).clamp(0.0, 1.0).numpy()
+    colors = torch.from_numpy(colormaps["turbo"](t)[..., :3]).float().to(depth.device)
+    a = alpha.clamp(0.0, 1.0)[..., None]
+    return colors * a + background * (1.0 - a)
 
 
 def to_uint8(image: Tensor) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Image metrics and losses as 3DGS computes them: PSNR, SSIM (11 x 11 Gaussian window, sigma 1.5), D-SSIM.
+"""Image metrics and losses as 3DGS computes them: PSNR, SSIM (11 x 11 Gaussian window, sigma 1.5), D-SSIM; and the
+depth error of a render against ground truth (AbsRel, as depth estimation reports it).
 
 Images are channels-last ``[..., H, W, 3]`` floats in [0, 1], what ``rasterize`` returns. SSIM follows the reference
 3DGS code (``utils/loss_utils.py``): the window is applied per channel with zero padding, C1 = 0.01^2, C2 = 0.03^2,
@@ -39,11 +40,30 @@ def mse(image: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
 def psnr(image: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
     """Peak signal-to-noise ratio in dB for a peak of 1 (``inf`` for identical images).
 
-    >>> psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.1))  # doctest: +ELLIPSIS
-    20.0...
+    >>> round(psnr(torch.zeros(4, 4, 3), torch.full((4, 4, 3), 0.1)), 6)  # 0.1 in float32
+    20.0
     """
     error = float(mse(image.detach().double(), target.detach().double(), mask))
     return math.inf if error == 0.0 else -10.0 * math.log10(error)
+
+
+def depth_abs_rel(depth: Tensor, alpha: Tensor, target: Tensor, min_alpha: float = 0.5) -> tuple[float, float]:
+    """(mean |depth - target| / target, coverage) over the pixels where ``target`` [H, W] has a surface (> 0).
+
+    ``depth`` [H, W]: the render's expected depth, compared where its ``alpha`` [H, W] exceeds ``min_alpha`` (it is
+    undefined where nothing was drawn); ``coverage``: the fraction of surface pixels compared. AbsRel is NaN when
+    none is.
+
+    >>> error, coverage = depth_abs_rel(torch.full((2, 2), 1.1), torch.ones(2, 2), torch.tensor([[1.0, 1.0], [1.0, 0.0]]))
+    >>> round(error, 6), coverage
+    (0.1, 1.0)
+    """
+    surface = target > 0
+    compared = surface & (alpha > min_alpha) & torch.isfinite(depth)
+    if not compared.any():
+        return math.nan, 0.0
+    error = ((depth[compared].double() - target[compared].double()).abs() / target[compared].double()).mean()
+    return float(error), float(compared.sum() / surface.sum())
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:

@@ -589,7 +589,7 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     views = scene.test or scene.train
     background = _eval_background(config)
     info(f"evaluating on {len(views)} {'held-out' if scene.test else 'training'} views")
-    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True)
+    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True, with_depth=True)
     staging = work / ".renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
     write_side_by_side(splats, views, background, staging, config.backend)
@@ -606,13 +606,16 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
         "ssim": float(np.mean([r["ssim"] for r in per_view])),
         "lpips": _mean_or_none([r["lpips"] for r in per_view]),
         "lpips_reason": M.lpips_status(),
+        # geometry, where the capture has ground-truth depth (synthetic captures): mean AbsRel of the expected depth
+        "depth_abs_rel": _finite_mean([r["depth_abs_rel"] for r in per_view if "depth_abs_rel" in r]),
+        "depth_coverage": _finite_mean([r["depth_coverage"] for r in per_view if "depth_coverage" in r]),
         "num_gaussians": len(splats),
         "steps": state.step,
         "seconds": round(state.seconds, 3),
         "evaluation_seconds": round(time.perf_counter() - tic, 3),
         "evaluated_on": "test" if scene.test else "train (the capture has too few views to hold any out)",
         "test_views": [view.name for view in scene.test],
-        "per_view": [{**r, "psnr": _finite(r["psnr"])} for r in per_view],
+        "per_view": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in per_view],
         "psnr_vs_time": state.history,
         "image_size": [views[0].camera.width, views[0].camera.height],
         "device": str(device),
@@ -627,6 +630,12 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return None if not values or None in values else float(np.mean(values))
 
 
+def _finite_mean(values: list[float]) -> float | None:
+    """Mean of the finite values; None when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
 def _finite(value: float) -> float | None:
     """JSON has no Infinity: identical images (PSNR inf) are reported as null."""
     return value if math.isfinite(value) else None
@@ -638,6 +647,8 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     table = Table(title=f"train → {out_dir}", show_header=False, title_justify="left")
     psnr = "n/a" if report["psnr"] is None else f"{report['psnr']:.2f} dB"
     table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}")
+    if report.get("depth_abs_rel") is not None:
+        table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
     table.add_row("Gaussians", f"{report['num_gaussians']:,}")
     table.add_row("steps", f"{report['steps']:,} in {report['seconds']:.1f} s on {report['device']}")
     table.add_row("outputs", "splats.ply, splats.splat, metrics.json, renders/"

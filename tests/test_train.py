@@ -25,9 +25,10 @@ from multiview.layouts import orbit
 from reconstruct import train
 from reconstruct.checkpoint import checkpoint_path, read_checkpoint
 from reconstruct.data import load_scene
+from reconstruct.evaluate import evaluate_views
 from reconstruct.ply import read_ply
 from reconstruct.rasterize import rasterize
-from reconstruct.splats import Splats
+from reconstruct.splats import Splats, rgb_to_sh0
 from reconstruct.strategy import Densifier, default_strategy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,33 +42,47 @@ RESUME_CONFIG = train.TrainConfig(
 )  # fmt: skip
 
 
-def make_capture(root: Path, num_views: int = 12, size: int = SIZE, rgba: bool = False, seed: int = 0) -> Path:
-    """A capture of 40 random Gaussians rendered by ``rasterize`` from two orbit rings (no points3D.ply).
-
-    ``rgba``: straight-alpha RGBA images (the object on a transparent background) instead of RGB on black.
-    """
+def truth_gaussians(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """The 40 Gaussians ``make_capture`` renders: means, quats, linear scales, opacities, RGB colours."""
     g = torch.Generator().manual_seed(seed)
     n = 40
     means = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 0.5 * torch.rand(n, 1, generator=g)
     quats, colors = torch.randn(n, 4, generator=g), torch.rand(n, 3, generator=g)
     scales = 0.05 + 0.12 * torch.rand(n, 3, generator=g)
     opacities = 0.6 + 0.4 * torch.rand(n, generator=g)
+    return means, quats, scales, opacities, colors
+
+
+def make_capture(root: Path, num_views: int = 12, size: int = SIZE, rgba: bool = False, seed: int = 0,
+                 depth: bool = True) -> Path:  # fmt: skip
+    """A capture of 40 random Gaussians rendered by ``rasterize`` from two orbit rings (no points3D.ply).
+
+    ``rgba``: straight-alpha RGBA images (the object on a transparent background) instead of RGB on black.
+    ``depth``: with depth maps (``depth_file_path``) as synthetic captures have: the expected depth where the alpha
+    exceeds 0.5, 0 elsewhere.
+    """
+    means, quats, scales, opacities, colors = truth_gaussians(seed)
     (root / "images").mkdir(parents=True)
     frames = []
     for i, camera in enumerate(orbit(num_views, (15.0, 45.0), radius=2.5, fov_deg=40.0, width=size, height=size)):
         viewmat = torch.tensor(camera.cam_from_world, dtype=torch.float32)[None]
         K = torch.tensor(camera.K, dtype=torch.float32)[None]
         image, alpha, _ = rasterize(means, quats, scales, opacities, colors, viewmat, K, size, size,
-                                    backgrounds=torch.zeros(1, 3))  # fmt: skip
-        rgb, a = image[0].clamp(0, 1).numpy(), alpha[0].clamp(0, 1).numpy()
+                                    backgrounds=torch.zeros(1, 3), render_mode="RGB+ED")  # fmt: skip
+        rgb, a = image[0, ..., :3].clamp(0, 1).numpy(), alpha[0].clamp(0, 1).numpy()
         path = root / "images" / f"view_{i:03d}.png"
+        depth_path = None
+        if depth:
+            depth_path = (root / "depth" / f"view_{i:03d}.npy").absolute()
+            depth_path.parent.mkdir(exist_ok=True)
+            np.save(depth_path, np.where(a[..., 0] > 0.5, image[0, ..., 3].numpy(), 0.0).astype(np.float32))
         if rgba:
             straight = np.where(a > 1e-3, rgb / np.maximum(a, 1e-3), 0.0).clip(0, 1)
             pixels = (np.concatenate([straight, a], -1) * 255 + 0.5).astype(np.uint8)
             PIL.Image.fromarray(pixels, "RGBA").save(path)
         else:
             PIL.Image.fromarray((rgb * 255 + 0.5).astype(np.uint8)).save(path)
-        frames.append(Frame(path.absolute(), camera))
+        frames.append(Frame(path.absolute(), camera, depth_path=depth_path))
     write_transforms(root / "transforms.json", frames, root)
     return root
 
@@ -130,7 +145,10 @@ def test_trains_a_small_scene_and_psnr_rises(capture, tmp_path):
     assert len(splats) == report["num_gaussians"] and splats.sh_degree == 1
     assert (out / "splats.splat").stat().st_size == 32 * len(splats)
     assert sorted(p.name for p in (out / "renders").iterdir()) == ["images_view_000.png", "images_view_008.png"]
-    assert PIL.Image.open(out / "renders" / "images_view_000.png").size == (2 * SIZE, SIZE)
+    assert PIL.Image.open(out / "renders" / "images_view_000.png").size == (3 * SIZE, SIZE)  # truth | render | depth
+    # geometry against the capture's depth maps (test_depth_evaluation_* shows what the figure means)
+    assert report["depth_abs_rel"] < 0.1 and report["depth_coverage"] > 0.8, report
+    assert all("depth_abs_rel" in v for v in report["per_view"])
     import av
 
     with av.open(str(out / "turntable.mp4")) as video:
@@ -167,6 +185,35 @@ def test_the_benchmarks_gsplat_call_follows_gsplats_conventions(capture, monkeyp
     assert torch.equal(view.K(), K_before)
     assert ours.std() > 0.01
     torch.testing.assert_close(theirs, ours, atol=1e-6, rtol=0)
+
+
+def test_depth_evaluation_scores_the_true_geometry_as_exact_and_a_moved_one_as_wrong(capture):
+    """evaluate_views' depth error (the capture's depth maps against the render's expected depth): zero for the
+    Gaussians the capture was rendered from, the relative error of a scene pushed 5% away from every camera."""
+    means, quats, scales, opacities, colors = truth_gaussians()
+    truth = Splats(means, quats, torch.log(scales), torch.logit(opacities), rgb_to_sh0(colors)[:, None],
+                   torch.zeros(len(means), 0, 3))  # fmt: skip
+    views = load_scene(capture).test
+    exact = evaluate_views(truth, views, torch.zeros(3), with_depth=True)
+    assert all(r["depth_abs_rel"] < 1e-5 and r["depth_coverage"] > 0.99 for r in exact), exact
+    assert all(r["psnr"] > 40 for r in exact), exact
+    for view in views:  # the same scene seen from 5% further away: depths 5% larger where it still covers
+        centre = torch.as_tensor(view.camera.center, dtype=torch.float32)
+        farther = replace(truth, means=centre + 1.05 * (truth.means - centre), scales=truth.scales + math.log(1.05))
+        (moved,) = evaluate_views(farther, [view], torch.zeros(3), with_depth=True)
+        assert moved["depth_abs_rel"] == pytest.approx(0.05, abs=2e-3), moved
+    assert "depth_abs_rel" not in evaluate_views(truth, views, torch.zeros(3))[0]  # only when asked
+
+
+def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, tmp_path):
+    full, half = load_scene(capture).test[1], load_scene(capture, downscale=2).test[1]
+    depth = np.load(full.depth_path)
+    assert torch.equal(full.depth(), torch.from_numpy(depth))
+    assert torch.equal(half.depth(), torch.from_numpy(depth[1::2, 1::2]))  # the centres of 2x2 blocks, not means
+    broken = tmp_path / "broken.npy"
+    broken.write_bytes(b"not numpy")
+    with pytest.raises(InputError, match="broken.npy is not a readable .npy depth map"):
+        replace(full, depth_path=broken).depth()
 
 
 def test_pytorch_and_numba_backends_train_alike(capture, tmp_path):
