@@ -87,6 +87,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], default=None, help="highest SH degree of colours")
     p.add_argument("--background", default=None, metavar="COLOR",
                    help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
+    p.add_argument("--antialiased", action="store_true", default=None,
+                   help="gsplat's antialiased rasterization (Mip-Splatting's 2D filter), for viewing at other "
+                   "resolutions than the photos'")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
@@ -106,6 +109,7 @@ _OPTION_FIELDS = {
     "init_points": "random_init_points",
     "sh_degree": "sh_degree",
     "background": "background",
+    "antialiased": "antialiased",
     "lr_scale": "lr_scale",
     "seed": "seed",
 }

@@ -1,4 +1,4 @@
-"""Pure-PyTorch twin of gsplat 1.5.3's ``rasterization`` (classic, unpacked, RGB): projection, SH, tile binning.
+"""Pure-PyTorch twin of gsplat 1.5.3's ``rasterization`` (unpacked): projection, SH, tile binning.
 
 Numbers follow gsplat's CUDA kernels rather than its ``_torch_impl.py`` where the two differ (the CUDA projection
 uses an opacity-aware extent and culls on ``opacity < 1/255``; ``_torch_impl`` does not), because the CUDA kernels
@@ -33,6 +33,7 @@ class Projected:
     conics: Tensor  # [C, N, 3] inverse 2D covariance (xx, xy, yy), differentiable
     depths: Tensor  # [C, N] camera z, differentiable
     radii: Tensor  # [C, N, 2] int32 half extents in pixels, 0 when culled
+    compensations: Tensor | None = None  # [C, N] antialiasing's opacity factors (``project(antialiased=True)``)
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -60,8 +61,13 @@ def project(
     height: int,
     near_plane: float,
     far_plane: float,
+    antialiased: bool = False,
 ) -> Projected:
     """EWA projection with gsplat's culling (``projection_ewa_3dgs_fused_fwd``), differentiable by autograd.
+
+    ``antialiased`` (gsplat's ``rasterize_mode="antialiased"``, Mip-Splatting's 2D filter): also the factor
+    sqrt(det(cov2d) / det(cov2d + 0.3 I)) by which the opacity is multiplied, so that the dilation spreads a
+    Gaussian's weight instead of adding to it; culling and extents use the multiplied opacity.
 
     Written entry by entry on [C, N] tensors rather than with [N, 3, 3] matrix products: batched 3x3 products are
     slow in PyTorch on the CPU, and the 2D covariance needs only V = J R_cam R(q) S, a 2x3 matrix per Gaussian, as
@@ -105,9 +111,16 @@ def project(
     valid = in_depth & (det > 0)
     det = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+    compensations = None
+    if antialiased:
+        ratio = ((a - EPS2D) * (c - EPS2D) - b * b) / det  # det of the covariance before the dilation / after
+        positive = valid & (ratio > 0)
+        compensations = torch.where(positive, torch.where(positive, ratio, 1.0).sqrt(), 0.0)  # no NaN gradient at 0
 
     with torch.no_grad():
         opacity = opacities.detach().expand_as(z)
+        if compensations is not None:
+            opacity = opacity * compensations.detach()
         valid = valid & (opacity >= ALPHA_THRESHOLD)
         # Opacity-aware bound (gsplat 1.5 / arXiv 2402.00525 B.2): beyond it alpha < 1/255 anyway.
         ratio = (opacity / ALPHA_THRESHOLD).clamp_min(1.0)
@@ -125,6 +138,7 @@ def project(
         conics=torch.where(keep, conics, 0),
         depths=depths,
         radii=radii,
+        compensations=None if compensations is None else torch.where(valid, compensations, 0),
     )
 
 

@@ -31,6 +31,7 @@ def render_tensors(
     backend: str = "auto",
     check_finite: bool = True,
     render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
 ) -> tuple[Tensor, Tensor, dict]:
     """One view of the splats: ([H, W, X] colour (and depth, per ``render_mode``), [H, W, 1] alpha, rasterizer
     meta); differentiable."""
@@ -51,27 +52,31 @@ def render_tensors(
         backend=backend,
         check_finite=check_finite,
         render_mode=render_mode,
+        rasterize_mode=rasterize_mode,
     )
     return image[0], alpha[0], meta
 
 
 @torch.no_grad()
 def render_camera(
-    splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto"
+    splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto", antialiased: bool = False
 ) -> Tensor:
-    """[H, W, 3] float image of ``splats`` seen by ``camera``, clamped to [0, 1]."""
-    return render_with_depth(splats, camera, background, backend, depth=False)[0]
+    """[H, W, 3] float image of ``splats`` seen by ``camera``, clamped to [0, 1]; ``antialiased``: rasterize as
+    splats trained with ``rasterize_mode="antialiased"`` must be."""
+    return render_with_depth(splats, camera, background, backend, depth=False, antialiased=antialiased)[0]
 
 
 @torch.no_grad()
 def render_with_depth(
-    splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto", depth: bool = True
-) -> tuple[Tensor, Tensor | None, Tensor]:
+    splats: Splats, camera: Camera, background: Tensor | None = None, backend: str = "auto", depth: bool = True,
+    antialiased: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
     """([H, W, 3] image clamped to [0, 1], [H, W] expected camera-z depth or None, [H, W] alpha)."""
     viewmat = torch.as_tensor(camera.cam_from_world, dtype=torch.float32)
     K = torch.as_tensor(camera.K, dtype=torch.float32)
     image, alpha, _ = render_tensors(splats.tensors(), viewmat, K, camera.width, camera.height, splats.sh_degree,
-                                     background, backend, render_mode="RGB+ED" if depth else "RGB")  # fmt: skip
+                                     background, backend, render_mode="RGB+ED" if depth else "RGB",
+                                     rasterize_mode="antialiased" if antialiased else "classic")  # fmt: skip
     return image[..., :3].clamp(0.0, 1.0), image[..., 3] if depth else None, alpha[..., 0]
 
 
@@ -85,7 +90,7 @@ def composite(view: View, background: Tensor, device: torch.device | str = "cpu"
 @torch.no_grad()
 def evaluate_views(
     splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto", with_lpips: bool = False,
-    with_depth: bool = False,
+    with_depth: bool = False, antialiased: bool = False,
 ) -> list[dict]:  # fmt: skip
     """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image, "lpips" (None without
     local weights) when ``with_lpips``, and when ``with_depth``, for views with ground-truth depth, "depth_abs_rel"
@@ -95,7 +100,8 @@ def evaluate_views(
     for view in views:
         target = composite(view, background, splats.device)
         true_depth = view.depth(splats.device) if with_depth else None
-        image, depth, alpha = render_with_depth(splats, view.camera, background, backend, true_depth is not None)
+        image, depth, alpha = render_with_depth(splats, view.camera, background, backend, true_depth is not None,
+                                                antialiased)  # fmt: skip
         results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target))})
         if with_lpips:
             results[-1]["lpips"] = lpips(image, target)
@@ -106,15 +112,16 @@ def evaluate_views(
 
 @torch.no_grad()
 def write_side_by_side(
-    splats: Splats, views: Sequence[View], background: Tensor, out_dir: Path, backend: str = "auto"
-) -> list[Path]:
+    splats: Splats, views: Sequence[View], background: Tensor, out_dir: Path, backend: str = "auto",
+    antialiased: bool = False,
+) -> list[Path]:  # fmt: skip
     """PNG per view into ``out_dir`` (created): ground truth | render | depth (``depth_colors``), named after the
     image. The depth colours span the view's ground-truth depth where the capture has it, else the render's own."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for view in views:
         target = composite(view, background, splats.device)
-        image, depth, alpha = render_with_depth(splats, view.camera, background, backend)
+        image, depth, alpha = render_with_depth(splats, view.camera, background, backend, antialiased=antialiased)
         true_depth = view.depth(splats.device)
         reference = true_depth[true_depth > 0] if true_depth is not None else depth[alpha > 0.5]
         panel = depth_colors(depth, alpha, reference, background.to(splats.device))
@@ -207,11 +214,12 @@ def write_turntable(
     fps: float = 30.0,
     background: Tensor | None = None,
     backend: str = "auto",
+    antialiased: bool = False,
 ) -> Path:
     """An H.264 MP4 orbiting the scene once (``turntable_cameras``), written atomically; returns ``path``."""
     from multiview.video import write_video
 
-    frames = (to_uint8(render_camera(splats, camera, background, backend))
+    frames = (to_uint8(render_camera(splats, camera, background, backend, antialiased))
               for camera in turntable_cameras(cameras, num_frames))  # fmt: skip
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     write_video(tmp, frames, fps=fps)

@@ -1,13 +1,15 @@
 """One rasterization function for 3D Gaussian splats, three backends: gsplat's CUDA kernels, a pure-PyTorch twin,
 and the twin's algorithm compiled by numba (the CPU default).
 
-Semantics are those of ``gsplat.rasterization`` 1.5.3 with ``packed=False``, ``rasterize_mode="classic"``,
-``eps2d=0.3``, ``tile_size=16`` and no radius clipping: EWA projection with a 0.3 px^2
-low-pass dilation, an opacity-aware extent of at most 3.33 sigma, culling outside [near, far], outside the image and
-below opacity 1/255; per pixel, Gaussians in depth order with alpha = min(0.999, o exp(-sigma)) skipped below 1/255,
-stopping before the first one that would bring the transmittance T to 1e-4 or below; colours premultiplied,
-``C = sum_i c_i a_i T_i + T_final * background``. SH colours are evaluated from the camera centre to each mean,
-plus 0.5, clamped at 0.
+Semantics are those of ``gsplat.rasterization`` 1.5.3 with ``packed=False``, ``eps2d=0.3``, ``tile_size=16`` and no
+radius clipping: EWA projection with a 0.3 px^2 low-pass dilation, an opacity-aware extent of at most 3.33 sigma,
+culling outside [near, far], outside the image and below opacity 1/255; per pixel, Gaussians in depth order with alpha
+= min(0.999, o exp(-sigma)) skipped below 1/255, stopping before the first one that would bring the transmittance T to
+1e-4 or below; colours premultiplied, ``C = sum_i c_i a_i T_i + T_final * background``. SH colours are evaluated from
+the camera centre to each mean, plus 0.5, clamped at 0.
+
+``rasterize_mode="antialiased"`` (gsplat's, from Mip-Splatting) multiplies each opacity by
+sqrt(det(cov2d) / det(cov2d + 0.3 I)), so that the dilation blurs a small Gaussian instead of inflating it.
 
 Depth (``render_mode``, as gsplat's): "D" composites each Gaussian's camera z like a colour, ``sum_i z_i a_i T_i``,
 with no background; "ED" divides that by the alpha, the expected depth; "RGB+D" and "RGB+ED" append it to the
@@ -31,6 +33,7 @@ from reconstruct import _torch_rasterizer as _tr
 
 BACKENDS = ("auto", "torch", "numba", "gsplat")
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+RASTERIZE_MODES = ("classic", "antialiased")
 
 
 def rasterize(
@@ -51,16 +54,20 @@ def rasterize(
     absgrad: bool = False,
     check_finite: bool = True,
     render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
 ) -> tuple[Tensor, Tensor, dict]:
     """Render N Gaussians into C images; returns colors [C, H, W, X], alphas [C, H, W, 1] and gsplat's ``meta``.
 
     ``render_mode``: "RGB" (X = 3), "D" or "ED" (X = 1: accumulated or expected camera z), "RGB+D" or "RGB+ED"
     (X = 4), as gsplat's. Depth is differentiable (in the means and the cameras).
+    ``rasterize_mode``: "classic" or "antialiased" (opacities multiplied by the dilation's compensation, as gsplat's;
+    ``meta["opacities"]`` holds the multiplied ones).
 
     ``backend``: ``"auto"`` takes gsplat for CUDA tensors, numba for float32 CPU tensors (when numba is installed)
     and the PyTorch twin otherwise; ``"torch"`` runs anywhere (float32 or float64); ``"numba"`` renders float32 CPU
-    tensors with compiled kernels (projection, SH colours, binning, compositing; when the cameras need gradients or
-    ``sh_degree`` is 4, projection and colours are the twin's); ``"gsplat"`` needs CUDA float32 tensors.
+    tensors with compiled kernels (projection, SH colours, binning, compositing; when the cameras need gradients,
+    ``sh_degree`` is 4 or the mode is antialiased, projection and colours are the twin's); ``"gsplat"`` needs CUDA
+    float32 tensors.
     ``absgrad``: the backward pass also sets ``meta["means2d"].absgrad`` (sums of absolute per-pixel gradients), for
     ``DefaultStrategy(absgrad=True)``.
     ``check_finite``: raise ValueError when an input holds NaN or Inf (False: the caller checks, as the trainer does
@@ -95,7 +102,7 @@ def rasterize(
     """
     tensors = _validate(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds,
-        near_plane, far_plane, backend, render_mode,
+        near_plane, far_plane, backend, render_mode, rasterize_mode,
     )  # fmt: skip
     finite = _FiniteCheck(tensors) if check_finite else None
     if backend == "auto":
@@ -103,9 +110,10 @@ def rasterize(
     Ks = Ks + _pixel_centre_offset(Ks.device, Ks.dtype)  # orbit4d's pixel centres are at integers; gsplat's at +0.5
     args = (means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds)
     if backend == "gsplat":
-        out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad, render_mode)
+        out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad, render_mode, rasterize_mode)
     else:
-        kernels = _cpu_kernels(backend, viewmats.requires_grad or Ks.requires_grad, sh_degree)
+        kernels = _cpu_kernels(backend, viewmats.requires_grad or Ks.requires_grad, sh_degree,
+                               rasterize_mode == "antialiased")  # fmt: skip
         out = _rasterize_torch(*args, near_plane, far_plane, absgrad, render_mode, *kernels)
     if finite is not None:
         finite.check()
@@ -129,20 +137,22 @@ def _has_numba() -> bool:
     return True
 
 
-def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None) -> tuple:
+def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None, antialiased: bool = False) -> tuple:
     """(projection, SH colours, tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch
-    twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4: the twin's
-    stand in for those. Binning takes (projected, opacities, width, height)."""
+    twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4, and do not
+    compute antialiasing's compensation: the twin's stand in for those. Binning takes (projected, opacities [C, N],
+    width, height)."""
+    project = functools.partial(_tr.project, antialiased=True) if antialiased else _tr.project
     if backend != "numba":
-        return _tr.project, _tr.view_colors, _twin_bins, _tc.composite
+        return project, _tr.view_colors, _twin_bins, _tc.composite
     from reconstruct import _numba_kernels, _numba_projection
 
     def bins(proj: _tr.Projected, opacities: Tensor, width: int, height: int) -> _tr.Intersections:
         return _numba_kernels.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height,
                                               _numba_kernels.TILE, proj.conics, opacities)  # fmt: skip
 
-    if cameras_need_grad or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
-        return _tr.project, _tr.view_colors, bins, _numba_kernels.composite
+    if cameras_need_grad or antialiased or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
+        return project, _tr.view_colors, bins, _numba_kernels.composite
     return _numba_projection.project, _numba_projection.view_colors, bins, _numba_kernels.composite
 
 
@@ -159,17 +169,16 @@ def _rasterize_torch(
     depth composites as a colour (z, 0, 0) in a second pass over the same tile lists."""
     C, N = viewmats.shape[0], means.shape[0]
     proj = project(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
+    opacities = opacities.expand(C, N) if proj.compensations is None else opacities * proj.compensations
     isect = intersect_tiles(proj, opacities, width, height)
     passes = []
     if render_mode.startswith("RGB"):
         rgb = view_colors(colors, means, viewmats, proj.radii, sh_degree)
-        image, alpha = composite(
-            proj.means2d, proj.conics, rgb, opacities.expand(C, N), backgrounds, isect, width, height, absgrad
-        )
+        image, alpha = composite(proj.means2d, proj.conics, rgb, opacities, backgrounds, isect, width, height, absgrad)
         passes.append(image)
     if render_mode.endswith("D"):
         z = torch.nn.functional.pad(proj.depths[..., None], (0, 2))  # [C, N, 3]
-        depth, alpha = composite(proj.means2d, proj.conics, z, opacities.expand(C, N), None, isect, width, height,
+        depth, alpha = composite(proj.means2d, proj.conics, z, opacities, None, isect, width, height,
                                  absgrad and not passes)  # fmt: skip
         depth = depth[..., :1]
         passes.append(depth / alpha.clamp_min(1e-10) if render_mode.endswith("ED") else depth)
@@ -182,7 +191,7 @@ def _rasterize_torch(
         "means2d": proj.means2d,
         "depths": proj.depths,
         "conics": proj.conics,
-        "opacities": opacities.expand(C, N),
+        "opacities": opacities,
         "tile_width": isect.tile_width,
         "tile_height": isect.tile_height,
         "tiles_per_gauss": isect.tiles_per_gauss,
@@ -200,27 +209,30 @@ def _rasterize_torch(
 
 def _rasterize_gsplat(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, absgrad,
-    render_mode,
+    render_mode, rasterize_mode,
 ) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
     from gsplat import rasterization
 
     return rasterization(
         means, quats, scales, opacities, colors, viewmats, Ks, width, height,
         near_plane=near, far_plane=far, radius_clip=0.0, eps2d=_tr.EPS2D, sh_degree=sh_degree, packed=False,
-        tile_size=_tr.TILE_SIZE, backgrounds=backgrounds, render_mode=render_mode, rasterize_mode="classic",
+        tile_size=_tr.TILE_SIZE, backgrounds=backgrounds, render_mode=render_mode,
+        rasterize_mode=rasterize_mode,
         absgrad=absgrad,
     )  # fmt: skip
 
 
 def _validate(
     means, quats, scales, opacities, colors, viewmats, Ks, width, height, sh_degree, backgrounds, near, far, backend,
-    render_mode,
+    render_mode, rasterize_mode,
 ) -> dict[str, Tensor]:  # fmt: skip
     """Raises ValueError on bad shapes, dtypes, devices or options; returns the input tensors by name."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if render_mode not in RENDER_MODES:
         raise ValueError(f"render_mode must be one of {RENDER_MODES}, got {render_mode!r}")
+    if rasterize_mode not in RASTERIZE_MODES:
+        raise ValueError(f"rasterize_mode must be one of {RASTERIZE_MODES}, got {rasterize_mode!r}")
     tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors,
                "viewmats": viewmats, "Ks": Ks}  # fmt: skip
     if backgrounds is not None:

@@ -124,6 +124,10 @@ class TrainConfig:
     backend: str = "auto"
     """Rasterizer: auto (gsplat on CUDA; on the CPU the numba-compiled rasterizer, or PyTorch without numba), torch,
     numba or gsplat."""
+    antialiased: bool = False
+    """gsplat's antialiased rasterization (Mip-Splatting's 2D filter: each opacity compensated for the 0.3 px^2
+    dilation), for scenes seen at other resolutions or distances than the photos'; renders use it too. On the CPU the
+    projection then runs in PyTorch, not compiled: steps are slower."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
     checkpoint_every: int = 1000
@@ -423,7 +427,8 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     degree = min(config.sh_degree, step // interval)
     checked, extremes = _extremes(params)  # read with the loss below
     image, _, meta = render_tensors(params, view.viewmat(), view.K(), view.camera.width, view.camera.height,
-                                    degree, background, config.backend, check_finite=False)  # fmt: skip
+                                    degree, background, config.backend, check_finite=False,
+                                    rasterize_mode=_rasterize_mode(config))  # fmt: skip
     if config.densify:
         densifier.step_pre_backward(params, state.optimizers, state.strategy_state, step, meta)
     loss = M.photometric_loss(image, target, config.ssim_weight)
@@ -565,13 +570,17 @@ def _sample(config: TrainConfig, scene: SceneData, state: TrainState) -> dict:
     """One PSNR-vs-time sample on up to ``MAX_SAMPLE_VIEWS`` held-out views (training views when none)."""
     splats = Splats.from_parameters(state.params)
     views = (scene.test or scene.train)[:MAX_SAMPLE_VIEWS]
-    results = evaluate_views(splats, views, _eval_background(config), config.backend)
+    results = evaluate_views(splats, views, _eval_background(config), config.backend, antialiased=config.antialiased)
     return {
         "step": state.step,
         "seconds": round(state.seconds, 3),
         "psnr": _finite(float(np.mean([r["psnr"] for r in results]))),
         "num_gaussians": len(splats),
     }
+
+
+def _rasterize_mode(config: TrainConfig) -> str:
+    return "antialiased" if config.antialiased else "classic"
 
 
 def _eval_background(config: TrainConfig) -> torch.Tensor:
@@ -589,15 +598,16 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     views = scene.test or scene.train
     background = _eval_background(config)
     info(f"evaluating on {len(views)} {'held-out' if scene.test else 'training'} views")
-    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True, with_depth=True)
+    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True, with_depth=True,
+                              antialiased=config.antialiased)  # fmt: skip
     staging = work / ".renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    write_side_by_side(splats, views, background, staging, config.backend)
+    write_side_by_side(splats, views, background, staging, config.backend, config.antialiased)
     replace_dir(staging, work / "renders")
     if config.turntable_frames > 0:
         info("rendering the turntable video")
         write_turntable(splats, [v.camera for v in scene.train], work / "turntable.mp4", config.turntable_frames,
-                        background=background, backend=config.backend)  # fmt: skip
+                        background=background, backend=config.backend, antialiased=config.antialiased)  # fmt: skip
     splats_cpu = splats.to("cpu")
     write_ply(work / "splats.ply", splats_cpu)
     write_splat(work / "splats.splat", splats_cpu)

@@ -68,10 +68,13 @@ def make_scene(
 # --- float64 reference: every Gaussian-pixel pair, gsplat 1.5.3's CUDA semantics --------------------------------
 
 
-def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10,
-                        render_mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def reference_rasterize(
+    scene: dict, near: float = 0.01, far: float = 1e10, render_mode: str = "RGB", rasterize_mode: str = "classic"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense reference built on gsplat's own PyTorch projection and SH twins, with the CUDA kernels' culling; depth
-    as gsplat's ``rasterization`` makes it: camera z as one more colour channel, with a zero background."""
+    as gsplat's ``rasterization`` makes it: camera z as one more colour channel, with a zero background; antialiased
+    as its ``add_blur``: opacities times sqrt(det(cov2d) / det(cov2d + 0.3 I)), culled and bounded by the product.
+    Returns images, alphas and gsplat's radii [C, N, 2] (0 where culled)."""
     from gsplat.cuda._torch_impl import (
         _eval_sh_bases_fast,
         _persp_proj,
@@ -85,10 +88,13 @@ def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10,
     covars, _ = _quat_scale_to_covar_preci(scene["quats"], scene["scales"], True, False)
     means_c, covars_c = _world_to_cam(means, covars, viewmats)
     means2d, cov2d = _persp_proj(means_c, covars_c, Ks, W, H)
+    det_before = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
     cov2d = cov2d + 0.3 * torch.eye(2, dtype=cov2d.dtype)
     det = cov2d[..., 0, 0] * cov2d[..., 1, 1] - cov2d[..., 0, 1] * cov2d[..., 1, 0]
     conic = torch.stack([cov2d[..., 1, 1], -cov2d[..., 0, 1], cov2d[..., 0, 0]], -1) / det[..., None]
-    opac = scene["opacities"]
+    opac = scene["opacities"].expand(len(viewmats), -1)
+    if rasterize_mode == "antialiased":
+        opac = opac * torch.sqrt((det_before / det).clamp_min(0))
     extent = torch.sqrt(2 * torch.log(opac.detach().clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD)).clamp_max(3.33)
     radii = torch.ceil(extent[..., None] * torch.sqrt(torch.diagonal(cov2d.detach(), dim1=-2, dim2=-1)))
     z = means_c[..., 2].detach()
@@ -112,11 +118,10 @@ def reference_rasterize(scene: dict, near: float = 0.01, far: float = 1e10,
         if backgrounds is not None:
             zero = backgrounds.new_zeros(len(backgrounds), 1)
             backgrounds = zero if render_mode in ("D", "ED") else torch.cat([backgrounds, zero], -1)
-    image, alpha = reference_composite(means2d, conic, opac.expand(len(viewmats), -1), rgb, backgrounds, visible,
-                                       radii, z, W, H)  # fmt: skip
+    image, alpha = reference_composite(means2d, conic, opac, rgb, backgrounds, visible, radii, z, W, H)
     if render_mode.endswith("ED"):
         image = torch.cat([image[..., :-1], image[..., -1:] / alpha.clamp_min(1e-10)], -1)
-    return image, alpha
+    return image, alpha, torch.where(visible[..., None], radii, 0).int()
 
 
 def reference_composite(means2d, conics, opacities, rgb, backgrounds, visible, radii, depths, W, H):
@@ -239,6 +244,43 @@ def test_matches_dense_reference_float32(backend, camera_grads, seed, sh_degree)
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
         assert_close_and_finite(grads[name].double(), ref, 2e-3 * scale, 1e-2, f"d/d{name}")
+
+
+@pytest.mark.parametrize("backend, dtype", [("torch", torch.float64), ("numba", torch.float32)])
+@pytest.mark.parametrize("sh_degree, render_mode", [(None, "RGB"), (2, "RGB+ED")])
+def test_antialiased_matches_dense_reference(backend, dtype, sh_degree, render_mode):
+    """gsplat's rasterize_mode="antialiased": values and gradients (through the compensation too) against the
+    reference; small Gaussians (down to a fraction of a pixel), where the compensation matters, and large ones."""
+    scene = make_scene(num=300, sh_degree=sh_degree, seed=11, scale=(0.002, 0.15))
+    channels = 4 if render_mode == "RGB+ED" else 3
+    g = torch.Generator().manual_seed(12)
+    weights = (torch.randn(2, 24, 32, channels, generator=g, dtype=torch.float64),
+               torch.randn(2, 24, 32, 1, generator=g, dtype=torch.float64))  # fmt: skip
+    names = GAUSSIAN_PARAMS + ("viewmats", "backgrounds")
+    ref_img, ref_alpha, ref_grads = grads_of(
+        lambda s: reference_rasterize(s, render_mode=render_mode, rasterize_mode="antialiased"), scene, weights, names
+    )
+    classic, _, classic_radii = reference_rasterize(scene, render_mode=render_mode)
+    assert (classic - ref_img).abs().max() > 0.05, "the compensation should change this scene"
+    radii = reference_rasterize(scene, render_mode=render_mode, rasterize_mode="antialiased")[2]
+    assert (radii != classic_radii).any(), "the compensated opacity should shrink some extents"
+    s = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
+    img, alpha, grads = grads_of(
+        lambda s: call(s, backend=backend, render_mode=render_mode, rasterize_mode="antialiased"), s,
+        tuple(w.to(dtype) for w in weights), names,
+    )  # fmt: skip
+    meta = call(s, backend=backend, render_mode=render_mode, rasterize_mode="antialiased")[2]
+    assert torch.equal(meta["radii"], radii), "radii (the strategy's visibility) as gsplat bounds them"
+    covered = (ref_alpha > 0.5).expand_as(ref_img).clone()
+    covered[..., :3] = True  # the expected depth is compared where it is defined
+    tight = dtype == torch.float64
+    atol, rtol = (1e-10, 1e-9) if tight else (2e-3, 1e-3)
+    assert_close_and_finite(img.double()[covered], ref_img[covered], atol, rtol, "image")
+    assert_close_and_finite(alpha.double(), ref_alpha, atol, rtol, "alpha")
+    for name, ref in ref_grads.items():
+        scale = ref.abs().max().item()
+        assert_close_and_finite(grads[name].double(), ref, (1e-8 if tight else 2e-3) * scale, 1e-7 if tight else 1e-2,
+                                f"d/d{name}")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -571,7 +613,7 @@ def test_non_square_image_and_float32():
     scene = make_scene(num=100, width=48, height=20, seed=8, dtype=torch.float32)
     img, alpha, _ = call(scene)
     assert img.shape == (2, 20, 48, 3) and alpha.shape == (2, 20, 48, 1) and img.dtype == torch.float32
-    ref_img, ref_alpha = reference_rasterize({k: v.double() if isinstance(v, torch.Tensor) else v
+    ref_img, ref_alpha, _ = reference_rasterize({k: v.double() if isinstance(v, torch.Tensor) else v
                                               for k, v in scene.items()})  # fmt: skip
     torch.testing.assert_close(img.double(), ref_img, atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(alpha.double(), ref_alpha, atol=2e-4, rtol=1e-3)
@@ -623,11 +665,13 @@ def test_bad_inputs_raise_clear_errors(change, match):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat's kernels)")
 @pytest.mark.parametrize(
-    "num, width, height, sh_degree, render_mode",
-    [(1000, 64, 48, None, "RGB"), (5000, 128, 96, 3, "RGB"), (10000, 256, 256, 1, "RGB"),
-     (10000, 200, 120, None, "RGB"), (5000, 128, 96, 2, "RGB+D"), (5000, 128, 96, None, "ED")],
+    "num, width, height, sh_degree, render_mode, rasterize_mode",
+    [(1000, 64, 48, None, "RGB", "classic"), (5000, 128, 96, 3, "RGB", "classic"),
+     (10000, 256, 256, 1, "RGB", "classic"), (10000, 200, 120, None, "RGB", "classic"),
+     (5000, 128, 96, 2, "RGB+D", "classic"), (5000, 128, 96, None, "ED", "classic"),
+     (5000, 128, 96, 1, "RGB", "antialiased")],
 )  # fmt: skip
-def test_torch_backend_matches_gsplat_on_cuda(num, width, height, sh_degree, render_mode):
+def test_torch_backend_matches_gsplat_on_cuda(num, width, height, sh_degree, render_mode, rasterize_mode):
     scene = make_scene(num=num, width=width, height=height, sh_degree=sh_degree, seed=num, dtype=torch.float32,
                        scale=(0.005, 0.05))  # fmt: skip
     scene = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in scene.items()}
@@ -636,7 +680,7 @@ def test_torch_backend_matches_gsplat_on_cuda(num, width, height, sh_degree, ren
     out = {}
     for backend in ("gsplat", "torch"):
         s = leaf_scene(scene)
-        img, alpha, meta = rasterize(**s, backend=backend, render_mode=render_mode)
+        img, alpha, meta = rasterize(**s, backend=backend, render_mode=render_mode, rasterize_mode=rasterize_mode)
         if render_mode == "ED":  # compare the expected depth where it is defined (alpha near 0 at silhouettes)
             img = torch.where(alpha > 0.5, img, 0.0)
         ((img * weights[0]).sum() + (alpha * weights[1]).sum()).backward()

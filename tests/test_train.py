@@ -216,6 +216,27 @@ def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, tmp_
         replace(full, depth_path=broken).depth()
 
 
+def test_antialiased_training_keeps_its_quality_at_a_quarter_resolution(tmp_path):
+    """--antialiased (gsplat's rasterize_mode): trains, evaluates in that mode, and its splats seen at 1/4 of the
+    training resolution match the downscaled photos where classic rasterization of them inflates every small
+    Gaussian by the 0.3 px^2 dilation (measured: 30.4 against 20.8 dB)."""
+    capture = make_capture(tmp_path / "capture", size=64, depth=False)
+    config = train.TrainConfig(steps=300, sh_degree=1, random_init_points=500, max_gaussians=2000,
+                               background="black", checkpoint_every=0, psnr_samples=0, turntable_frames=0,
+                               device="cpu", antialiased=True)  # fmt: skip
+    out = train.run(config, capture, tmp_path / "scene")
+    report = json.loads((out / "metrics.json").read_text())
+    splats = read_ply(out / "splats.ply")
+    full = load_scene(capture).test
+    assert report["psnr"] > 25.0 and report["config"]["antialiased"] is True
+    mean = lambda results: sum(r["psnr"] for r in results) / len(results)  # noqa: E731
+    assert report["psnr"] == pytest.approx(mean(evaluate_views(splats, full, torch.zeros(3), antialiased=True)))
+    quarter = load_scene(capture, downscale=4).test
+    antialiased = mean(evaluate_views(splats, quarter, torch.zeros(3), antialiased=True))
+    classic = mean(evaluate_views(splats, quarter, torch.zeros(3)))
+    assert antialiased > report["psnr"] - 2.0 and antialiased > classic + 5.0, (report["psnr"], antialiased, classic)
+
+
 def test_pytorch_and_numba_backends_train_alike(capture, tmp_path):
     """Without numba the CPU trains with the pure-PyTorch twin: the same training, float32 rounding apart (SH degree
     3 from step 20, refinement at step 20)."""
@@ -539,16 +560,17 @@ def test_help_stays_light():
 def test_cli_train_and_resume(capture, tmp_path, capsys):
     out = tmp_path / "scene"
     code, err = cli(capsys, "train", capture, "--out", out, "--steps", "20", "--sh-degree", "0",
-                    "--max-gaussians", "400", "--background", "black", "--device", "cpu")  # fmt: skip
+                    "--max-gaussians", "400", "--background", "black", "--device", "cpu", "--antialiased")  # fmt: skip
     assert code == 0, err
     report = json.loads((out / "metrics.json").read_text())
-    assert report["steps"] == 20 and report["config"]["background"] == "black"
+    assert report["steps"] == 20 and report["config"]["background"] == "black" and report["config"]["antialiased"]
     code, err = cli(capsys, "train", capture, "--out", out)
     assert code == 1 and "--resume" in error_line(err)
     code, err = cli(capsys, "train", capture, "--out", out, "--resume", "--steps", "25")
     assert code == 0, err
     report = json.loads((out / "metrics.json").read_text())  # the checkpoint's settings, the new step count
     assert report["steps"] == 25 and report["config"]["sh_degree"] == 0 and report["config"]["max_gaussians"] == 400
+    assert report["config"]["antialiased"]  # a resumed run renders as it was trained
 
 
 def test_turntable_orbits_or_sweeps_what_the_cameras_cover():
