@@ -27,12 +27,14 @@ NORMALIZE_EPS = 1e-12  # F.normalize's
 
 
 def project(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
-            width: int, height: int, near_plane: float, far_plane: float) -> Projected:  # fmt: skip
-    """``_torch_rasterizer.project`` for float32 CPU tensors; differentiable in means, quats and scales (not in the
-    cameras: use the twin to optimise those)."""
-    means2d, conics, depths, radii = _Project.apply(means, quats, scales, opacities, viewmats, Ks, width, height,
-                                                   near_plane, far_plane)  # fmt: skip
-    return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii)
+            width: int, height: int, near_plane: float, far_plane: float, antialiased: bool = False) -> Projected:
+    """``_torch_rasterizer.project`` for float32 CPU tensors, antialiasing's compensations included; differentiable
+    in means, quats and scales (not in the cameras: use the twin to optimise those)."""
+    means2d, conics, depths, radii, compensations = _Project.apply(
+        means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, antialiased
+    )
+    return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii,
+                     compensations=compensations if antialiased else None)  # fmt: skip
 
 
 def view_colors(colors: Tensor, means: Tensor, viewmats: Tensor, radii: Tensor, sh_degree: int | None) -> Tensor:
@@ -53,23 +55,25 @@ def _chunks(kernel, n: int) -> None:
 
 class _Project(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, near, far):
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, near, far, antialiased):
         C, N = viewmats.shape[0], means.shape[0]
         means2d = np.zeros((C, N, 2), np.float32)
         conics = np.zeros((C, N, 3), np.float32)
         depths = np.zeros((C, N), np.float32)
         radii = np.zeros((C, N, 2), np.int32)
+        compensations = np.zeros((C, N), np.float32)  # stays zero unless antialiased
         inputs = (_array(means), _array(quats), _array(scales), _array(opacities), _array(viewmats), _array(Ks))
-        _chunks(lambda lo, hi: _project_forward(*inputs, width, height, near, far, means2d, conics, depths, radii,
-                                                lo, hi), N)  # fmt: skip
+        _chunks(lambda lo, hi: _project_forward(*inputs, width, height, near, far, antialiased, means2d, conics,
+                                                depths, radii, compensations, lo, hi), N)  # fmt: skip
         radii = torch.from_numpy(radii)
         ctx.mark_non_differentiable(radii)
         ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii)
         ctx.size = (width, height, near, far)
-        return torch.from_numpy(means2d), torch.from_numpy(conics), torch.from_numpy(depths), radii
+        return (torch.from_numpy(means2d), torch.from_numpy(conics), torch.from_numpy(depths), radii,
+                torch.from_numpy(compensations))  # fmt: skip
 
     @staticmethod
-    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii):
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_compensations):
         means, quats, scales, viewmats, Ks, radii = ctx.saved_tensors
         N = means.shape[0]
         v_means = np.zeros((N, 3), np.float32)
@@ -77,10 +81,11 @@ class _Project(torch.autograd.Function):
         v_scales = np.zeros((N, 3), np.float32)
         args = (_array(means), _array(quats), _array(scales), _array(viewmats), _array(Ks), radii.numpy(),
                 *ctx.size, _grad(v_means2d, radii.shape), _grad(v_conics, (*radii.shape[:2], 3)),
-                _grad(v_depths, radii.shape[:2]), v_means, v_quats, v_scales)  # fmt: skip
+                _grad(v_depths, radii.shape[:2]), _grad(v_compensations, radii.shape[:2]), v_means, v_quats,
+                v_scales)  # fmt: skip
         _chunks(lambda lo, hi: _project_backward(*args, lo, hi), N)
         return (torch.from_numpy(v_means), torch.from_numpy(v_quats), torch.from_numpy(v_scales),
-                None, None, None, None, None, None, None)  # fmt: skip
+                None, None, None, None, None, None, None, None)  # fmt: skip
 
 
 def _grad(grad: Tensor | None, shape: tuple) -> np.ndarray:
@@ -134,8 +139,8 @@ def _camera_terms(m, M, vm, K, width, height, near, far, W):
 
 
 @numba.njit(**JIT, nogil=True)
-def _project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far,
-                     means2d, conics, depths, radii, lo, hi):  # fmt: skip
+def _project_forward(means, quats, scales, opacities, viewmats, Ks, width, height, near, far, antialiased,
+                     means2d, conics, depths, radii, compensations, lo, hi):  # fmt: skip
     C = viewmats.shape[0]
     M, W = np.empty((3, 3)), np.empty((3, 3))
     for i in range(lo, hi):
@@ -150,22 +155,35 @@ def _project_forward(means, quats, scales, opacities, viewmats, Ks, width, heigh
                 means[i], M, viewmats[cam], K, width, height, near, far, W)
             depths[cam, i] = pz
             det = a * c - b * b
-            if not (in_depth and det > 0.0 and opacity >= ALPHA_THRESHOLD):
+            if not (in_depth and det > 0.0):
+                continue
+            compensation = _compensation(a, b, c, det) if antialiased else 1.0
+            seen = opacity * compensation  # antialiased: culling and extent from the compensated opacity, as gsplat
+            if not seen >= ALPHA_THRESHOLD:
                 continue
             mx, my = K[0, 0] * px / zz + K[0, 2], K[1, 1] * py / zz + K[1, 2]
             # Opacity-aware bound (gsplat 1.5 / arXiv 2402.00525 B.2): beyond it alpha < 1/255 anyway.
-            extent = min(math.sqrt(2.0 * math.log(max(opacity / ALPHA_THRESHOLD, 1.0))), MAX_EXTENT)
+            extent = min(math.sqrt(2.0 * math.log(max(seen / ALPHA_THRESHOLD, 1.0))), MAX_EXTENT)
             rx, ry = math.ceil(extent * math.sqrt(max(a, 0.0))), math.ceil(extent * math.sqrt(max(c, 0.0)))
             if not ((rx > 0 or ry > 0) and mx + rx > 0 and mx - rx < width and my + ry > 0 and my - ry < height):
                 continue
             means2d[cam, i, 0], means2d[cam, i, 1] = mx, my
             conics[cam, i, 0], conics[cam, i, 1], conics[cam, i, 2] = c / det, -b / det, a / det
             radii[cam, i, 0], radii[cam, i, 1] = rx, ry
+            if antialiased:
+                compensations[cam, i] = compensation
+
+
+@numba.njit(**JIT, inline="always")
+def _compensation(a, b, c, det):
+    """Antialiasing's opacity factor sqrt(det(cov2d) / det(cov2d + eps I)), given the dilated entries and det."""
+    ratio = ((a - EPS2D) * (c - EPS2D) - b * b) / det
+    return math.sqrt(ratio) if ratio > 0.0 else 0.0
 
 
 @numba.njit(**JIT, nogil=True)
 def _project_backward(means, quats, scales, viewmats, Ks, radii, width, height, near, far,
-                      v_means2d, v_conics, v_depths, v_means, v_quats, v_scales, lo, hi):  # fmt: skip
+                      v_means2d, v_conics, v_depths, v_compensations, v_means, v_quats, v_scales, lo, hi):  # fmt: skip
     C = viewmats.shape[0]
     M, W, vM = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
     vW = np.empty((3, 3))
@@ -195,6 +213,13 @@ def _project_backward(means, quats, scales, viewmats, Ks, radii, width, height, 
             ga = -g0 * c * c * id2 + g1 * b * c * id2 + g2 * (id1 - a * c * id2)
             gb = 2.0 * g0 * b * c * id2 - g1 * (id1 + 2.0 * b * b * id2) + 2.0 * g2 * a * b * id2
             gc = g0 * (id1 - a * c * id2) + g1 * a * b * id2 - g2 * a * a * id2
+            vcomp = np.float64(v_compensations[cam, i])
+            compensation = _compensation(a, b, c, det) if vcomp != 0.0 else 0.0
+            if compensation > 0.0:  # d sqrt(r) with r = ((a - eps)(c - eps) - b^2) / det: each dr / 2 sqrt(r)
+                ratio, half = compensation * compensation, 0.5 * vcomp / compensation * id1
+                ga += half * (c - EPS2D - ratio * c)
+                gb += half * (-2.0 * b * (1.0 - ratio))
+                gc += half * (a - EPS2D - ratio * a)
             # a = V0.V0 + eps, b = V0.V1, c = V1.V1 + eps; V0 = j00 W0 + j02 W2, V1 = j11 W1 + j12 W2
             gj00 = gj02 = gj11 = gj12 = 0.0
             for k in range(3):

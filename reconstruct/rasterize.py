@@ -65,9 +65,8 @@ def rasterize(
 
     ``backend``: ``"auto"`` takes gsplat for CUDA tensors, numba for float32 CPU tensors (when numba is installed)
     and the PyTorch twin otherwise; ``"torch"`` runs anywhere (float32 or float64); ``"numba"`` renders float32 CPU
-    tensors with compiled kernels (projection, SH colours, binning, compositing; when the cameras need gradients,
-    ``sh_degree`` is 4 or the mode is antialiased, projection and colours are the twin's); ``"gsplat"`` needs CUDA
-    float32 tensors.
+    tensors with compiled kernels (projection, SH colours, binning, compositing; when the cameras need gradients or
+    ``sh_degree`` is 4, projection and colours are the twin's); ``"gsplat"`` needs CUDA float32 tensors.
     ``absgrad``: the backward pass also sets ``meta["means2d"].absgrad`` (sums of absolute per-pixel gradients), for
     ``DefaultStrategy(absgrad=True)``.
     ``check_finite``: raise ValueError when an input holds NaN or Inf (False: the caller checks, as the trainer does
@@ -139,21 +138,21 @@ def _has_numba() -> bool:
 
 def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None, antialiased: bool = False) -> tuple:
     """(projection, SH colours, tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch
-    twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4, and do not
-    compute antialiasing's compensation: the twin's stand in for those. Binning takes (projected, opacities [C, N],
-    width, height)."""
-    project = functools.partial(_tr.project, antialiased=True) if antialiased else _tr.project
+    twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4: the twin's
+    stand in for those. Binning takes (projected, opacities [C, N], width, height)."""
+    twin_project = functools.partial(_tr.project, antialiased=antialiased)
     if backend != "numba":
-        return project, _tr.view_colors, _twin_bins, _tc.composite
+        return twin_project, _tr.view_colors, _twin_bins, _tc.composite
     from reconstruct import _numba_kernels, _numba_projection
 
     def bins(proj: _tr.Projected, opacities: Tensor, width: int, height: int) -> _tr.Intersections:
         return _numba_kernels.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height,
                                               _numba_kernels.TILE, proj.conics, opacities)  # fmt: skip
 
-    if cameras_need_grad or antialiased or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
-        return project, _tr.view_colors, bins, _numba_kernels.composite
-    return _numba_projection.project, _numba_projection.view_colors, bins, _numba_kernels.composite
+    if cameras_need_grad or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
+        return twin_project, _tr.view_colors, bins, _numba_kernels.composite
+    project = functools.partial(_numba_projection.project, antialiased=antialiased)
+    return project, _numba_projection.view_colors, bins, _numba_kernels.composite
 
 
 def _twin_bins(proj: _tr.Projected, opacities: Tensor, width: int, height: int) -> _tr.Intersections:

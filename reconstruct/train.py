@@ -126,8 +126,7 @@ class TrainConfig:
     numba or gsplat."""
     antialiased: bool = False
     """gsplat's antialiased rasterization (Mip-Splatting's 2D filter: each opacity compensated for the 0.3 px^2
-    dilation), for scenes seen at other resolutions or distances than the photos'; renders use it too. On the CPU the
-    projection then runs in PyTorch, not compiled: steps are slower."""
+    dilation), for scenes seen at other resolutions or distances than the photos'; renders use it too."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
     checkpoint_every: int = 1000

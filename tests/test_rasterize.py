@@ -324,11 +324,14 @@ def test_depth_matches_dense_reference(render_mode, backend, dtype, camera_grads
                                 f"d/d{name}")  # fmt: skip
 
 
-@pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
-def test_numba_projection_and_colors_match_the_twin(sh_degree):
+@pytest.mark.parametrize(
+    "sh_degree, antialiased", [(None, False), (0, False), (1, False), (2, False), (3, False), (None, True), (2, True)]
+)
+def test_numba_projection_and_colors_match_the_twin(sh_degree, antialiased):
     """The compiled projection and SH colours against the twin's PyTorch code in float64, values and gradients
-    (means, quats, scales, SH coefficients), with Gaussians behind the near plane, beyond the far plane, outside
-    the image, with the Jacobian's field-of-view clamp active, too transparent, and three cameras."""
+    (means, quats, scales, SH coefficients; antialiased: the compensations too), with Gaussians behind the near
+    plane, beyond the far plane, outside the image, with the Jacobian's field-of-view clamp active, too transparent,
+    and three cameras."""
     from reconstruct import _numba_projection, _torch_rasterizer
 
     g = torch.Generator().manual_seed(30 + (sh_degree or 0))
@@ -344,14 +347,14 @@ def test_numba_projection_and_colors_match_the_twin(sh_degree):
     Ks = torch.tensor([[60.0, 0, 40.5], [0, 66.0, 30.5], [0, 0, 1]], dtype=torch.float64).repeat(C, 1, 1)
     inputs = {"means": means, "quats": quats, "scales": scales, "colors": colors}
     weights = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((C, N, 2), (C, N, 3), (C, N),
-                                                                                   (C, N, 3))]  # fmt: skip
+                                                                                   (C, N, 3), (C, N))]  # fmt: skip
 
     def run(module, dtype):
         x = {k: v.to(dtype).requires_grad_(True) for k, v in inputs.items()}
         proj = module.project(x["means"], x["quats"], x["scales"], opacities.to(dtype), viewmats.to(dtype),
-                              Ks.to(dtype), W, H, 0.01, 5.0)  # fmt: skip
+                              Ks.to(dtype), W, H, 0.01, 5.0, antialiased=antialiased)  # fmt: skip
         rgb = module.view_colors(x["colors"], x["means"], viewmats.to(dtype), proj.radii, sh_degree)
-        outputs = (proj.means2d, proj.conics, proj.depths, rgb)
+        outputs = (proj.means2d, proj.conics, proj.depths, rgb) + ((proj.compensations,) if antialiased else ())
         sum((out * w.to(dtype)).sum() for out, w in zip(outputs, weights)).backward()
         return proj.radii, [out.detach().double() for out in outputs], {k: v.grad for k, v in x.items()}
 
@@ -366,7 +369,10 @@ def test_numba_projection_and_colors_match_the_twin(sh_degree):
     assert (visible & clamped).sum() > 20, "the Jacobian's clamp should be active for some visible Gaussians"
     assert (radii != ref_radii).any(-1).float().mean() < 1e-3  # float32 rounding may move a ceil by one
     same = (radii == ref_radii).all(-1)
-    for name, out, ref in zip(("means2d", "conics", "depths", "colours"), outputs, ref_outputs):
+    if antialiased:
+        compensations = ref_outputs[4][visible]
+        assert compensations.min() < 0.5 < compensations.max() < 1.0, "small and large Gaussians on screen"
+    for name, out, ref in zip(("means2d", "conics", "depths", "colours", "compensations"), outputs, ref_outputs):
         torch.testing.assert_close(out[same], ref[same], atol=1e-5 * ref.abs().max().item(), rtol=1e-5, msg=name)
     for name, ref in ref_grads.items():
         scale = ref.abs().max().item()
