@@ -237,10 +237,11 @@ def test_antialiased_training_keeps_its_quality_at_a_quarter_resolution(tmp_path
     assert antialiased > report["psnr"] - 2.0 and antialiased > classic + 5.0, (report["psnr"], antialiased, classic)
 
 
-def test_pytorch_and_numba_backends_train_alike(capture, tmp_path):
+@pytest.mark.parametrize("antialiased", [False, True])
+def test_pytorch_and_numba_backends_train_alike(capture, tmp_path, antialiased):
     """Without numba the CPU trains with the pure-PyTorch twin: the same training, float32 rounding apart (SH degree
-    3 from step 20, refinement at step 20)."""
-    config = replace(RESUME_CONFIG, sh_degree=3, background="black")
+    3 from step 20, refinement at step 20), classic or antialiased."""
+    config = replace(RESUME_CONFIG, sh_degree=3, background="black", antialiased=antialiased)
     reports = {}
     for backend in ("torch", "numba"):
         out = train.run(replace(config, backend=backend), capture, tmp_path / backend)
