@@ -3,6 +3,7 @@
     python bench/rasterizer_bench.py                      # CPU: 100k Gaussians at 512x512
     python bench/rasterizer_bench.py --gaussians 10000 100000 --size 256 512
     python bench/rasterizer_bench.py --device cuda        # also gsplat's kernels and the PyTorch backend on the GPU
+    python bench/rasterizer_bench.py --modes              # the default backend with depth, and antialiased
 
 The baseline is how one would first write a splat compositor in PyTorch: materialise every overlapping
 Gaussian-pixel pair (each Gaussian against every pixel of its 3-sigma box), sort the pairs by (pixel, depth), and
@@ -121,7 +122,7 @@ def timed(fn, repeats: int, sync) -> list[float]:
 
 def measure(methods: dict, scene: dict, repeats: int, sync) -> dict[str, tuple[float, float]]:
     """Median forward and forward+backward seconds of each method, alternating between methods."""
-    weights = torch.rand(1, scene["height"], scene["width"], 3, device=scene["means"].device)
+    weights = torch.rand(1, scene["height"], scene["width"], 1, device=scene["means"].device)  # any channel count
 
     def forward(fn):
         with torch.no_grad():
@@ -151,6 +152,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--skip-cpu", action="store_true", help="with --device cuda: time the GPU only")
+    parser.add_argument("--modes", action="store_true",
+                        help="time render_mode RGB+ED and rasterize_mode antialiased against RGB classic instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +168,13 @@ def main() -> None:
                 meta = rasterize(**scene)[2]
             isects = meta["flatten_ids"].numel()
             row = {"num": num, "size": size, "isects": isects}
+            if args.modes:
+                device = args.device
+                row[device] = measure(MODES, random_scene(num, size, device), max(args.repeats, 3 if device == "cpu"
+                                      else 10), torch.cuda.synchronize if device == "cuda" else lambda: None)  # fmt: skip
+                rows.append(row)
+                print_row(row)
+                continue
             if not args.skip_cpu:
                 row["cpu"] = measure(
                     {"baseline": baseline_rasterize, "torch": lambda s: rasterize(**s, backend="torch"),
@@ -183,7 +193,21 @@ def main() -> None:
             rows.append(row)
             print_row(row)
 
+    if args.modes:
+        print("\n| Gaussians | image | mode | fwd ms | fwd+bwd ms |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            for name, (f, fb) in r[args.device].items():
+                print(f"| {r['num']:,} | {r['size']}×{r['size']} | {name} | {1e3 * f:.1f} | {1e3 * fb:.1f} |")
+        return
     print_tables(rows, cpu=not args.skip_cpu, cuda=args.device == "cuda")
+
+
+MODES = {  # rasterize(backend="auto") in each mode
+    "RGB, classic": lambda s: rasterize(**s),
+    "RGB+ED (depth)": lambda s: rasterize(**s, render_mode="RGB+ED"),
+    "RGB, antialiased": lambda s: rasterize(**s, rasterize_mode="antialiased"),
+}
 
 
 def print_tables(rows: list[dict], cpu: bool, cuda: bool) -> None:
