@@ -63,6 +63,8 @@ EOF
     parity)
       python3 bench/rasterizer_parity.py | tee "$OUT/parity.md"
       python3 bench/rasterizer_bench.py --device cuda --gaussians 100000 --size 512 | tee "$OUT/rasterizer_cuda.md"
+      python3 bench/rasterizer_bench.py --device cuda --modes --skip-cpu --gaussians 100000 1000000 --size 512 \
+        | tee "$OUT/rasterizer_modes_cuda.md"
       ;;
     train)
       capture=$1; shift
