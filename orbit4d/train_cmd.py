@@ -89,7 +89,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
     p.add_argument("--antialiased", action="store_true", default=None,
                    help="gsplat's antialiased rasterization (Mip-Splatting's 2D filter), for viewing at other "
-                   "resolutions than the photos'")
+                   "resolutions than the photos' in viewers that have an antialiased mode")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
