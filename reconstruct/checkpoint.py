@@ -39,6 +39,7 @@ class TrainState:
     position: int  # next index into ``order``
     seconds: float = 0.0  # training time so far (excludes evaluation and saving)
     history: list[dict] = field(default_factory=list)  # PSNR-vs-time samples
+    curve: list[dict] = field(default_factory=list)  # training loss and PSNR, means over windows of steps
     config: dict = field(default_factory=dict)
     saved_step: int | None = None  # step of the checkpoint on disk, if any (not itself saved)
 
@@ -65,6 +66,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
         "position": state.position,
         "seconds": state.seconds,
         "history": list(state.history),
+        "curve": list(state.curve),
         "config": dict(state.config),
     }
     path = Path(path)
@@ -120,6 +122,7 @@ def restore_state(payload: dict, device: torch.device, make_optimizers) -> Train
         position=int(payload["position"]),
         seconds=float(payload["seconds"]),
         history=list(payload["history"]),
+        curve=list(payload.get("curve", [])),  # absent before the curve was kept
         config=dict(payload["config"]),
         saved_step=int(payload["step"]),
     )

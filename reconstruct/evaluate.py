@@ -146,6 +146,42 @@ def depth_colors(depth: Tensor, alpha: Tensor, reference: Tensor, background: Te
     return colors * a + background * (1.0 - a)
 
 
+def write_training_plot(report: Mapping, path: Path) -> Path:
+    """PNG of a training run from its metrics.json ``report``, written atomically: PSNR against training time (the
+    training views' window means, the held-out samples), and loss and Gaussians against steps."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
+
+    curve, samples = report.get("training_curve") or [], report.get("psnr_vs_time") or []
+    figure = Figure(figsize=(10, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    psnr_axes, loss_axes = figure.subplots(1, 2)
+    psnr_axes.plot([p["seconds"] for p in curve], [p["psnr"] for p in curve], lw=1, color="tab:blue",
+                   label="training steps")  # fmt: skip
+    held_out = [p for p in samples if p["psnr"] is not None]
+    label = "held-out views" if report.get("evaluated_on", "test") == "test" else "training views (sampled)"
+    psnr_axes.plot([p["seconds"] for p in held_out], [p["psnr"] for p in held_out], "o-", color="tab:orange",
+                   label=label)  # fmt: skip
+    psnr_axes.set(xlabel="training time (s)", ylabel="PSNR (dB)", title="PSNR")
+    psnr_axes.grid(alpha=0.3)
+    psnr_axes.legend(loc="lower right")
+    loss_axes.plot([p["step"] for p in curve], [p["loss"] for p in curve], lw=1, color="tab:blue")
+    loss_axes.set(xlabel="step", ylabel="loss (L1 + D-SSIM)", title="loss and Gaussians")
+    if curve and min(p["loss"] for p in curve) > 0:
+        loss_axes.set_yscale("log")
+        for axis in (loss_axes.yaxis.set_major_formatter, loss_axes.yaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%.2g"))
+    loss_axes.grid(alpha=0.3)
+    count_axes = loss_axes.twinx()
+    count_axes.plot([p["step"] for p in curve], [p["num_gaussians"] for p in curve], lw=1, color="tab:green")
+    count_axes.set_ylabel("Gaussians", color="tab:green")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
 def to_uint8(image: Tensor) -> np.ndarray:
     """[H, W, 3] float in [0, 1] -> uint8 numpy (rounded)."""
     return (image.detach().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()

@@ -52,6 +52,7 @@ from reconstruct.evaluate import (
     render_tensors,
     replace_dir,
     write_side_by_side,
+    write_training_plot,
     write_turntable,
 )
 from reconstruct.ply import write_ply, write_splat
@@ -489,6 +490,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
            work: Path, on_step: Callable[[TrainState], None] | None) -> None:  # fmt: skip
     """Steps until ``config.steps``; checkpoints on schedule, on Ctrl-C and at the end."""
     sample_steps = _sample_steps(config)
+    window = _Window(max(1, config.steps // CURVE_POINTS))
     between_steps = True
     if sample_steps and state.step == 0:
         state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
@@ -507,6 +509,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                 state.step += 1
                 between_steps = True
                 progress(state.step, loss, step_psnr, len(state.params["means"]))
+                window.add(state, loss, step_psnr)
                 if on_step is not None:
                     on_step(state)
                 if interrupted():
@@ -524,6 +527,25 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     if not state.history or state.history[-1]["step"] != state.step:
         state.history.append(_sample(config, scene, state))
     _save(state, work)
+
+
+CURVE_POINTS = 300  # points of the training curve (metrics.json's training_curve, training.png)
+
+
+class _Window:
+    """Means of the training loss and PSNR over windows of ``size`` steps, appended to ``state.curve``; a window
+    that a resume cuts short is averaged over the steps it saw."""
+
+    def __init__(self, size: int):
+        self.size, self.loss, self.psnr, self.count = size, 0.0, 0.0, 0
+
+    def add(self, state: TrainState, loss: float, psnr: float) -> None:
+        self.loss, self.psnr, self.count = self.loss + loss, self.psnr + min(psnr, 99.0), self.count + 1
+        if state.step % self.size == 0:
+            state.curve.append({"step": state.step, "seconds": round(state.seconds, 3),
+                                "loss": self.loss / self.count, "psnr": self.psnr / self.count,
+                                "num_gaussians": len(state.params["means"])})  # fmt: skip
+            self.loss, self.psnr, self.count = 0.0, 0.0, 0
 
 
 def _save(state: TrainState, work: Path) -> None:
@@ -626,12 +648,14 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
         "test_views": [view.name for view in scene.test],
         "per_view": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in per_view],
         "psnr_vs_time": state.history,
+        "training_curve": state.curve,
         "image_size": [views[0].camera.width, views[0].camera.height],
         "device": str(device),
         "capture": str(scene.capture.root),
         "config": asdict(config),
     }
     write_json(work / "metrics.json", report)
+    write_training_plot(report, work / "training.png")
     return report
 
 
@@ -660,7 +684,7 @@ def _print_summary(report: dict, out_dir: Path) -> None:
         table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
     table.add_row("Gaussians", f"{report['num_gaussians']:,}")
     table.add_row("steps", f"{report['steps']:,} in {report['seconds']:.1f} s on {report['device']}")
-    table.add_row("outputs", "splats.ply, splats.splat, metrics.json, renders/"
+    table.add_row("outputs", "splats.ply, splats.splat, metrics.json, training.png, renders/"
                   + (", turntable.mp4" if (out_dir / "turntable.mp4").is_file() else ""))
     console.print(table)
 

@@ -155,6 +155,11 @@ def test_trains_a_small_scene_and_psnr_rises(capture, tmp_path):
         assert sum(1 for _ in video.decode(video=0)) == 4
     assert read_checkpoint(checkpoint_path(out))["step"] == 300
     assert not list(tmp_path.glob(".*"))  # the staging folder was renamed into place
+    # the training curve: a point per step at this length (300 points at most), loss falling; plotted
+    points = report["training_curve"]
+    assert [p["step"] for p in points] == list(range(1, 301))
+    assert np.mean([p["loss"] for p in points[-20:]]) < np.mean([p["loss"] for p in points[:20]]) / 3
+    assert PIL.Image.open(out / "training.png").size == (1000, 360)
 
 
 def test_the_benchmarks_gsplat_call_follows_gsplats_conventions(capture, monkeypatch):
@@ -295,6 +300,8 @@ def test_resume_after_interrupt_matches_uninterrupted_run(capture, reference_sce
     train.run(RESUME_CONFIG, capture, out, resume=True)
     assert not partial.exists()
     assert_same_splats(reference_scene, out)
+    curve = json.loads((out / "metrics.json").read_text())["training_curve"]  # kept across the resume
+    assert [p["step"] for p in curve] == list(range(1, RESUME_CONFIG.steps + 1))
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(capture, reference_scene, tmp_path):
