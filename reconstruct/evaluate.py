@@ -151,7 +151,7 @@ def write_training_plot(report: Mapping, path: Path) -> Path:
     training views' window means, the held-out samples), and loss and Gaussians against steps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     curve, samples = report.get("training_curve") or [], report.get("psnr_vs_time") or []
     figure = Figure(figsize=(10, 3.6), dpi=100, layout="constrained")
@@ -170,8 +170,9 @@ def write_training_plot(report: Mapping, path: Path) -> Path:
     loss_axes.set(xlabel="step", ylabel="loss (L1 + D-SSIM)", title="loss and Gaussians")
     if curve and min(p["loss"] for p in curve) > 0:
         loss_axes.set_yscale("log")
-        for axis in (loss_axes.yaxis.set_major_formatter, loss_axes.yaxis.set_minor_formatter):
-            axis(FormatStrFormatter("%.2g"))
+        loss_axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        loss_axes.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        loss_axes.yaxis.set_minor_formatter(NullFormatter())
     loss_axes.grid(alpha=0.3)
     count_axes = loss_axes.twinx()
     count_axes.plot([p["step"] for p in curve], [p["num_gaussians"] for p in curve], lw=1, color="tab:green")
