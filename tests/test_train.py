@@ -623,3 +623,4 @@ def test_trains_on_cuda_with_gsplat(capture, tmp_path):
     curve = [sample["psnr"] for sample in report["psnr_vs_time"]]
     assert report["device"].startswith("cuda") and curve[-1] > curve[0] + 8.0, curve
     assert len(read_ply(out / "splats.ply")) == report["num_gaussians"] > 500  # densified
+    assert report["depth_abs_rel"] < 0.1 and (out / "training.png").is_file()  # gsplat's RGB+ED in evaluation
