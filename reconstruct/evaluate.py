@@ -132,6 +132,9 @@ def write_side_by_side(
     return paths
 
 
+QUANTILE_SAMPLES = 1_000_000  # depth values the colour range of a depth picture is taken from, at most
+
+
 def depth_colors(depth: Tensor, alpha: Tensor, reference: Tensor, background: Tensor) -> Tensor:
     """[H, W, 3] picture of ``depth`` [H, W]: turbo colours from near (blue) to far (red) over the 1st to 99th
     percentile of ``reference`` (depth values), blended over ``background`` [3] by ``alpha`` [H, W]."""
@@ -139,6 +142,7 @@ def depth_colors(depth: Tensor, alpha: Tensor, reference: Tensor, background: Te
 
     if reference.numel() == 0:
         reference = depth.new_ones(1)
+    reference = reference.reshape(-1)[:: max(1, reference.numel() // QUANTILE_SAMPLES)]  # quantile takes < 16M
     near, far = torch.quantile(reference.double().cpu(), torch.tensor([0.01, 0.99], dtype=torch.float64)).tolist()
     t = ((torch.nan_to_num(depth.double().cpu()) - near) / max(far - near, 1e-9)).clamp(0.0, 1.0).numpy()
     colors = torch.from_numpy(colormaps["turbo"](t)[..., :3]).float().to(depth.device)

@@ -210,6 +210,18 @@ def test_depth_evaluation_scores_the_true_geometry_as_exact_and_a_moved_one_as_w
     assert "depth_abs_rel" not in evaluate_views(truth, views, torch.zeros(3))[0]  # only when asked
 
 
+def test_depth_pictures_run_near_blue_to_far_red_over_the_background():
+    from reconstruct.evaluate import depth_colors
+
+    depth = torch.tensor([[1.0, 2.0, 3.0, 2.0]])
+    alpha = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    reference = torch.linspace(1.0, 3.0, 17_000_000)  # beyond torch.quantile's 16M-element limit
+    picture = depth_colors(depth, alpha, reference, torch.tensor([1.0, 1.0, 1.0]))
+    near, middle, far, empty = picture[0]
+    assert near[2] > near[0] and far[0] > far[2] and middle[1] > 0.8  # turbo: blue, green, red
+    assert torch.equal(empty, torch.ones(3))  # nothing drawn: the background
+
+
 def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, tmp_path):
     full, half = load_scene(capture).test[1], load_scene(capture, downscale=2).test[1]
     depth = np.load(full.depth_path)
