@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 
 from multiview.camera import Camera
+from multiview.console import warn
+from multiview.errors import InputError
 from reconstruct.data import View
 from reconstruct.metrics import depth_abs_rel, lpips, psnr, ssim
 from reconstruct.rasterize import rasterize
@@ -99,7 +101,7 @@ def evaluate_views(
     results = []
     for view in views:
         target = composite(view, background, splats.device)
-        true_depth = view.depth(splats.device) if with_depth else None
+        true_depth = _true_depth(view, splats.device) if with_depth else None
         image, depth, alpha = render_with_depth(splats, view.camera, background, backend, true_depth is not None,
                                                 antialiased)  # fmt: skip
         results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target))})
@@ -122,7 +124,7 @@ def write_side_by_side(
     for view in views:
         target = composite(view, background, splats.device)
         image, depth, alpha = render_with_depth(splats, view.camera, background, backend, antialiased=antialiased)
-        true_depth = view.depth(splats.device)
+        true_depth = _true_depth(view, splats.device)
         reference = true_depth[true_depth > 0] if true_depth is not None else depth[alpha > 0.5]
         panel = depth_colors(depth, alpha, reference, background.to(splats.device))
         row = torch.cat([target, image, panel], dim=1)
@@ -130,6 +132,16 @@ def write_side_by_side(
         PIL.Image.fromarray(to_uint8(row)).save(path)
         paths.append(path)
     return paths
+
+
+def _true_depth(view: View, device: torch.device) -> Tensor | None:
+    """The view's ground-truth depth, or None with a warning when its file is unreadable: a broken depth map costs
+    its metric, not the trained scene's outputs."""
+    try:
+        return view.depth(device)
+    except InputError as error:
+        warn(f"{error}; evaluating {view.name} without depth")
+        return None
 
 
 QUANTILE_SAMPLES = 1_000_000  # depth values the colour range of a depth picture is taken from, at most

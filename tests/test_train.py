@@ -222,7 +222,7 @@ def test_depth_pictures_run_near_blue_to_far_red_over_the_background():
     assert torch.equal(empty, torch.ones(3))  # nothing drawn: the background
 
 
-def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, tmp_path):
+def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, reference_scene, tmp_path, capsys):
     full, half = load_scene(capture).test[1], load_scene(capture, downscale=2).test[1]
     depth = np.load(full.depth_path)
     assert torch.equal(full.depth(), torch.from_numpy(depth))
@@ -231,6 +231,9 @@ def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, tmp_
     broken.write_bytes(b"not numpy")
     with pytest.raises(InputError, match="broken.npy is not a readable .npy depth map"):
         replace(full, depth_path=broken).depth()
+    splats = read_ply(reference_scene / "splats.ply")  # evaluation goes on without that view's depth, and says so
+    (result,) = evaluate_views(splats, [replace(full, depth_path=broken)], torch.zeros(3), with_depth=True)
+    assert "depth_abs_rel" not in result and "broken.npy" in capsys.readouterr().err
 
 
 def test_antialiased_training_keeps_its_quality_at_a_quarter_resolution(tmp_path):
