@@ -53,9 +53,11 @@ def prepare(scene: str, work: Path) -> tuple[Path, list[str], float]:
 
 
 def run(scene: str, work: Path, steps: int, strategy: str) -> dict:
+    """``strategy``: default, mcmc or absgrad (the default strategy with ``--absgrad``)."""
     capture, options, capture_seconds = prepare(scene, work)
     out = work / f"{scene}_{strategy}_{steps}"
-    wall = orbit4d("train", capture, "--out", out, "--steps", steps, "--device", "cpu", "--strategy", strategy,
+    flags = ["--strategy", "default", "--absgrad"] if strategy == "absgrad" else ["--strategy", strategy]
+    wall = orbit4d("train", capture, "--out", out, "--steps", steps, "--device", "cpu", *flags,
                    *options, "--overwrite")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     return {"scene": scene, "strategy": strategy, "steps": steps, "wall_seconds": wall,
@@ -101,7 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenes", nargs="*", metavar="SCENE", help=f"any of {', '.join(TARGETS)} (default: all)")
     parser.add_argument("--steps", type=int, default=None, help="steps for every scene (default: per scene)")
-    parser.add_argument("--strategy", choices=["default", "mcmc"], default="default")
+    parser.add_argument("--strategy", choices=["default", "mcmc", "absgrad"], default="default",
+                        help="absgrad: the default strategy growing by absolute gradients (--absgrad)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_train")
     args = parser.parse_args()
     if unknown := set(args.scenes) - set(TARGETS):

@@ -90,6 +90,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--antialiased", action="store_true", default=None,
                    help="gsplat's antialiased rasterization (Mip-Splatting's 2D filter), for viewing at other "
                    "resolutions than the photos' in viewers that have an antialiased mode")
+    p.add_argument("--absgrad", action="store_true", default=None,
+                   help="grow Gaussians by their absolute screen gradients (AbsGS): finer detail from fewer "
+                   "Gaussians (default strategy)")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
@@ -110,6 +113,7 @@ _OPTION_FIELDS = {
     "sh_degree": "sh_degree",
     "background": "background",
     "antialiased": "antialiased",
+    "absgrad": "absgrad",
     "lr_scale": "lr_scale",
     "seed": "seed",
 }

@@ -34,9 +34,10 @@ def render_tensors(
     check_finite: bool = True,
     render_mode: str = "RGB",
     rasterize_mode: str = "classic",
+    absgrad: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
     """One view of the splats: ([H, W, X] colour (and depth, per ``render_mode``), [H, W, 1] alpha, rasterizer
-    meta); differentiable."""
+    meta); differentiable; ``absgrad``: the backward pass sets ``meta["means2d"].absgrad`` (``rasterize``)."""
     device = tensors["means"].device
     colors = torch.cat([tensors["sh0"], tensors["shN"]], dim=1)
     image, alpha, meta = rasterize(
@@ -55,6 +56,7 @@ def render_tensors(
         check_finite=check_finite,
         render_mode=render_mode,
         rasterize_mode=rasterize_mode,
+        absgrad=absgrad,
     )
     return image[0], alpha[0], meta
 

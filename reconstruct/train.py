@@ -109,8 +109,12 @@ class TrainConfig:
     """Weight of the mean opacity in the loss; None: 0.01 with mcmc (3DGS-MCMC), 0 with default."""
     scale_reg: float | None = None
     """Weight of the mean scale in the loss; None: 0.01 with mcmc (3DGS-MCMC), 0 with default."""
-    grow_grad2d: float = 2e-4
-    """Mean screen-space gradient above which a Gaussian is cloned or split (3DGS: 0.0002)."""
+    grow_grad2d: float | None = None
+    """Mean screen-space gradient above which a Gaussian is cloned or split; None: 0.0002 (3DGS), 0.0008 with
+    ``absgrad`` (gsplat's advice)."""
+    absgrad: bool = False
+    """Judge growth by the sum of absolute per-pixel gradients (AbsGS, gsplat's ``absgrad``) instead of their sum,
+    whose opposite signs cancel in large Gaussians over fine detail; default strategy only."""
     max_gaussians: int | None = None
     """Cap on the number of Gaussians (least opaque ones removed beyond it); None: no cap."""
     background: str = "random"
@@ -161,6 +165,8 @@ class TrainConfig:
             raise InputError(f"--device {self.device}: use auto, cpu or cuda")
         if self.strategy not in ("default", "mcmc"):
             raise InputError(f"--strategy {self.strategy}: use default or mcmc")
+        if self.absgrad and self.strategy != "default":
+            raise InputError("--absgrad changes the default strategy's growth test; mcmc grows by opacity: drop one")
         if self.backend not in ("auto", "torch", "numba", "gsplat"):
             raise InputError(f"backend {self.backend}: use auto, torch, numba or gsplat")
         parse_background(self.background)
@@ -311,6 +317,9 @@ def _device(config: TrainConfig) -> torch.device:
 MCMC_DEFAULT_CAP = 1_000_000  # gsplat's MCMCStrategy.cap_max
 
 
+GROW_GRAD2D, ABSGRAD_GROW_GRAD2D = 2e-4, 8e-4  # TrainConfig.grow_grad2d's defaults
+
+
 def _densifier(config: TrainConfig) -> Densifier | Relocator:
     if config.strategy == "mcmc":
         relocator = Relocator.for_steps(config.steps, config.max_gaussians or MCMC_DEFAULT_CAP)
@@ -318,7 +327,9 @@ def _densifier(config: TrainConfig) -> Densifier | Relocator:
             relocator.refine_stop_iter = 0
         return relocator
     strategy = default_strategy(config.steps)
-    strategy.grow_grad2d = config.grow_grad2d
+    strategy.absgrad = config.absgrad
+    default_threshold = ABSGRAD_GROW_GRAD2D if config.absgrad else GROW_GRAD2D
+    strategy.grow_grad2d = default_threshold if config.grow_grad2d is None else config.grow_grad2d
     if not config.densify:
         strategy.refine_stop_iter = 0
     return Densifier(strategy, config.max_gaussians)
@@ -428,7 +439,7 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     checked, extremes = _extremes(params)  # read with the loss below
     image, _, meta = render_tensors(params, view.viewmat(), view.K(), view.camera.width, view.camera.height,
                                     degree, background, config.backend, check_finite=False,
-                                    rasterize_mode=_rasterize_mode(config))  # fmt: skip
+                                    rasterize_mode=_rasterize_mode(config), absgrad=config.absgrad)  # fmt: skip
     if config.densify:
         densifier.step_pre_backward(params, state.optimizers, state.strategy_state, step, meta)
     loss = M.photometric_loss(image, target, config.ssim_weight)

@@ -236,6 +236,21 @@ def test_depth_maps_follow_the_downscale_and_bad_ones_are_one_line(capture, refe
     assert "depth_abs_rel" not in result and "broken.npy" in capsys.readouterr().err
 
 
+def test_absgrad_grows_by_absolute_gradients(capture, tmp_path):
+    """--absgrad: the rasterizer sums |per-pixel gradient| into means2d.absgrad, which gsplat's strategy then reads
+    (it raises without it) against its own threshold (0.0008); both runs train."""
+    config = replace(RESUME_CONFIG, max_gaussians=None, background="black")
+    reports = {}
+    for absgrad in (False, True):
+        out = train.run(replace(config, absgrad=absgrad), capture, tmp_path / str(absgrad))
+        reports[absgrad] = json.loads((out / "metrics.json").read_text())
+    assert reports[True]["config"]["absgrad"] and reports[True]["psnr"] > 15
+    grown = [reports[a]["num_gaussians"] - config.random_init_points for a in (False, True)]
+    assert grown[0] > 0 and grown[1] > 0 and grown[0] != grown[1], grown
+    with pytest.raises(InputError, match="--absgrad"):
+        replace(config, absgrad=True, strategy="mcmc").validate()
+
+
 def test_antialiased_training_keeps_its_quality_at_a_quarter_resolution(tmp_path):
     """--antialiased (gsplat's rasterize_mode): trains, evaluates in that mode, and its splats seen at 1/4 of the
     training resolution match the downscaled photos where classic rasterization of them inflates every small
