@@ -93,6 +93,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--absgrad", action="store_true", default=None,
                    help="grow Gaussians by their absolute screen gradients (AbsGS): finer detail from fewer "
                    "Gaussians (default strategy)")
+    p.add_argument("--pose-opt", action="store_true", default=None,
+                   help="refine the training views' camera poses with the splats (for slightly-off SfM poses)")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
@@ -114,6 +116,7 @@ _OPTION_FIELDS = {
     "background": "background",
     "antialiased": "antialiased",
     "absgrad": "absgrad",
+    "pose_opt": "pose_opt",
     "lr_scale": "lr_scale",
     "seed": "seed",
 }

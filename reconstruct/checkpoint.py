@@ -40,6 +40,7 @@ class TrainState:
     seconds: float = 0.0  # training time so far (excludes evaluation and saving)
     history: list[dict] = field(default_factory=list)  # PSNR-vs-time samples
     curve: list[dict] = field(default_factory=list)  # training loss and PSNR, means over windows of steps
+    poses: torch.nn.Parameter | None = None  # [V, 6] pose corrections of the training views (pose_opt)
     config: dict = field(default_factory=dict)
     saved_step: int | None = None  # step of the checkpoint on disk, if any (not itself saved)
 
@@ -67,6 +68,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
         "seconds": state.seconds,
         "history": list(state.history),
         "curve": list(state.curve),
+        "poses": None if state.poses is None else state.poses.detach().cpu(),
         "config": dict(state.config),
     }
     path = Path(path)
@@ -97,12 +99,13 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def restore_state(payload: dict, device: torch.device, make_optimizers) -> TrainState:
-    """A TrainState from ``read_checkpoint``'s payload; ``make_optimizers(params)`` builds fresh optimizers.
+    """A TrainState from ``read_checkpoint``'s payload; ``make_optimizers(params, poses)`` builds fresh optimizers.
 
     Also restores torch's global RNG (gsplat's split draws from it).
     """
     params = {name: torch.nn.Parameter(t.to(device)) for name, t in payload["params"].items()}
-    optimizers = make_optimizers(params)
+    poses = None if payload.get("poses") is None else torch.nn.Parameter(payload["poses"].to(device))
+    optimizers = make_optimizers(params, poses)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(payload["optimizers"][name])
     strategy_state = {k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -123,6 +126,7 @@ def restore_state(payload: dict, device: torch.device, make_optimizers) -> Train
         seconds=float(payload["seconds"]),
         history=list(payload["history"]),
         curve=list(payload.get("curve", [])),  # absent before the curve was kept
+        poses=poses,
         config=dict(payload["config"]),
         saved_step=int(payload["step"]),
     )

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from multiview.console import console, info, warn
 from multiview.errors import InputError, Orbit4dError, OutputExistsError
@@ -132,6 +133,14 @@ class TrainConfig:
     antialiased: bool = False
     """gsplat's antialiased rasterization (Mip-Splatting's 2D filter: each opacity compensated for the 0.3 px^2
     dilation), for scenes seen at other resolutions or distances than the photos'; renders use it too."""
+    pose_opt: bool = False
+    """Refine the training views' camera poses with the splats (gsplat's pose_opt, nerfstudio's camera optimizer):
+    a rigid motion per view, for captures whose SfM poses are slightly off. The motions are kept zero-mean, so the
+    cameras cannot drift away together from the held-out views, which keep their poses. On the CPU the projection
+    then runs in PyTorch (the compiled one does not differentiate cameras)."""
+    lr_pose: float = 3e-4
+    """Learning rate of the pose corrections (rotation in radians, translation in units of the scene scale),
+    decaying to a hundredth of it."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
     checkpoint_every: int = 1000
@@ -345,8 +354,10 @@ def regularizer_weights(config: TrainConfig) -> tuple[float, float]:
 # --- state -----------------------------------------------------------------------------------------------------
 
 
-def make_optimizers(config: TrainConfig, params: dict, scene_scale: float) -> dict[str, torch.optim.Adam]:
-    """One Adam per parameter (gsplat's strategies need exactly one group each), 3DGS's learning rates.
+def make_optimizers(config: TrainConfig, params: dict, scene_scale: float,
+                    poses: torch.nn.Parameter | None = None) -> dict[str, torch.optim.Adam]:  # fmt: skip
+    """One Adam per parameter (gsplat's strategies need exactly one group each), 3DGS's learning rates; with
+    ``poses``, one more for them under "poses" (the strategies touch only the names in ``params``).
 
     Fused: one kernel per step and parameter instead of a dozen; 7x faster on the CPU at 80k Gaussians.
     """
@@ -358,10 +369,36 @@ def make_optimizers(config: TrainConfig, params: dict, scene_scale: float) -> di
         "sh0": config.lr_sh0,
         "shN": config.lr_shN,
     }
-    return {
+    optimizers = {
         name: torch.optim.Adam([params[name]], lr=rate * config.lr_scale, eps=1e-15, fused=True)
         for name, rate in rates.items()
     }
+    if poses is not None:
+        optimizers["poses"] = torch.optim.Adam([poses], lr=config.lr_pose * config.lr_scale, eps=1e-15, fused=True)
+    return optimizers
+
+
+POSE_WARMUP = 0.2  # fraction of the steps before poses move: the splats first need a shape to align to
+
+
+def pose_learning_rate(config: TrainConfig, step: int) -> float:
+    """0 for the first POSE_WARMUP of the steps, then lr_pose -> lr_pose / 100, log-linear."""
+    t = min(max(step / max(config.steps, 1), 0.0), 1.0)
+    if t < POSE_WARMUP:
+        return 0.0
+    return config.lr_pose * 0.01 ** ((t - POSE_WARMUP) / (1 - POSE_WARMUP)) * config.lr_scale
+
+
+def corrected_viewmat(viewmat: Tensor, correction: Tensor, centre: Tensor, scene_scale: float) -> Tensor:
+    """[4, 4] cam_from_world of the camera carried by the rigid motion ``correction`` [6] = (rotation vector w,
+    translation t / scene_scale) of the world about ``centre`` [3], x -> R(w) (x - centre) + centre + t: the camera
+    sees x where it saw the motion's inverse of x. The identity at 0; differentiable. A motion shared by every
+    camera moves the rig as a whole, which is why ``train_step`` keeps the corrections' mean at zero."""
+    w, t = correction[:3], correction[3:] * scene_scale
+    zero = w.new_zeros(())
+    R = torch.linalg.matrix_exp(torch.stack([zero, -w[2], w[1], w[2], zero, -w[0], -w[1], w[0], zero]).reshape(3, 3))
+    top = torch.cat([R.T, (centre - R.T @ (centre + t))[:, None]], dim=1)  # the inverse motion
+    return viewmat @ torch.cat([top, viewmat.new_tensor([[0.0, 0.0, 0.0, 1.0]])])
 
 
 def means_learning_rate(config: TrainConfig, step: int, scene_scale: float) -> float:
@@ -399,10 +436,12 @@ def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) ->
     splats = initial_splats(config, scene, device)
     params = {k: torch.nn.Parameter(v.to(device)) for k, v in splats.parameters().items()}
     scene_scale = camera_extent([view.camera for view in scene.train])
+    poses = torch.nn.Parameter(torch.zeros(len(scene.train), 6, device=device)) if config.pose_opt else None
     return TrainState(
         step=0,
         params=params,
-        optimizers=make_optimizers(config, params, scene_scale),
+        poses=poses,
+        optimizers=make_optimizers(config, params, scene_scale, poses),
         strategy_state=_densifier(config).initialize_state(scene_scale=scene_scale),
         generator=torch.Generator().manual_seed(config.seed),
         order=[],
@@ -413,9 +452,10 @@ def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) ->
 
 def _resumed_state(payload: dict, config: TrainConfig, scene: SceneData, device: torch.device) -> TrainState:
     scene_scale = float(payload["strategy_state"]["scene_scale"])
-    state = restore_state(payload, device, lambda params: make_optimizers(config, params, scene_scale))
-    if any(i >= len(scene.train) for i in state.order):
-        raise InputError(f"the checkpoint was made from a capture with more training views than {scene.capture.root}"
+    state = restore_state(payload, device, lambda params, poses: make_optimizers(config, params, scene_scale, poses))
+    if any(i >= len(scene.train) for i in state.order) or (state.poses is not None
+                                                          and len(state.poses) != len(scene.train)):  # fmt: skip
+        raise InputError(f"the checkpoint was made from a capture with other training views than {scene.capture.root}"
                          ": resume with the capture it was trained on")
     state.config = asdict(config)
     return state
@@ -425,19 +465,25 @@ def _resumed_state(payload: dict, config: TrainConfig, scene: SceneData, device:
 
 
 def train_step(config: TrainConfig, views: list[View], state: TrainState, densifier: Densifier | Relocator,
-               device: torch.device) -> tuple[float, float]:  # fmt: skip
-    """One 3DGS step on the next training view; returns (loss, PSNR of that view)."""
+               device: torch.device, rig_centre: Tensor | None = None) -> tuple[float, float]:  # fmt: skip
+    """One 3DGS step on the next training view; returns (loss, PSNR of that view). ``rig_centre`` [3]: the centre
+    pose corrections rotate about (``pose_centre(views)``, computed when not given)."""
     step, params = state.step, state.params
     scene_scale = state.strategy_state["scene_scale"]
     state.optimizers["means"].param_groups[0]["lr"] = means_learning_rate(config, step, scene_scale)
-    view = views[_next_view(state, len(views))]
+    index = _next_view(state, len(views))
+    view, viewmat = views[index], views[index].viewmat().to(device)
+    if state.poses is not None:
+        state.optimizers["poses"].param_groups[0]["lr"] = pose_learning_rate(config, step)
+        centre = pose_centre(views, device) if rig_centre is None else rig_centre
+        viewmat = corrected_viewmat(viewmat, state.poses[index], centre, scene_scale)
     fixed = parse_background(config.background)
     background = (fixed if fixed is not None else torch.rand(3, generator=state.generator)).to(device)
     target = composite(view, background, device)
     interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
     degree = min(config.sh_degree, step // interval)
-    checked, extremes = _extremes(params)  # read with the loss below
-    image, _, meta = render_tensors(params, view.viewmat(), view.K(), view.camera.width, view.camera.height,
+    checked, extremes = _extremes(params if state.poses is None else {**params, "poses": state.poses})
+    image, _, meta = render_tensors(params, viewmat, view.K(), view.camera.width, view.camera.height,
                                     degree, background, config.backend, check_finite=False,
                                     rasterize_mode=_rasterize_mode(config), absgrad=config.absgrad)  # fmt: skip
     if config.densify:
@@ -452,6 +498,9 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     for optimizer in state.optimizers.values():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    if state.poses is not None:  # zero-mean corrections: the rig as a whole stays where the held-out views are
+        with torch.no_grad():
+            state.poses -= state.poses.mean(0)
     loss_value, error, *extremes = _read_once(loss, M.mse(image.detach(), target), *extremes)
     for name, value in zip(checked, extremes):
         if not math.isfinite(value):
@@ -461,6 +510,11 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     if config.densify:
         densifier.step_post_backward(params, state.optimizers, state.strategy_state, step, meta)
     return loss_value, math.inf if error == 0.0 else -10.0 * math.log10(error)
+
+
+def pose_centre(views: list[View], device: torch.device | str = "cpu") -> Tensor:
+    """[3] the point the training cameras look at (``view_volume``), about which pose corrections rotate."""
+    return torch.tensor(view_volume([view.camera for view in views])[0], dtype=torch.float32, device=device)
 
 
 def _extremes(params: dict[str, torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
@@ -502,6 +556,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     """Steps until ``config.steps``; checkpoints on schedule, on Ctrl-C and at the end."""
     sample_steps = _sample_steps(config)
     window = _Window(max(1, config.steps // CURVE_POINTS))
+    rig_centre = None if state.poses is None else pose_centre(scene.train, device)
     between_steps = True
     if sample_steps and state.step == 0:
         state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
@@ -511,7 +566,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                 between_steps = False
                 tic = time.perf_counter()
                 try:
-                    loss, step_psnr = train_step(config, scene.train, state, densifier, device)
+                    loss, step_psnr = train_step(config, scene.train, state, densifier, device, rig_centre)
                 except (MemoryError, RuntimeError) as error:
                     if not _is_out_of_memory(error):
                         raise
@@ -566,7 +621,7 @@ def _save(state: TrainState, work: Path) -> None:
 
 
 def _check_finite(state: TrainState) -> None:
-    for name, value in state.params.items():
+    for name, value in {**state.params, **({} if state.poses is None else {"poses": state.poses})}.items():
         if not torch.isfinite(value).all():
             raise _diverged(state.step, f"the {name}", state)
 
@@ -660,6 +715,7 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
         "per_view": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in per_view],
         "psnr_vs_time": state.history,
         "training_curve": state.curve,
+        "pose_corrections": _pose_corrections(state, scene),
         "image_size": [views[0].camera.width, views[0].camera.height],
         "device": str(device),
         "capture": str(scene.capture.root),
@@ -668,6 +724,24 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     write_json(work / "metrics.json", report)
     write_training_plot(report, work / "training.png")
     return report
+
+
+def _pose_corrections(state: TrainState, scene: SceneData) -> dict | None:
+    """How far pose_opt moved the training cameras: rotation (degrees) and camera-centre shift (world units), mean
+    and largest over the views, and per view; None without pose_opt."""
+    if state.poses is None:
+        return None
+    scene_scale, centre = state.strategy_state["scene_scale"], pose_centre(scene.train)
+    per_view = []
+    with torch.no_grad():
+        for view, correction in zip(scene.train, state.poses.detach().cpu()):
+            moved = corrected_viewmat(view.viewmat(), correction, centre, scene_scale)
+            shift = torch.linalg.inv(moved)[:3, 3] - torch.linalg.inv(view.viewmat())[:3, 3]
+            per_view.append({"name": view.name, "rotation_deg": math.degrees(float(correction[:3].norm())),
+                             "shift": float(shift.norm())})  # fmt: skip
+    summary = {f"{stat}_{key}": float(fn([v[key] for v in per_view])) for key in ("rotation_deg", "shift")
+               for stat, fn in (("mean", np.mean), ("max", np.max))}  # fmt: skip
+    return {**summary, "per_view": per_view}
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

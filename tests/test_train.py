@@ -251,6 +251,63 @@ def test_absgrad_grows_by_absolute_gradients(capture, tmp_path):
         replace(config, absgrad=True, strategy="mcmc").validate()
 
 
+def perturb_training_poses(capture: Path, degrees: float, seed: int = 0) -> None:
+    """Turn every training camera (not the held-out 0, 8, ...) of ``capture`` by ``degrees`` about a random axis
+    through its centre, in transforms.json: SfM poses that are a little off."""
+    from multiview.capture import read_capture
+
+    frames = sorted(read_capture(capture).frames, key=lambda frame: frame.image_path.name)
+    rng = np.random.default_rng(seed)
+    moved = []
+    for i, frame in enumerate(frames):
+        if i % 8:
+            axis = rng.normal(size=3)
+            axis /= np.linalg.norm(axis)
+            K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+            angle = math.radians(degrees)
+            turn = np.eye(4)
+            turn[:3, :3] = np.eye(3) + math.sin(angle) * K + (1 - math.cos(angle)) * K @ K
+            frame = replace(frame, camera=frame.camera.replace(cam_from_world=turn @ frame.camera.cam_from_world))
+        moved.append(frame)
+    write_transforms(capture / "transforms.json", moved, capture)
+
+
+def test_pose_opt_corrects_training_poses_that_are_off(tmp_path):
+    """--pose-opt on a capture whose training cameras are turned by 1.5 degrees (held-out ones exact): the splats
+    fit the held-out views better (measured: 27.9 against 26.6 dB), and metrics.json says how far cameras moved."""
+    capture = make_capture(tmp_path / "capture", size=64, num_views=16, depth=False)
+    perturb_training_poses(capture, 1.5)
+    config = train.TrainConfig(steps=400, sh_degree=1, random_init_points=500, max_gaussians=2000,
+                               background="black", checkpoint_every=0, psnr_samples=0, turntable_frames=0,
+                               device="cpu")  # fmt: skip
+    reports = {}
+    for pose_opt in (False, True):
+        out = train.run(replace(config, pose_opt=pose_opt), capture, tmp_path / str(pose_opt))
+        reports[pose_opt] = json.loads((out / "metrics.json").read_text())
+    assert reports[True]["psnr"] > reports[False]["psnr"] + 0.6, (reports[False]["psnr"], reports[True]["psnr"])
+    corrections = reports[True]["pose_corrections"]
+    assert reports[False]["pose_corrections"] is None and len(corrections["per_view"]) == 14
+    assert 0.05 < corrections["mean_rotation_deg"] < 1.5 and corrections["max_shift"] < 0.2  # cameras 2.5 away
+
+
+def test_pose_opt_resumes_exactly(capture, tmp_path):
+    """Interrupted after the poses started moving (step 15 of 60; they wait for the first 20%), resumed: the same
+    splats and pose corrections as an uninterrupted run."""
+    config = replace(RESUME_CONFIG, pose_opt=True)
+    straight = train.run(config, capture, tmp_path / "straight")
+
+    def interrupt(state):
+        if state.step == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, capture, tmp_path / "resumed", on_step=interrupt)
+    resumed = train.run(config, capture, tmp_path / "resumed", resume=True)
+    assert_same_splats(straight, resumed)
+    poses = [read_checkpoint(checkpoint_path(out))["poses"] for out in (straight, resumed)]
+    assert poses[0].abs().max() > 0 and torch.equal(poses[0], poses[1])
+
+
 def test_antialiased_training_keeps_its_quality_at_a_quarter_resolution(tmp_path):
     """--antialiased (gsplat's rasterize_mode): trains, evaluates in that mode, and its splats seen at 1/4 of the
     training resolution match the downscaled photos where classic rasterization of them inflates every small
@@ -452,8 +509,8 @@ def test_nan_stops_with_one_line_and_keeps_earlier_outputs(capture, reference_sc
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     original_step = train.train_step
 
-    def poisoned_step(config, views, state, densifier, device):
-        result = original_step(config, views, state, densifier, device)
+    def poisoned_step(config, views, state, *args):
+        result = original_step(config, views, state, *args)
         if state.step == 14:  # the step just run is step 15 (1-based) once the loop counts it
             state.params["means"].data[0, 0] = float("nan")
         return result
