@@ -711,3 +711,14 @@ def test_trains_on_cuda_with_gsplat(capture, tmp_path):
     assert report["device"].startswith("cuda") and curve[-1] > curve[0] + 8.0, curve
     assert len(read_ply(out / "splats.ply")) == report["num_gaussians"] > 500  # densified
     assert report["depth_abs_rel"] < 0.1 and (out / "training.png").is_file()  # gsplat's RGB+ED in evaluation
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_options_run_on_cuda(capture, tmp_path):
+    """--antialiased, --absgrad and --pose-opt through gsplat's kernels (its compensation, its absgrad, its
+    gradients to viewmats): the run trains and the cameras move."""
+    config = train.TrainConfig(steps=300, sh_degree=1, random_init_points=500, background="black", device="cuda",
+                               psnr_samples=0, turntable_frames=0, antialiased=True, absgrad=True, pose_opt=True)
+    report = json.loads((train.run(config, capture, tmp_path / "scene") / "metrics.json").read_text())
+    assert report["psnr"] > 20.0 and report["pose_corrections"]["mean_rotation_deg"] > 0, report["psnr"]
