@@ -767,6 +767,13 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}")
     if report.get("depth_abs_rel") is not None:
         table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
+    config, pose = report["config"], report.get("pose_corrections")
+    options = [name for name in ("antialiased", "absgrad") if config.get(name)]
+    if pose:
+        options.append(f"pose-opt (cameras turned {pose['mean_rotation_deg']:.2f}° and moved {pose['mean_shift']:.3g} "
+                       "on average)")
+    if options:
+        table.add_row("options", ", ".join(options))
     table.add_row("Gaussians", f"{report['num_gaussians']:,}")
     table.add_row("steps", f"{report['steps']:,} in {report['seconds']:.1f} s on {report['device']}")
     table.add_row("outputs", "splats.ply, splats.splat, metrics.json, training.png, renders/"
