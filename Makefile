@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(VENV)/bin/orbit4d video-to-3d examples/sacre_coeur --out outputs/demo --downscale 4 --steps 800 --overwrite
-	@echo "Posed capture in outputs/demo/capture; splats in outputs/demo/scene (splats.ply for SuperSplat / Blender, turntable.mp4, renders/)"
+	@echo "Posed capture in outputs/demo/capture; splats in outputs/demo/scene (splats.ply for SuperSplat / Blender, turntable.mp4, renders/ with depth, training.png)"
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
