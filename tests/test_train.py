@@ -427,6 +427,22 @@ def test_resume_a_finished_scene_trains_further(capture, reference_scene, tmp_pa
     assert not list(tmp_path.glob(".*"))
 
 
+def test_resume_reads_checkpoints_written_before_the_curve_and_pose_corrections(capture, reference_scene, tmp_path):
+    """A checkpoint of the earlier layout (no training curve, no pose corrections) still resumes."""
+    import shutil
+
+    out = tmp_path / "scene"
+    shutil.copytree(reference_scene, out)
+    payload = read_checkpoint(checkpoint_path(out))
+    for key in ("curve", "poses"):
+        del payload[key]
+    torch.save(payload, checkpoint_path(out))
+    train.run(replace(RESUME_CONFIG, steps=65), capture, out, resume=True)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["steps"] == 65 and [p["step"] for p in report["training_curve"]] == [61, 62, 63, 64, 65]
+    assert report["pose_corrections"] is None
+
+
 def test_a_step_reads_from_the_device_once(capture, monkeypatch):
     """On CUDA each read of a tensor's value waits for every queued kernel, and a small scene's step is bound by
     launches: the step's own bookkeeping (loss, PSNR and the NaN guard) reads once. Not counted: the rasterizer and
