@@ -33,11 +33,12 @@ def render_tensors(
     backend: str = "auto",
     check_finite: bool = True,
     render_mode: str = "RGB",
-    rasterize_mode: str = "classic",
+    antialiased: bool = False,
     absgrad: bool = False,
 ) -> tuple[Tensor, Tensor, dict]:
     """One view of the splats: ([H, W, X] colour (and depth, per ``render_mode``), [H, W, 1] alpha, rasterizer
-    meta); differentiable; ``absgrad``: the backward pass sets ``meta["means2d"].absgrad`` (``rasterize``)."""
+    meta); differentiable. ``antialiased``: ``rasterize_mode="antialiased"``; ``absgrad``: the backward pass sets
+    ``meta["means2d"].absgrad`` (``rasterize``)."""
     device = tensors["means"].device
     colors = torch.cat([tensors["sh0"], tensors["shN"]], dim=1)
     image, alpha, meta = rasterize(
@@ -55,7 +56,7 @@ def render_tensors(
         backend=backend,
         check_finite=check_finite,
         render_mode=render_mode,
-        rasterize_mode=rasterize_mode,
+        rasterize_mode="antialiased" if antialiased else "classic",
         absgrad=absgrad,
     )
     return image[0], alpha[0], meta
@@ -80,7 +81,7 @@ def render_with_depth(
     K = torch.as_tensor(camera.K, dtype=torch.float32)
     image, alpha, _ = render_tensors(splats.tensors(), viewmat, K, camera.width, camera.height, splats.sh_degree,
                                      background, backend, render_mode="RGB+ED" if depth else "RGB",
-                                     rasterize_mode="antialiased" if antialiased else "classic")  # fmt: skip
+                                     antialiased=antialiased)  # fmt: skip
     return image[..., :3].clamp(0.0, 1.0), image[..., 3] if depth else None, alpha[..., 0]
 
 

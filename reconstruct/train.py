@@ -482,10 +482,10 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     target = composite(view, background, device)
     interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
     degree = min(config.sh_degree, step // interval)
-    checked, extremes = _extremes(params if state.poses is None else {**params, "poses": state.poses})
+    checked, extremes = _extremes(_trained(state))
     image, _, meta = render_tensors(params, viewmat, view.K(), view.camera.width, view.camera.height,
                                     degree, background, config.backend, check_finite=False,
-                                    rasterize_mode=_rasterize_mode(config), absgrad=config.absgrad)  # fmt: skip
+                                    antialiased=config.antialiased, absgrad=config.absgrad)  # fmt: skip
     if config.densify:
         densifier.step_pre_backward(params, state.optimizers, state.strategy_state, step, meta)
     loss = M.photometric_loss(image, target, config.ssim_weight)
@@ -515,6 +515,11 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
 def pose_centre(views: list[View], device: torch.device | str = "cpu") -> Tensor:
     """[3] the point the training cameras look at (``view_volume``), about which pose corrections rotate."""
     return torch.tensor(view_volume([view.camera for view in views])[0], dtype=torch.float32, device=device)
+
+
+def _trained(state: TrainState) -> dict[str, torch.Tensor]:
+    """Everything the optimizers change: the Gaussians' parameters and, with pose_opt, the pose corrections."""
+    return state.params if state.poses is None else {**state.params, "poses": state.poses}
 
 
 def _extremes(params: dict[str, torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
@@ -621,7 +626,7 @@ def _save(state: TrainState, work: Path) -> None:
 
 
 def _check_finite(state: TrainState) -> None:
-    for name, value in {**state.params, **({} if state.poses is None else {"poses": state.poses})}.items():
+    for name, value in _trained(state).items():
         if not torch.isfinite(value).all():
             raise _diverged(state.step, f"the {name}", state)
 
@@ -664,10 +669,6 @@ def _sample(config: TrainConfig, scene: SceneData, state: TrainState) -> dict:
         "psnr": _finite(float(np.mean([r["psnr"] for r in results]))),
         "num_gaussians": len(splats),
     }
-
-
-def _rasterize_mode(config: TrainConfig) -> str:
-    return "antialiased" if config.antialiased else "classic"
 
 
 def _eval_background(config: TrainConfig) -> torch.Tensor:
