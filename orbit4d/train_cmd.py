@@ -95,6 +95,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "Gaussians (default strategy)")
     p.add_argument("--pose-opt", action="store_true", default=None,
                    help="refine the training views' camera poses with the splats (for slightly-off SfM poses)")
+    p.add_argument("--appearance", action="store_true", default=None,
+                   help="learn a colour correction per training view (for photos of differing exposure or white "
+                   "balance: phones' auto exposure, photos from the internet)")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
@@ -117,6 +120,7 @@ _OPTION_FIELDS = {
     "antialiased": "antialiased",
     "absgrad": "absgrad",
     "pose_opt": "pose_opt",
+    "appearance": "appearance",
     "lr_scale": "lr_scale",
     "seed": "seed",
 }

@@ -6,7 +6,8 @@ only rebuilds tensors and plain containers (never arbitrary pickled objects).
 
 Contents: the step to run next, the parameters, one Adam state per parameter, the densification state, the RNG
 states (torch's global one, which gsplat's split uses, and the trainer's own generator for view order and random
-backgrounds), the view order of the current epoch, the training clock and PSNR samples, and the config.
+backgrounds), the view order of the current epoch, the training clock, PSNR samples and training curve, the
+training views' pose and colour corrections when they are learned, and the config.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # PSNR-vs-time samples
     curve: list[dict] = field(default_factory=list)  # training loss and PSNR, means over windows of steps
     poses: torch.nn.Parameter | None = None  # [V, 6] pose corrections of the training views (pose_opt)
+    appearance: torch.nn.Parameter | None = None  # [V, 3, 4] colour corrections of the training views (appearance)
     config: dict = field(default_factory=dict)
     saved_step: int | None = None  # step of the checkpoint on disk, if any (not itself saved)
 
@@ -69,6 +71,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
         "history": list(state.history),
         "curve": list(state.curve),
         "poses": None if state.poses is None else state.poses.detach().cpu(),
+        "appearance": None if state.appearance is None else state.appearance.detach().cpu(),
         "config": dict(state.config),
     }
     path = Path(path)
@@ -99,13 +102,15 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def restore_state(payload: dict, device: torch.device, make_optimizers) -> TrainState:
-    """A TrainState from ``read_checkpoint``'s payload; ``make_optimizers(params, poses)`` builds fresh optimizers.
+    """A TrainState from ``read_checkpoint``'s payload; ``make_optimizers(params, per_view)`` builds fresh
+    optimizers (``per_view``: the training views' corrections the checkpoint holds, by name).
 
     Also restores torch's global RNG (gsplat's split draws from it).
     """
     params = {name: torch.nn.Parameter(t.to(device)) for name, t in payload["params"].items()}
-    poses = None if payload.get("poses") is None else torch.nn.Parameter(payload["poses"].to(device))
-    optimizers = make_optimizers(params, poses)
+    per_view = {name: torch.nn.Parameter(payload[name].to(device)) for name in ("poses", "appearance")
+                if payload.get(name) is not None}  # absent before they were kept  # fmt: skip
+    optimizers = make_optimizers(params, per_view)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(payload["optimizers"][name])
     strategy_state = {k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -126,7 +131,8 @@ def restore_state(payload: dict, device: torch.device, make_optimizers) -> Train
         seconds=float(payload["seconds"]),
         history=list(payload["history"]),
         curve=list(payload.get("curve", [])),  # absent before the curve was kept
-        poses=poses,
+        poses=per_view.get("poses"),
+        appearance=per_view.get("appearance"),
         config=dict(payload["config"]),
         saved_step=int(payload["step"]),
     )

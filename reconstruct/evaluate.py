@@ -17,7 +17,7 @@ from multiview.camera import Camera
 from multiview.console import warn
 from multiview.errors import InputError
 from reconstruct.data import View
-from reconstruct.metrics import depth_abs_rel, lpips, psnr, ssim
+from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, psnr, ssim
 from reconstruct.rasterize import rasterize
 from reconstruct.splats import Splats, view_volume
 
@@ -92,49 +92,53 @@ def composite(view: View, background: Tensor, device: torch.device | str = "cpu"
     return image if mask is None else image * mask + background.to(device) * (1.0 - mask)
 
 
+def corrected_colors(image: Tensor, alpha: Tensor, background: Tensor, correction: Tensor) -> Tensor:
+    """[H, W, 3] ``image`` (splats over ``background`` [3], ``alpha`` [H, W, 1]) with what the splats contribute,
+    s = image - (1 - alpha) background, carried by the colour correction ``correction`` [3, 4] = (M, t), a change of
+    the identity and an offset: image + M s + alpha t. The background stays as it is; the identity at 0."""
+    contribution = image - (1.0 - alpha) * background
+    return image + contribution @ correction[:, :3].T + alpha * correction[:, 3]
+
+
+
 @torch.no_grad()
 def evaluate_views(
     splats: Splats, views: Sequence[View], background: Tensor, backend: str = "auto", with_lpips: bool = False,
-    with_depth: bool = False, antialiased: bool = False,
+    with_depth: bool = False, antialiased: bool = False, renders_dir: Path | None = None,
+    colors: Sequence[Tensor] | None = None,
 ) -> list[dict]:  # fmt: skip
-    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image, "lpips" (None without
-    local weights) when ``with_lpips``, and when ``with_depth``, for views with ground-truth depth, "depth_abs_rel"
-    (NaN where the render covers none of the surface) and "depth_coverage" (``metrics.depth_abs_rel``).
+    """Per view: {"name", "psnr", "ssim"} of the render against the (composited) image, "cc_psnr" (PSNR after
+    ``color_corrected``: blind to the photo's exposure and white balance), "lpips" (None without local weights) when
+    ``with_lpips``, and when ``with_depth``, for views with ground-truth depth, "depth_abs_rel" (NaN where the render
+    covers none of the surface) and "depth_coverage" (``metrics.depth_abs_rel``).
+
+    ``colors``: a colour correction per view (``corrected_colors``), applied to the renders.
+    ``renders_dir``: also write a PNG per view there (created), named after the image: ground truth | render | depth
+    (``depth_colors``, spanning the view's ground-truth depth where the capture has it, else the render's own).
     """
     results = []
-    for view in views:
+    if renders_dir is not None:
+        renders_dir.mkdir(parents=True, exist_ok=True)
+    for i, view in enumerate(views):
         target = composite(view, background, splats.device)
-        true_depth = _true_depth(view, splats.device) if with_depth else None
-        image, depth, alpha = render_with_depth(splats, view.camera, background, backend, true_depth is not None,
+        true_depth = _true_depth(view, splats.device) if with_depth or renders_dir is not None else None
+        image, depth, alpha = render_with_depth(splats, view.camera, background, backend,
+                                                true_depth is not None or renders_dir is not None,
                                                 antialiased)  # fmt: skip
-        results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target))})
+        if colors is not None:
+            image = corrected_colors(image, alpha[..., None], background.to(image), colors[i].to(image)).clamp(0, 1)
+        results.append({"name": view.name, "psnr": psnr(image, target), "ssim": float(ssim(image, target)),
+                        "cc_psnr": psnr(color_corrected(image, target), target)})  # fmt: skip
         if with_lpips:
             results[-1]["lpips"] = lpips(image, target)
-        if true_depth is not None:
+        if with_depth and true_depth is not None:
             results[-1]["depth_abs_rel"], results[-1]["depth_coverage"] = depth_abs_rel(depth, alpha, true_depth)
+        if renders_dir is not None:
+            reference = true_depth[true_depth > 0] if true_depth is not None else depth[alpha > 0.5]
+            panel = depth_colors(depth, alpha, reference, background.to(splats.device))
+            name = view.name.replace("/", "_").rsplit(".", 1)[0] + ".png"
+            PIL.Image.fromarray(to_uint8(torch.cat([target, image, panel], dim=1))).save(renders_dir / name)
     return results
-
-
-@torch.no_grad()
-def write_side_by_side(
-    splats: Splats, views: Sequence[View], background: Tensor, out_dir: Path, backend: str = "auto",
-    antialiased: bool = False,
-) -> list[Path]:  # fmt: skip
-    """PNG per view into ``out_dir`` (created): ground truth | render | depth (``depth_colors``), named after the
-    image. The depth colours span the view's ground-truth depth where the capture has it, else the render's own."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for view in views:
-        target = composite(view, background, splats.device)
-        image, depth, alpha = render_with_depth(splats, view.camera, background, backend, antialiased=antialiased)
-        true_depth = _true_depth(view, splats.device)
-        reference = true_depth[true_depth > 0] if true_depth is not None else depth[alpha > 0.5]
-        panel = depth_colors(depth, alpha, reference, background.to(splats.device))
-        row = torch.cat([target, image, panel], dim=1)
-        path = out_dir / (view.name.replace("/", "_").rsplit(".", 1)[0] + ".png")
-        PIL.Image.fromarray(to_uint8(row)).save(path)
-        paths.append(path)
-    return paths
 
 
 def _true_depth(view: View, device: torch.device) -> Tensor | None:

@@ -1,5 +1,6 @@
-"""Image metrics and losses as 3DGS computes them: PSNR, SSIM (11 x 11 Gaussian window, sigma 1.5), D-SSIM; and the
-depth error of a render against ground truth (AbsRel, as depth estimation reports it).
+"""Image metrics and losses as 3DGS computes them: PSNR, SSIM (11 x 11 Gaussian window, sigma 1.5), D-SSIM; colour
+correction for PSNR on photos of other exposures (``color_corrected``); and the depth error of a render against
+ground truth (AbsRel, as depth estimation reports it).
 
 Images are channels-last ``[..., H, W, 3]`` floats in [0, 1], what ``rasterize`` returns. SSIM follows the reference
 3DGS code (``utils/loss_utils.py``): the window is applied per channel with zero padding, C1 = 0.01^2, C2 = 0.03^2,
@@ -45,6 +46,23 @@ def psnr(image: Tensor, target: Tensor, mask: Tensor | None = None) -> float:
     """
     error = float(mse(image.detach().double(), target.detach().double(), mask))
     return math.inf if error == 0.0 else -10.0 * math.log10(error)
+
+
+def color_corrected(image: Tensor, target: Tensor) -> Tensor:
+    """``image`` [H, W, 3] after the affine colour map (3 x 3 matrix and offset) that brings it closest to ``target``
+    in least squares, clamped to [0, 1]: what PSNR then measures is the geometry and texture, not the exposure or
+    white balance a held-out photo was taken with (gsplat's ``cc_psnr`` for in-the-wild captures; Zip-NeRF and
+    gsplat fit a quadratic map, this an affine one).
+
+    >>> image = torch.rand(8, 8, 3, generator=torch.Generator().manual_seed(0))
+    >>> psnr(color_corrected(image, 0.5 * image + 0.2), 0.5 * image + 0.2) > 60
+    True
+    """
+    _check_pair(image, target)
+    x = image.detach().reshape(-1, 3).double()
+    design = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # [N, 4]
+    fit = torch.linalg.lstsq(design.cpu(), target.detach().reshape(-1, 3).double().cpu()).solution.to(x.device)
+    return (design @ fit).clamp(0.0, 1.0).to(image.dtype).reshape(image.shape)
 
 
 def depth_abs_rel(depth: Tensor, alpha: Tensor, target: Tensor, min_alpha: float = 0.5) -> tuple[float, float]:

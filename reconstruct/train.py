@@ -49,10 +49,10 @@ from reconstruct.checkpoint import (
 from reconstruct.data import SceneData, View, load_scene
 from reconstruct.evaluate import (
     composite,
+    corrected_colors,
     evaluate_views,
     render_tensors,
     replace_dir,
-    write_side_by_side,
     write_training_plot,
     write_turntable,
 )
@@ -141,6 +141,14 @@ class TrainConfig:
     lr_pose: float = 3e-4
     """Learning rate of the pose corrections (rotation in radians, translation in units of the scene scale),
     decaying to a hundredth of it."""
+    appearance: bool = False
+    """Learn a colour correction per training view, a 3x3 matrix and an offset applied to what the splats contribute
+    (gsplat's app_opt and bilateral grids in their simplest form), for photos whose exposure or white balance differ
+    (phones' auto exposure, photos from the internet): without it the splats bake the differences in as floaters and
+    view-dependent colour. Kept zero-mean like pose_opt: held-out views, renders and exports show the scene in the
+    training photos' mean colours."""
+    lr_appearance: float = 1e-2
+    """Learning rate of the colour corrections, decaying to a hundredth of it."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
     checkpoint_every: int = 1000
@@ -355,9 +363,10 @@ def regularizer_weights(config: TrainConfig) -> tuple[float, float]:
 
 
 def make_optimizers(config: TrainConfig, params: dict, scene_scale: float,
-                    poses: torch.nn.Parameter | None = None) -> dict[str, torch.optim.Adam]:  # fmt: skip
-    """One Adam per parameter (gsplat's strategies need exactly one group each), 3DGS's learning rates; with
-    ``poses``, one more for them under "poses" (the strategies touch only the names in ``params``).
+                    per_view: dict[str, torch.nn.Parameter] | None = None) -> dict[str, torch.optim.Adam]:  # fmt: skip
+    """One Adam per parameter (gsplat's strategies need exactly one group each), 3DGS's learning rates; one more
+    for each of the training views' corrections in ``per_view`` ("poses", "appearance"), under its name (the
+    strategies touch only the names in ``params``).
 
     Fused: one kernel per step and parameter instead of a dozen; 7x faster on the CPU at 80k Gaussians.
     """
@@ -373,8 +382,8 @@ def make_optimizers(config: TrainConfig, params: dict, scene_scale: float,
         name: torch.optim.Adam([params[name]], lr=rate * config.lr_scale, eps=1e-15, fused=True)
         for name, rate in rates.items()
     }
-    if poses is not None:
-        optimizers["poses"] = torch.optim.Adam([poses], lr=config.lr_pose * config.lr_scale, eps=1e-15, fused=True)
+    for name, corrections in (per_view or {}).items():
+        optimizers[name] = torch.optim.Adam([corrections], lr=PER_VIEW_RATES[name](config, 0), eps=1e-15, fused=True)
     return optimizers
 
 
@@ -387,6 +396,15 @@ def pose_learning_rate(config: TrainConfig, step: int) -> float:
     if t < POSE_WARMUP:
         return 0.0
     return config.lr_pose * 0.01 ** ((t - POSE_WARMUP) / (1 - POSE_WARMUP)) * config.lr_scale
+
+
+def appearance_learning_rate(config: TrainConfig, step: int) -> float:
+    """lr_appearance -> lr_appearance / 100, log-linear over the steps."""
+    t = min(max(step / max(config.steps, 1), 0.0), 1.0)
+    return config.lr_appearance * 0.01**t * config.lr_scale
+
+
+PER_VIEW_RATES = {"poses": pose_learning_rate, "appearance": appearance_learning_rate}
 
 
 def corrected_viewmat(viewmat: Tensor, correction: Tensor, centre: Tensor, scene_scale: float) -> Tensor:
@@ -436,12 +454,16 @@ def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) ->
     splats = initial_splats(config, scene, device)
     params = {k: torch.nn.Parameter(v.to(device)) for k, v in splats.parameters().items()}
     scene_scale = camera_extent([view.camera for view in scene.train])
-    poses = torch.nn.Parameter(torch.zeros(len(scene.train), 6, device=device)) if config.pose_opt else None
+    views = len(scene.train)
+    poses = torch.nn.Parameter(torch.zeros(views, 6, device=device)) if config.pose_opt else None
+    appearance = torch.nn.Parameter(torch.zeros(views, 3, 4, device=device)) if config.appearance else None
+    per_view = {name: p for name, p in (("poses", poses), ("appearance", appearance)) if p is not None}
     return TrainState(
         step=0,
         params=params,
         poses=poses,
-        optimizers=make_optimizers(config, params, scene_scale, poses),
+        appearance=appearance,
+        optimizers=make_optimizers(config, params, scene_scale, per_view),
         strategy_state=_densifier(config).initialize_state(scene_scale=scene_scale),
         generator=torch.Generator().manual_seed(config.seed),
         order=[],
@@ -452,9 +474,10 @@ def _fresh_state(config: TrainConfig, scene: SceneData, device: torch.device) ->
 
 def _resumed_state(payload: dict, config: TrainConfig, scene: SceneData, device: torch.device) -> TrainState:
     scene_scale = float(payload["strategy_state"]["scene_scale"])
-    state = restore_state(payload, device, lambda params, poses: make_optimizers(config, params, scene_scale, poses))
-    if any(i >= len(scene.train) for i in state.order) or (state.poses is not None
-                                                          and len(state.poses) != len(scene.train)):  # fmt: skip
+    state = restore_state(payload, device, lambda params, per_view: make_optimizers(config, params, scene_scale,
+                                                                                     per_view))  # fmt: skip
+    if any(i >= len(scene.train) for i in state.order) or any(len(p) != len(scene.train)
+                                                              for p in _per_view(state).values()):  # fmt: skip
         raise InputError(f"the checkpoint was made from a capture with other training views than {scene.capture.root}"
                          ": resume with the capture it was trained on")
     state.config = asdict(config)
@@ -473,8 +496,9 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     state.optimizers["means"].param_groups[0]["lr"] = means_learning_rate(config, step, scene_scale)
     index = _next_view(state, len(views))
     view, viewmat = views[index], views[index].viewmat().to(device)
+    for name in _per_view(state):
+        state.optimizers[name].param_groups[0]["lr"] = PER_VIEW_RATES[name](config, step)
     if state.poses is not None:
-        state.optimizers["poses"].param_groups[0]["lr"] = pose_learning_rate(config, step)
         centre = pose_centre(views, device) if rig_centre is None else rig_centre
         viewmat = corrected_viewmat(viewmat, state.poses[index], centre, scene_scale)
     fixed = parse_background(config.background)
@@ -483,9 +507,11 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
     degree = min(config.sh_degree, step // interval)
     checked, extremes = _extremes(_trained(state))
-    image, _, meta = render_tensors(params, viewmat, view.K(), view.camera.width, view.camera.height,
+    image, alpha, meta = render_tensors(params, viewmat, view.K(), view.camera.width, view.camera.height,
                                     degree, background, config.backend, check_finite=False,
                                     antialiased=config.antialiased, absgrad=config.absgrad)  # fmt: skip
+    if state.appearance is not None:
+        image = corrected_colors(image, alpha, background, state.appearance[index])
     if config.densify:
         densifier.step_pre_backward(params, state.optimizers, state.strategy_state, step, meta)
     loss = M.photometric_loss(image, target, config.ssim_weight)
@@ -498,9 +524,9 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     for optimizer in state.optimizers.values():
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if state.poses is not None:  # zero-mean corrections: the rig as a whole stays where the held-out views are
-        with torch.no_grad():
-            state.poses -= state.poses.mean(0)
+    with torch.no_grad():  # zero-mean corrections: the rig stays where the held-out views are, colours mean ones
+        for corrections in _per_view(state).values():
+            corrections -= corrections.mean(0)
     loss_value, error, *extremes = _read_once(loss, M.mse(image.detach(), target), *extremes)
     for name, value in zip(checked, extremes):
         if not math.isfinite(value):
@@ -517,9 +543,14 @@ def pose_centre(views: list[View], device: torch.device | str = "cpu") -> Tensor
     return torch.tensor(view_volume([view.camera for view in views])[0], dtype=torch.float32, device=device)
 
 
+def _per_view(state: TrainState) -> dict[str, torch.nn.Parameter]:
+    """The training views' corrections being learned: "poses" (pose_opt) and "appearance"."""
+    return {name: p for name, p in (("poses", state.poses), ("appearance", state.appearance)) if p is not None}
+
+
 def _trained(state: TrainState) -> dict[str, torch.Tensor]:
-    """Everything the optimizers change: the Gaussians' parameters and, with pose_opt, the pose corrections."""
-    return state.params if state.poses is None else {**state.params, "poses": state.poses}
+    """Everything the optimizers change: the Gaussians' parameters and the training views' corrections."""
+    return {**state.params, **_per_view(state)}
 
 
 def _extremes(params: dict[str, torch.Tensor]) -> tuple[list[str], list[torch.Tensor]]:
@@ -662,7 +693,9 @@ def _sample(config: TrainConfig, scene: SceneData, state: TrainState) -> dict:
     """One PSNR-vs-time sample on up to ``MAX_SAMPLE_VIEWS`` held-out views (training views when none)."""
     splats = Splats.from_parameters(state.params)
     views = (scene.test or scene.train)[:MAX_SAMPLE_VIEWS]
-    results = evaluate_views(splats, views, _eval_background(config), config.backend, antialiased=config.antialiased)
+    colors, _ = _eval_colors(state, scene, scene.test or scene.train)
+    results = evaluate_views(splats, views, _eval_background(config), config.backend, antialiased=config.antialiased,
+                             colors=None if colors is None else colors[:MAX_SAMPLE_VIEWS])  # fmt: skip
     return {
         "step": state.step,
         "seconds": round(state.seconds, 3),
@@ -686,11 +719,11 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     views = scene.test or scene.train
     background = _eval_background(config)
     info(f"evaluating on {len(views)} {'held-out' if scene.test else 'training'} views")
-    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True, with_depth=True,
-                              antialiased=config.antialiased)  # fmt: skip
     staging = work / ".renders.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    write_side_by_side(splats, views, background, staging, config.backend, config.antialiased)
+    colors, color_rule = _eval_colors(state, scene, views)
+    per_view = evaluate_views(splats, views, background, config.backend, with_lpips=True, with_depth=True,
+                              antialiased=config.antialiased, renders_dir=staging, colors=colors)  # fmt: skip
     replace_dir(staging, work / "renders")
     if config.turntable_frames > 0:
         info("rendering the turntable video")
@@ -702,6 +735,7 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     report = {
         "psnr": _finite(float(np.mean([r["psnr"] for r in per_view]))),
         "ssim": float(np.mean([r["ssim"] for r in per_view])),
+        "cc_psnr": _finite(float(np.mean([r["cc_psnr"] for r in per_view]))),
         "lpips": _mean_or_none([r["lpips"] for r in per_view]),
         "lpips_reason": M.lpips_status(),
         # geometry, where the capture has ground-truth depth (synthetic captures): mean AbsRel of the expected depth
@@ -717,6 +751,7 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
         "psnr_vs_time": state.history,
         "training_curve": state.curve,
         "pose_corrections": _pose_corrections(state, scene),
+        "color_corrections": _color_corrections(state, scene, color_rule),
         "image_size": [views[0].camera.width, views[0].camera.height],
         "device": str(device),
         "capture": str(scene.capture.root),
@@ -745,6 +780,71 @@ def _pose_corrections(state: TrainState, scene: SceneData) -> dict | None:
     return {**summary, "per_view": per_view}
 
 
+APPEARANCE_NEIGHBOURS = 2  # training views a held-out view's colour correction is interpolated from
+
+
+def held_out_colors(train_centres: np.ndarray, corrections: Tensor,
+                    centres: np.ndarray) -> tuple[list[Tensor] | None, dict]:  # fmt: skip
+    """Colour corrections for views the splats were not trained on (camera ``centres`` [P, 3]), from the training
+    views' ``corrections`` [V, 3, 4] (at ``train_centres`` [V, 3]): ([P] corrections or None, how they were chosen).
+
+    Where the training views' own corrections are predicted better by their neighbours' than by none (leave-one-out:
+    each from its ``APPEARANCE_NEIGHBOURS`` nearest others, inverse-distance weighted), the appearance follows the
+    camera path, as a phone's auto exposure does along a video, and each view gets its nearest training views'
+    correction the same way. Otherwise (photos from the internet, exposures that jump) it gets none: the training
+    photos' mean colours. The held-out photos themselves are never looked at.
+    """
+    flat = corrections.detach().reshape(len(corrections), -1).double().cpu()
+    k = min(APPEARANCE_NEIGHBOURS, len(flat) - 1)
+    if k < 1:
+        return None, {"held_out": "mean colours (too few training views to interpolate)"}
+    own = torch.cdist(torch.from_numpy(train_centres), torch.from_numpy(train_centres)).fill_diagonal_(math.inf)
+    neighbour_error = float(((_interpolate(flat, own, k) - flat) ** 2).sum(1).mean())
+    mean_error = float((flat**2).sum(1).mean())  # of predicting none
+    rule = {"neighbour_error": neighbour_error, "mean_error": mean_error}
+    if not neighbour_error < mean_error:
+        return None, {"held_out": "mean colours (the training views' corrections do not follow the camera path)",
+                      **rule}  # fmt: skip
+    interpolated = _interpolate(flat, torch.cdist(torch.from_numpy(centres), torch.from_numpy(train_centres)), k)
+    views = [c.reshape(3, 4).to(corrections) for c in interpolated]
+    return views, {"held_out": f"interpolated from the {k} nearest training views", **rule}
+
+
+def _interpolate(values: Tensor, distances: Tensor, k: int) -> Tensor:
+    """[P, D] inverse-distance-weighted means of the ``k`` nearest of ``values`` [V, D] by ``distances`` [P, V]."""
+    nearest, index = distances.topk(k, dim=1, largest=False)
+    weights = 1.0 / nearest.clamp_min(1e-9)
+    return (values[index] * (weights / weights.sum(1, keepdim=True))[..., None]).sum(1)
+
+
+def _eval_colors(state: TrainState, scene: SceneData, views: list[View]) -> tuple[list[Tensor] | None, dict]:
+    """``held_out_colors`` for ``views`` of ``scene`` (their own corrections when they are the training views);
+    (None, {}) without appearance."""
+    if state.appearance is None:
+        return None, {}
+    if views is scene.train:
+        return list(state.appearance.detach()), {"held_out": "evaluated on the training views, with their own"}
+    centres = [np.stack([v.camera.center for v in group]) for group in (scene.train, views)]
+    return held_out_colors(centres[0], state.appearance, centres[1])
+
+
+def _color_corrections(state: TrainState, scene: SceneData, rule: dict) -> dict | None:
+    """The colour corrections ``appearance`` learned: per view its affine map of the splats' colour (rows of the 3 x 3
+    matrix and offset) and "gain", the factor it scales a grey by (the mean of the matrix's row sums: an exposure
+    factor); the range of gains over the views; how the evaluated views got theirs (``rule``, ``held_out_colors``).
+    None without appearance."""
+    if state.appearance is None:
+        return None
+    per_view = []
+    for view, correction in zip(scene.train, state.appearance.detach().cpu().double()):
+        transform = torch.cat([torch.eye(3, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)], 1)
+        transform += correction
+        per_view.append({"name": view.name, "gain": float(transform[:, :3].sum(1).mean()),
+                         "transform": [[round(float(v), 5) for v in row] for row in transform]})  # fmt: skip
+    gains = [v["gain"] for v in per_view]
+    return {"min_gain": min(gains), "max_gain": max(gains), **rule, "per_view": per_view}
+
+
 def _mean_or_none(values: list[float | None]) -> float | None:
     return None if not values or None in values else float(np.mean(values))
 
@@ -766,6 +866,10 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     table = Table(title=f"train → {out_dir}", show_header=False, title_justify="left")
     psnr = "n/a" if report["psnr"] is None else f"{report['psnr']:.2f} dB"
     table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}")
+    if report.get("cc_psnr") is not None and report["psnr"] is not None and report["cc_psnr"] > report["psnr"] + 1:
+        hint = "" if report["config"].get("appearance") else "; --appearance learns them per training view"
+        table.add_row("colour-corrected PSNR", f"{report['cc_psnr']:.2f} dB (each photo's exposure and white balance "
+                      f"matched{hint})")
     if report.get("depth_abs_rel") is not None:
         table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
     config, pose = report["config"], report.get("pose_corrections")
@@ -773,6 +877,11 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     if pose:
         options.append(f"pose-opt (cameras turned {pose['mean_rotation_deg']:.2f}° and moved {pose['mean_shift']:.3g} "
                        "on average)")
+    colors = report.get("color_corrections")
+    if colors:
+        held_out = "their neighbours'" if colors["held_out"].startswith("interpolated") else "the mean colours"
+        options.append(f"appearance (exposure gains {colors['min_gain']:.2f}-{colors['max_gain']:.2f} over the views; "
+                       f"evaluated in {held_out})")
     if options:
         table.add_row("options", ", ".join(options))
     table.add_row("Gaussians", f"{report['num_gaussians']:,}")

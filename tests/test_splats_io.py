@@ -13,7 +13,7 @@ import torch
 from multiview.capture import write_points_ply
 from multiview.errors import InputError
 from multiview.layouts import orbit
-from reconstruct.metrics import dssim_loss, psnr, ssim, ssim_map
+from reconstruct.metrics import color_corrected, dssim_loss, psnr, ssim, ssim_map
 from reconstruct.ply import ply_property_names, read_ply, splat_bytes, write_ply, write_splat
 from reconstruct.splats import (
     SH_C0,
@@ -189,6 +189,20 @@ def test_psnr_known_values():
     target = torch.zeros(8, 8, 3)
     target[4:] = 1.0  # wrong only where the mask is 0
     assert psnr(torch.zeros(8, 8, 3), target, mask) == math.inf
+
+
+def test_color_correction_forgives_exposure_and_white_balance_but_not_structure():
+    """cc_psnr: a render that differs from the photo by exposure, white balance and a colour cast scores as nearly
+    exact; one whose structure is wrong (the noise shifted by a pixel) scores no better than the photo's mean colour
+    would."""
+    photo = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 0.8
+    mix = torch.tensor([[1.1, 0.05, 0.0], [0.0, 0.9, 0.1], [0.05, 0.0, 0.7]])
+    render = photo @ mix.T + torch.tensor([0.02, 0.0, 0.05])  # in [0, 1]: nothing clipped
+    assert psnr(render, photo) < 25 and psnr(color_corrected(render, photo), photo) > 60
+    shifted = torch.roll(photo, 1, dims=1)
+    flat = photo.mean((0, 1)).expand_as(photo)
+    assert psnr(color_corrected(shifted, photo), photo) < psnr(flat, photo) + 0.2
+    assert color_corrected(render, photo).shape == photo.shape
 
 
 def test_ssim_known_values():
