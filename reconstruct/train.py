@@ -145,8 +145,9 @@ class TrainConfig:
     """Learn a colour correction per training view, a 3x3 matrix and an offset applied to what the splats contribute
     (gsplat's app_opt and bilateral grids in their simplest form), for photos whose exposure or white balance differ
     (phones' auto exposure, photos from the internet): without it the splats bake the differences in as floaters and
-    view-dependent colour. Kept zero-mean like pose_opt: held-out views, renders and exports show the scene in the
-    training photos' mean colours."""
+    view-dependent colour. Kept zero-mean like pose_opt: exports and the turntable show the scene in the training
+    photos' mean colours; held-out views are evaluated in those, or in their nearest training views' corrections
+    where the corrections follow the camera path (``held_out_colors``)."""
     lr_appearance: float = 1e-2
     """Learning rate of the colour corrections, decaying to a hundredth of it."""
     seed: int = 0
