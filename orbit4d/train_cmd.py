@@ -98,6 +98,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--appearance", action="store_true", default=None,
                    help="learn a colour correction per training view (for photos of differing exposure or white "
                    "balance: phones' auto exposure, photos from the internet)")
+    p.add_argument("--test-every", type=int, default=None, metavar="N",
+                   help="hold out every N-th view for evaluation (default 8, 3DGS's llffhold); 0: train on all views "
+                   "(evaluated on them)")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
@@ -121,6 +124,7 @@ _OPTION_FIELDS = {
     "absgrad": "absgrad",
     "pose_opt": "pose_opt",
     "appearance": "appearance",
+    "test_every": "test_every",
     "lr_scale": "lr_scale",
     "seed": "seed",
 }

@@ -110,8 +110,8 @@ def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8) -> Sc
     test = [v for i, v in enumerate(views) if holdout and i % test_every == 0]
     train = [v for i, v in enumerate(views) if not (holdout and i % test_every == 0)]
     if not train:
-        raise InputError(f"{capture.root}: holding out every {test_every}st view leaves none to train on: "
-                         "hold out fewer (every 8th is usual)")
+        raise InputError(f"{capture.root}: --test-every {test_every} holds out every view, which leaves none to "
+                         "train on: hold out fewer (every 8th is usual; 0 holds out none)")
     return SceneData(capture, train, test)
 
 

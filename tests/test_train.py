@@ -636,9 +636,20 @@ def test_bad_inputs_are_one_line(tmp_path, capsys, capture):
     assert code == 1 and "--downscale 0" in error_line(err)
     code, err = cli(capsys, "train", capture, "--out", tmp_path / "s5", "--background", "pink")
     assert code == 1 and "--background pink" in error_line(err)
-    assert not any(tmp_path.glob("s[1-5]")) and not any(tmp_path.glob(".s*"))
-    with pytest.raises(InputError, match="leaves none to train on"):
-        load_scene(capture, test_every=1)
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "s6", "--test-every", "-1")
+    assert code == 1 and "--test-every -1" in error_line(err)
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "s7", "--test-every", "1")
+    assert code == 1 and "--test-every 1 holds out every view" in error_line(err)
+    assert not any(tmp_path.glob("s[1-7]")) and not any(tmp_path.glob(".s*"))
+
+
+def test_test_every_zero_trains_and_evaluates_on_every_view(capture, tmp_path, capsys):
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "scene", "--steps", "5", "--sh-degree", "0",
+                    "--device", "cpu", "--test-every", "0")  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "scene" / "metrics.json").read_text())
+    assert report["test_views"] == [] and report["evaluated_on"].startswith("train") and len(report["per_view"]) == 12
+    assert "PSNR / SSIM (train)" in err
 
 
 # --- the densifier on CPU --------------------------------------------------------------------------------------
