@@ -29,7 +29,7 @@ NORMALIZE_EPS = 1e-12  # F.normalize's
 def project(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmats: Tensor, Ks: Tensor,
             width: int, height: int, near_plane: float, far_plane: float, antialiased: bool = False) -> Projected:
     """``_torch_rasterizer.project`` for float32 CPU tensors, antialiasing's compensations included; differentiable
-    in means, quats and scales (not in the cameras: use the twin to optimise those)."""
+    in means, quats, scales and the cameras (``viewmats``, for pose refinement)."""
     means2d, conics, depths, radii, compensations = _Project.apply(
         means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, antialiased
     )
@@ -38,10 +38,11 @@ def project(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, vie
 
 
 def view_colors(colors: Tensor, means: Tensor, viewmats: Tensor, radii: Tensor, sh_degree: int | None) -> Tensor:
-    """``_torch_rasterizer.view_colors`` for float32 CPU tensors (SH degree at most 3)."""
+    """``_torch_rasterizer.view_colors`` for float32 CPU tensors (SH degree at most 3); differentiable in the
+    cameras too (through their centres)."""
     if sh_degree is None:
         return colors.expand(viewmats.shape[0], *colors.shape)
-    campos = torch.linalg.inv(viewmats.detach())[:, :3, 3]  # [C, 3]
+    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
     return _ViewColors.apply(colors, means, campos, radii, sh_degree)
 
 
@@ -79,13 +80,20 @@ class _Project(torch.autograd.Function):
         v_means = np.zeros((N, 3), np.float32)
         v_quats = np.zeros((N, 4), np.float32)
         v_scales = np.zeros((N, 3), np.float32)
+        # each Gaussian's share of d/d viewmats[:, :3] (summed below: no races, the same sums every run)
+        with_cameras = ctx.needs_input_grad[4]
+        v_cameras = np.zeros((*radii.shape[:2], 3, 4) if with_cameras else (0, 0, 3, 4), np.float32)
         args = (_array(means), _array(quats), _array(scales), _array(viewmats), _array(Ks), radii.numpy(),
                 *ctx.size, _grad(v_means2d, radii.shape), _grad(v_conics, (*radii.shape[:2], 3)),
                 _grad(v_depths, radii.shape[:2]), _grad(v_compensations, radii.shape[:2]), v_means, v_quats,
-                v_scales)  # fmt: skip
+                v_scales, with_cameras, v_cameras)  # fmt: skip
         _chunks(lambda lo, hi: _project_backward(*args, lo, hi), N)
+        v_viewmats = None
+        if with_cameras:
+            v_viewmats = torch.zeros_like(viewmats)
+            v_viewmats[:, :3] = torch.from_numpy(v_cameras).sum(1, dtype=torch.float64).to(viewmats.dtype)
         return (torch.from_numpy(v_means), torch.from_numpy(v_quats), torch.from_numpy(v_scales),
-                None, None, None, None, None, None, None, None)  # fmt: skip
+                None, v_viewmats, None, None, None, None, None, None)  # fmt: skip
 
 
 def _grad(grad: Tensor | None, shape: tuple) -> np.ndarray:
@@ -182,8 +190,9 @@ def _compensation(a, b, c, det):
 
 
 @numba.njit(**JIT, nogil=True)
-def _project_backward(means, quats, scales, viewmats, Ks, radii, width, height, near, far,
-                      v_means2d, v_conics, v_depths, v_compensations, v_means, v_quats, v_scales, lo, hi):  # fmt: skip
+def _project_backward(means, quats, scales, viewmats, Ks, radii, width, height, near, far, v_means2d, v_conics,
+                      v_depths, v_compensations, v_means, v_quats, v_scales, with_cameras, v_cameras,
+                      lo, hi):  # fmt: skip
     C = viewmats.shape[0]
     M, W, vM = np.empty((3, 3)), np.empty((3, 3)), np.empty((3, 3))
     vW = np.empty((3, 3))
@@ -201,6 +210,10 @@ def _project_backward(means, quats, scales, viewmats, Ks, radii, width, height, 
                 gm0 += vm[2, 0] * vpz
                 gm1 += vm[2, 1] * vpz
                 gm2 += vm[2, 2] * vpz
+                if with_cameras:  # pz = viewmat[2] . (mean, 1)
+                    for k in range(3):
+                        v_cameras[cam, i, 2, k] = vpz * means[i, k]
+                    v_cameras[cam, i, 2, 3] = vpz
                 continue
             (px, py, pz, in_depth, zz, cux, cuy, tx, ty, clamped_x, clamped_y, j00, j02, j11, j12,
              V0, V1, a, b, c) = _camera_terms(means[i], M, vm, K, width, height, near, far, W)  # fmt: skip
@@ -249,6 +262,12 @@ def _project_backward(means, quats, scales, viewmats, Ks, radii, width, height, 
             for r in range(3):  # W = R_cam M
                 for k in range(3):
                     vM[r, k] += vm[0, r] * vW[0, k] + vm[1, r] * vW[1, k] + vm[2, r] * vW[2, k]
+            if with_cameras:  # p = R_cam mean + t_cam, W = R_cam M
+                for r, gp in ((0, gpx), (1, gpy), (2, gpz)):
+                    for k in range(3):
+                        v_cameras[cam, i, r, k] = (gp * means[i, k] + vW[r, 0] * M[k, 0] + vW[r, 1] * M[k, 1]
+                                                   + vW[r, 2] * M[k, 2])  # fmt: skip
+                    v_cameras[cam, i, r, 3] = gp
         v_means[i, 0], v_means[i, 1], v_means[i, 2] = gm0, gm1, gm2
         for k in range(3):  # M = R diag(s)
             v_scales[i, k] = vM[0, k] * R[k] + vM[1, k] * R[3 + k] + vM[2, k] * R[6 + k]
@@ -294,10 +313,14 @@ class _ViewColors(torch.autograd.Function):
         N = means.shape[0]
         v_colors = np.zeros(colors.shape, np.float32)
         v_means = np.zeros((N, 3), np.float32)
+        # d/d(mean - campos) per camera and Gaussian, when the cameras are optimised: summed into d/d campos below
+        with_cameras = ctx.needs_input_grad[2]
+        v_dirs = np.zeros((*radii.shape[:2], 3) if with_cameras else (0, 0, 3), np.float32)
         args = (_array(colors), _array(means), _array(campos), radii.numpy(), ctx.sh_degree, rgb.numpy(),
-                _array(v_rgb), v_colors, v_means)  # fmt: skip
+                _array(v_rgb), v_colors, v_means, with_cameras, v_dirs)  # fmt: skip
         _chunks(lambda lo, hi: _colors_backward(*args, lo, hi), N)
-        return torch.from_numpy(v_colors), torch.from_numpy(v_means), None, None, None
+        v_campos = -torch.from_numpy(v_dirs).sum(1, dtype=torch.float64).to(campos.dtype) if with_cameras else None
+        return torch.from_numpy(v_colors), torch.from_numpy(v_means), v_campos, None, None
 
 
 @numba.njit(**JIT, inline="always")
@@ -371,7 +394,8 @@ def _colors_forward(coeffs, means, campos, radii, degree, rgb, lo, hi):
 
 
 @numba.njit(**JIT, nogil=True)
-def _colors_backward(coeffs, means, campos, radii, degree, rgb, v_rgb, v_coeffs, v_means, lo, hi):
+def _colors_backward(coeffs, means, campos, radii, degree, rgb, v_rgb, v_coeffs, v_means, with_cameras, v_dirs,
+                     lo, hi):  # fmt: skip
     C = campos.shape[0]
     count = (degree + 1) * (degree + 1)
     basis, v_basis = np.empty(16), np.empty(16)
@@ -392,6 +416,9 @@ def _colors_backward(coeffs, means, campos, radii, degree, rgb, v_rgb, v_coeffs,
                 v_basis[k] = coeffs[i, k, 0] * g0 + coeffs[i, k, 1] * g1 + coeffs[i, k, 2] * g2
             gx, gy, gz = _sh_basis_grad(degree, x, y, z, v_basis)
             dot = x * gx + y * gy + z * gz  # d / d(d / |d|): the component along d drops out
-            v_means[i, 0] += (gx - x * dot) * inv
-            v_means[i, 1] += (gy - y * dot) * inv
-            v_means[i, 2] += (gz - z * dot) * inv
+            dx, dy, dz = (gx - x * dot) * inv, (gy - y * dot) * inv, (gz - z * dot) * inv
+            v_means[i, 0] += dx
+            v_means[i, 1] += dy
+            v_means[i, 2] += dz
+            if with_cameras:
+                v_dirs[cam, i, 0], v_dirs[cam, i, 1], v_dirs[cam, i, 2] = dx, dy, dz

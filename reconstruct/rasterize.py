@@ -111,7 +111,7 @@ def rasterize(
     if backend == "gsplat":
         out = _rasterize_gsplat(*args, near_plane, far_plane, absgrad, render_mode, rasterize_mode)
     else:
-        kernels = _cpu_kernels(backend, viewmats.requires_grad or Ks.requires_grad, sh_degree,
+        kernels = _cpu_kernels(backend, Ks.requires_grad, sh_degree,
                                rasterize_mode == "antialiased")  # fmt: skip
         out = _rasterize_torch(*args, near_plane, far_plane, absgrad, render_mode, *kernels)
     if finite is not None:
@@ -136,10 +136,10 @@ def _has_numba() -> bool:
     return True
 
 
-def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None, antialiased: bool = False) -> tuple:
+def _cpu_kernels(backend: str, intrinsics_need_grad: bool, sh_degree: int | None, antialiased: bool = False) -> tuple:
     """(projection, SH colours, tile binning, compositing) of the CPU backends: compiled (numba) or the pure-PyTorch
-    twin's (torch). The numba projection and colours differentiate neither the cameras nor SH degree 4: the twin's
-    stand in for those. Binning takes (projected, opacities [C, N], width, height)."""
+    twin's (torch). The numba projection and colours differentiate the cameras' poses but not their intrinsics, and
+    stop at SH degree 3: the twin's stand in for those. Binning takes (projected, opacities [C, N], width, height)."""
     twin_project = functools.partial(_tr.project, antialiased=antialiased)
     if backend != "numba":
         return twin_project, _tr.view_colors, _twin_bins, _tc.composite
@@ -149,7 +149,7 @@ def _cpu_kernels(backend: str, cameras_need_grad: bool, sh_degree: int | None, a
         return _numba_kernels.intersect_tiles(proj.means2d, proj.radii, proj.depths, width, height,
                                               _numba_kernels.TILE, proj.conics, opacities)  # fmt: skip
 
-    if cameras_need_grad or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
+    if intrinsics_need_grad or (sh_degree or 0) > _numba_projection.MAX_SH_DEGREE:
         return twin_project, _tr.view_colors, bins, _numba_kernels.composite
     project = functools.partial(_numba_projection.project, antialiased=antialiased)
     return project, _numba_projection.view_colors, bins, _numba_kernels.composite

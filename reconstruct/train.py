@@ -174,7 +174,7 @@ class TrainConfig:
             if value < 1:
                 raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
         if self.test_every < 0:
-            raise InputError(f"--test-every {self.test_every}: use 0 to hold out none, or N to hold out every N-th view")
+            raise InputError(f"--test-every {self.test_every}: use 0 to hold out none, or N for every N-th view")
         if self.max_gaussians is not None and self.max_gaussians < 1:
             raise InputError(f"--max-gaussians {self.max_gaussians}: must be at least 1")
         if not 0 <= self.sh_degree <= 3:

@@ -329,9 +329,9 @@ def test_depth_matches_dense_reference(render_mode, backend, dtype, camera_grads
 )
 def test_numba_projection_and_colors_match_the_twin(sh_degree, antialiased):
     """The compiled projection and SH colours against the twin's PyTorch code in float64, values and gradients
-    (means, quats, scales, SH coefficients; antialiased: the compensations too), with Gaussians behind the near
-    plane, beyond the far plane, outside the image, with the Jacobian's field-of-view clamp active, too transparent,
-    and three cameras."""
+    (means, quats, scales, SH coefficients, camera poses; antialiased: the compensations too), with Gaussians behind
+    the near plane, beyond the far plane, outside the image, with the Jacobian's field-of-view clamp active, too
+    transparent, and three cameras."""
     from reconstruct import _numba_projection, _torch_rasterizer
 
     g = torch.Generator().manual_seed(30 + (sh_degree or 0))
@@ -345,15 +345,15 @@ def test_numba_projection_and_colors_match_the_twin(sh_degree, antialiased):
     colors = colors[:, 0] if sh_degree is None else colors
     viewmats = torch.stack([look_at((3 * math.sin(a), 0.5, -3 * math.cos(a)), (0.0, 0.0, 0.0)) for a in (0, 1, 2.5)])
     Ks = torch.tensor([[60.0, 0, 40.5], [0, 66.0, 30.5], [0, 0, 1]], dtype=torch.float64).repeat(C, 1, 1)
-    inputs = {"means": means, "quats": quats, "scales": scales, "colors": colors}
+    inputs = {"means": means, "quats": quats, "scales": scales, "colors": colors, "viewmats": viewmats}
     weights = [torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((C, N, 2), (C, N, 3), (C, N),
                                                                                    (C, N, 3), (C, N))]  # fmt: skip
 
     def run(module, dtype):
         x = {k: v.to(dtype).requires_grad_(True) for k, v in inputs.items()}
-        proj = module.project(x["means"], x["quats"], x["scales"], opacities.to(dtype), viewmats.to(dtype),
-                              Ks.to(dtype), W, H, 0.01, 5.0, antialiased=antialiased)  # fmt: skip
-        rgb = module.view_colors(x["colors"], x["means"], viewmats.to(dtype), proj.radii, sh_degree)
+        proj = module.project(x["means"], x["quats"], x["scales"], opacities.to(dtype), x["viewmats"], Ks.to(dtype),
+                              W, H, 0.01, 5.0, antialiased=antialiased)  # fmt: skip
+        rgb = module.view_colors(x["colors"], x["means"], x["viewmats"], proj.radii, sh_degree)
         outputs = (proj.means2d, proj.conics, proj.depths, rgb) + ((proj.compensations,) if antialiased else ())
         sum((out * w.to(dtype)).sum() for out, w in zip(outputs, weights)).backward()
         return proj.radii, [out.detach().double() for out in outputs], {k: v.grad for k, v in x.items()}
