@@ -3,7 +3,7 @@
     python bench/rasterizer_bench.py                      # CPU: 100k Gaussians at 512x512
     python bench/rasterizer_bench.py --gaussians 10000 100000 --size 256 512
     python bench/rasterizer_bench.py --device cuda        # also gsplat's kernels and the PyTorch backend on the GPU
-    python bench/rasterizer_bench.py --modes              # the default backend with depth, and antialiased
+    python bench/rasterizer_bench.py --modes              # the default backend with depth, antialiased, pose grads
 
 The baseline is how one would first write a splat compositor in PyTorch: materialise every overlapping
 Gaussian-pixel pair (each Gaussian against every pixel of its 3-sigma box), sort the pairs by (pixel, depth), and
@@ -153,7 +153,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--skip-cpu", action="store_true", help="with --device cuda: time the GPU only")
     parser.add_argument("--modes", action="store_true",
-                        help="time render_mode RGB+ED and rasterize_mode antialiased against RGB classic instead")
+                        help="time render_mode RGB+ED, rasterize_mode antialiased and camera gradients against RGB "
+                        "classic instead")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -207,6 +208,12 @@ MODES = {  # rasterize(backend="auto") in each mode
     "RGB, classic": lambda s: rasterize(**s),
     "RGB+ED (depth)": lambda s: rasterize(**s, render_mode="RGB+ED"),
     "RGB, antialiased": lambda s: rasterize(**s, rasterize_mode="antialiased"),
+    # --pose-opt: gradients to the camera pose; with the intrinsics too, the CPU backends take the twin's PyTorch
+    # projection (which every camera gradient took before the compiled one differentiated poses)
+    "RGB, pose gradients": lambda s: rasterize(**{**s, "viewmats": s["viewmats"].detach().requires_grad_(True)}),
+    "RGB, pose and intrinsics gradients (twin projection)": lambda s: rasterize(
+        **{**s, "viewmats": s["viewmats"].detach().requires_grad_(True), "Ks": s["Ks"].detach().requires_grad_(True)}
+    ),
 }
 
 

@@ -136,8 +136,7 @@ class TrainConfig:
     pose_opt: bool = False
     """Refine the training views' camera poses with the splats (gsplat's pose_opt, nerfstudio's camera optimizer):
     a rigid motion per view, for captures whose SfM poses are slightly off. The motions are kept zero-mean, so the
-    cameras cannot drift away together from the held-out views, which keep their poses. On the CPU the projection
-    then runs in PyTorch (the compiled one does not differentiate cameras)."""
+    cameras cannot drift away together from the held-out views, which keep their poses."""
     lr_pose: float = 3e-4
     """Learning rate of the pose corrections (rotation in radians, translation in units of the scene scale),
     decaying to a hundredth of it."""

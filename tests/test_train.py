@@ -272,18 +272,21 @@ def perturb_training_poses(capture: Path, degrees: float, seed: int = 0) -> None
     write_transforms(capture / "transforms.json", moved, capture)
 
 
+def without_and_with(option: str, capture: Path, out: Path, **settings) -> dict[bool, dict]:
+    """metrics.json of the capture trained without, then with the TrainConfig flag ``option``, by value."""
+    config = train.TrainConfig(random_init_points=500, max_gaussians=2000, background="black", checkpoint_every=0,
+                               psnr_samples=0, turntable_frames=0, device="cpu", **settings)  # fmt: skip
+    scenes = {value: train.run(replace(config, **{option: value}), capture, out / str(value))
+              for value in (False, True)}  # fmt: skip
+    return {value: json.loads((scene / "metrics.json").read_text()) for value, scene in scenes.items()}
+
+
 def test_pose_opt_corrects_training_poses_that_are_off(tmp_path):
     """--pose-opt on a capture whose training cameras are turned by 1.5 degrees (held-out ones exact): the splats
     fit the held-out views better (measured: 27.9 against 26.6 dB), and metrics.json says how far cameras moved."""
     capture = make_capture(tmp_path / "capture", size=64, num_views=16, depth=False)
     perturb_training_poses(capture, 1.5)
-    config = train.TrainConfig(steps=400, sh_degree=1, random_init_points=500, max_gaussians=2000,
-                               background="black", checkpoint_every=0, psnr_samples=0, turntable_frames=0,
-                               device="cpu")  # fmt: skip
-    reports = {}
-    for pose_opt in (False, True):
-        out = train.run(replace(config, pose_opt=pose_opt), capture, tmp_path / str(pose_opt))
-        reports[pose_opt] = json.loads((out / "metrics.json").read_text())
+    reports = without_and_with("pose_opt", capture, tmp_path, steps=400, sh_degree=1)
     assert reports[True]["psnr"] > reports[False]["psnr"] + 0.6, (reports[False]["psnr"], reports[True]["psnr"])
     corrections = reports[True]["pose_corrections"]
     assert reports[False]["pose_corrections"] is None and len(corrections["per_view"]) == 14
@@ -311,13 +314,7 @@ def test_appearance_learns_each_training_views_exposure(tmp_path):
     captures: +1.1 to +1.9 dB; plain PSNR +0.2 to +1.6, as the scene keeps the training photos' mean exposure)."""
     capture = make_capture(tmp_path / "capture", size=64, num_views=16, depth=False)
     factors = change_training_exposures(capture)
-    config = train.TrainConfig(steps=800, sh_degree=0, random_init_points=500, max_gaussians=2000,
-                               background="black", checkpoint_every=0, psnr_samples=0, turntable_frames=0,
-                               device="cpu")  # fmt: skip
-    reports = {}
-    for appearance in (False, True):
-        out = train.run(replace(config, appearance=appearance), capture, tmp_path / str(appearance))
-        reports[appearance] = json.loads((out / "metrics.json").read_text())
+    reports = without_and_with("appearance", capture, tmp_path, steps=800, sh_degree=0)
     assert reports[True]["cc_psnr"] > reports[False]["cc_psnr"] + 0.5, [r["cc_psnr"] for r in reports.values()]
     corrections = reports[True]["color_corrections"]
     assert reports[False]["color_corrections"] is None and len(corrections["per_view"]) == 14
