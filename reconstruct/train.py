@@ -867,11 +867,8 @@ def _print_summary(report: dict, out_dir: Path) -> None:
 
     table = Table(title=f"train → {out_dir}", show_header=False, title_justify="left")
     psnr = "n/a" if report["psnr"] is None else f"{report['psnr']:.2f} dB"
-    table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}")
-    if report.get("cc_psnr") is not None and report["psnr"] is not None and report["cc_psnr"] > report["psnr"] + 1:
-        hint = "" if report["config"].get("appearance") else "; --appearance learns them per training view"
-        table.add_row("colour-corrected PSNR", f"{report['cc_psnr']:.2f} dB (each photo's exposure and white balance "
-                      f"matched{hint})")
+    corrected = "" if report.get("cc_psnr") is None else f" ({report['cc_psnr']:.2f} dB colour-corrected)"
+    table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}{corrected}")
     if report.get("depth_abs_rel") is not None:
         table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
     config, pose = report["config"], report.get("pose_corrections")
