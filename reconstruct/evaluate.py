@@ -16,6 +16,7 @@ from torch import Tensor
 from multiview.camera import Camera
 from multiview.console import warn
 from multiview.errors import InputError
+from reconstruct.corrections import corrected_colors
 from reconstruct.data import View
 from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, psnr, ssim
 from reconstruct.rasterize import rasterize
@@ -90,15 +91,6 @@ def composite(view: View, background: Tensor, device: torch.device | str = "cpu"
     image = view.image_float(device)
     mask = view.mask_float(device)
     return image if mask is None else image * mask + background.to(device) * (1.0 - mask)
-
-
-def corrected_colors(image: Tensor, alpha: Tensor, background: Tensor, correction: Tensor) -> Tensor:
-    """[H, W, 3] ``image`` (splats over ``background`` [3], ``alpha`` [H, W, 1]) with what the splats contribute,
-    s = image - (1 - alpha) background, carried by the colour correction ``correction`` [3, 4] = (M, t), a change of
-    the identity and an offset: image + M s + alpha t. The background stays as it is; the identity at 0."""
-    contribution = image - (1.0 - alpha) * background
-    return image + contribution @ correction[:, :3].T + alpha * correction[:, 3]
-
 
 
 @torch.no_grad()

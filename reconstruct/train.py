@@ -46,10 +46,17 @@ from reconstruct.checkpoint import (
     restore_state,
     save_checkpoint,
 )
+from reconstruct.corrections import (
+    color_report,
+    corrected_colors,
+    corrected_viewmat,
+    held_out_colors,
+    pose_centre,
+    pose_report,
+)
 from reconstruct.data import SceneData, View, load_scene
 from reconstruct.evaluate import (
     composite,
-    corrected_colors,
     evaluate_views,
     render_tensors,
     replace_dir,
@@ -409,18 +416,6 @@ def appearance_learning_rate(config: TrainConfig, step: int) -> float:
 PER_VIEW_RATES = {"poses": pose_learning_rate, "appearance": appearance_learning_rate}
 
 
-def corrected_viewmat(viewmat: Tensor, correction: Tensor, centre: Tensor, scene_scale: float) -> Tensor:
-    """[4, 4] cam_from_world of the camera carried by the rigid motion ``correction`` [6] = (rotation vector w,
-    translation t / scene_scale) of the world about ``centre`` [3], x -> R(w) (x - centre) + centre + t: the camera
-    sees x where it saw the motion's inverse of x. The identity at 0; differentiable. A motion shared by every
-    camera moves the rig as a whole, which is why ``train_step`` keeps the corrections' mean at zero."""
-    w, t = correction[:3], correction[3:] * scene_scale
-    zero = w.new_zeros(())
-    R = torch.linalg.matrix_exp(torch.stack([zero, -w[2], w[1], w[2], zero, -w[0], -w[1], w[0], zero]).reshape(3, 3))
-    top = torch.cat([R.T, (centre - R.T @ (centre + t))[:, None]], dim=1)  # the inverse motion
-    return viewmat @ torch.cat([top, viewmat.new_tensor([[0.0, 0.0, 0.0, 1.0]])])
-
-
 def means_learning_rate(config: TrainConfig, step: int, scene_scale: float) -> float:
     """lr_means -> lr_means_final, log-linear over the steps (3DGS's get_expon_lr_func without delay)."""
     t = min(max(step / max(config.steps, 1), 0.0), 1.0)
@@ -538,11 +533,6 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     if config.densify:
         densifier.step_post_backward(params, state.optimizers, state.strategy_state, step, meta)
     return loss_value, math.inf if error == 0.0 else -10.0 * math.log10(error)
-
-
-def pose_centre(views: list[View], device: torch.device | str = "cpu") -> Tensor:
-    """[3] the point the training cameras look at (``view_volume``), about which pose corrections rotate."""
-    return torch.tensor(view_volume([view.camera for view in views])[0], dtype=torch.float32, device=device)
 
 
 def _per_view(state: TrainState) -> dict[str, torch.nn.Parameter]:
@@ -752,8 +742,10 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
         "per_view": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in per_view],
         "psnr_vs_time": state.history,
         "training_curve": state.curve,
-        "pose_corrections": _pose_corrections(state, scene),
-        "color_corrections": _color_corrections(state, scene, color_rule),
+        "pose_corrections": None if state.poses is None else pose_report(state.poses, scene.train,
+                                                                         state.strategy_state["scene_scale"]),
+        "color_corrections": None if state.appearance is None else color_report(state.appearance, scene.train,
+                                                                                   color_rule),
         "image_size": [views[0].camera.width, views[0].camera.height],
         "device": str(device),
         "capture": str(scene.capture.root),
@@ -762,61 +754,6 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     write_json(work / "metrics.json", report)
     write_training_plot(report, work / "training.png")
     return report
-
-
-def _pose_corrections(state: TrainState, scene: SceneData) -> dict | None:
-    """How far pose_opt moved the training cameras: rotation (degrees) and camera-centre shift (world units), mean
-    and largest over the views, and per view; None without pose_opt."""
-    if state.poses is None:
-        return None
-    scene_scale, centre = state.strategy_state["scene_scale"], pose_centre(scene.train)
-    per_view = []
-    with torch.no_grad():
-        for view, correction in zip(scene.train, state.poses.detach().cpu()):
-            moved = corrected_viewmat(view.viewmat(), correction, centre, scene_scale)
-            shift = torch.linalg.inv(moved)[:3, 3] - torch.linalg.inv(view.viewmat())[:3, 3]
-            per_view.append({"name": view.name, "rotation_deg": math.degrees(float(correction[:3].norm())),
-                             "shift": float(shift.norm())})  # fmt: skip
-    summary = {f"{stat}_{key}": float(fn([v[key] for v in per_view])) for key in ("rotation_deg", "shift")
-               for stat, fn in (("mean", np.mean), ("max", np.max))}  # fmt: skip
-    return {**summary, "per_view": per_view}
-
-
-APPEARANCE_NEIGHBOURS = 2  # training views a held-out view's colour correction is interpolated from
-
-
-def held_out_colors(train_centres: np.ndarray, corrections: Tensor,
-                    centres: np.ndarray) -> tuple[list[Tensor] | None, dict]:  # fmt: skip
-    """Colour corrections for views the splats were not trained on (camera ``centres`` [P, 3]), from the training
-    views' ``corrections`` [V, 3, 4] (at ``train_centres`` [V, 3]): ([P] corrections or None, how they were chosen).
-
-    Where the training views' own corrections are predicted better by their neighbours' than by none (leave-one-out:
-    each from its ``APPEARANCE_NEIGHBOURS`` nearest others, inverse-distance weighted), the appearance follows the
-    camera path, as a phone's auto exposure does along a video, and each view gets its nearest training views'
-    correction the same way. Otherwise (photos from the internet, exposures that jump) it gets none: the training
-    photos' mean colours. The held-out photos themselves are never looked at.
-    """
-    flat = corrections.detach().reshape(len(corrections), -1).double().cpu()
-    k = min(APPEARANCE_NEIGHBOURS, len(flat) - 1)
-    if k < 1:
-        return None, {"held_out": "mean colours (too few training views to interpolate)"}
-    own = torch.cdist(torch.from_numpy(train_centres), torch.from_numpy(train_centres)).fill_diagonal_(math.inf)
-    neighbour_error = float(((_interpolate(flat, own, k) - flat) ** 2).sum(1).mean())
-    mean_error = float((flat**2).sum(1).mean())  # of predicting none
-    rule = {"neighbour_error": neighbour_error, "mean_error": mean_error}
-    if not neighbour_error < mean_error:
-        return None, {"held_out": "mean colours (the training views' corrections do not follow the camera path)",
-                      **rule}  # fmt: skip
-    interpolated = _interpolate(flat, torch.cdist(torch.from_numpy(centres), torch.from_numpy(train_centres)), k)
-    views = [c.reshape(3, 4).to(corrections) for c in interpolated]
-    return views, {"held_out": f"interpolated from the {k} nearest training views", **rule}
-
-
-def _interpolate(values: Tensor, distances: Tensor, k: int) -> Tensor:
-    """[P, D] inverse-distance-weighted means of the ``k`` nearest of ``values`` [V, D] by ``distances`` [P, V]."""
-    nearest, index = distances.topk(k, dim=1, largest=False)
-    weights = 1.0 / nearest.clamp_min(1e-9)
-    return (values[index] * (weights / weights.sum(1, keepdim=True))[..., None]).sum(1)
 
 
 def _eval_colors(state: TrainState, scene: SceneData, views: list[View]) -> tuple[list[Tensor] | None, dict]:
@@ -828,23 +765,6 @@ def _eval_colors(state: TrainState, scene: SceneData, views: list[View]) -> tupl
         return list(state.appearance.detach()), {"held_out": "evaluated on the training views, with their own"}
     centres = [np.stack([v.camera.center for v in group]) for group in (scene.train, views)]
     return held_out_colors(centres[0], state.appearance, centres[1])
-
-
-def _color_corrections(state: TrainState, scene: SceneData, rule: dict) -> dict | None:
-    """The colour corrections ``appearance`` learned: per view its affine map of the splats' colour (rows of the 3 x 3
-    matrix and offset) and "gain", the factor it scales a grey by (the mean of the matrix's row sums: an exposure
-    factor); the range of gains over the views; how the evaluated views got theirs (``rule``, ``held_out_colors``).
-    None without appearance."""
-    if state.appearance is None:
-        return None
-    per_view = []
-    for view, correction in zip(scene.train, state.appearance.detach().cpu().double()):
-        transform = torch.cat([torch.eye(3, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)], 1)
-        transform += correction
-        per_view.append({"name": view.name, "gain": float(transform[:, :3].sum(1).mean()),
-                         "transform": [[round(float(v), 5) for v in row] for row in transform]})  # fmt: skip
-    gains = [v["gain"] for v in per_view]
-    return {"min_gain": min(gains), "max_gain": max(gains), **rule, "per_view": per_view}
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

@@ -24,6 +24,7 @@ from multiview.errors import InputError, OutputExistsError
 from multiview.layouts import orbit
 from reconstruct import train
 from reconstruct.checkpoint import checkpoint_path, read_checkpoint
+from reconstruct.corrections import held_out_colors
 from reconstruct.data import load_scene
 from reconstruct.evaluate import evaluate_views
 from reconstruct.ply import read_ply
@@ -332,11 +333,11 @@ def test_held_out_views_take_their_neighbours_colors_only_where_colors_follow_th
     train_views, held_out = np.arange(24) % 8 != 0, np.arange(24) % 8 == 0
     drift = torch.zeros(24, 3, 4)
     drift[:, 0, 0] = drift[:, 1, 1] = drift[:, 2, 2] = 0.3 * torch.from_numpy(np.sin(angles)).float()  # exposure
-    colors, rule = train.held_out_colors(centres[train_views], drift[train_views], centres[held_out])
+    colors, rule = held_out_colors(centres[train_views], drift[train_views], centres[held_out])
     assert rule["held_out"].startswith("interpolated") and rule["neighbour_error"] < rule["mean_error"] / 5
     assert torch.allclose(torch.stack(colors), drift[held_out], atol=0.03)
     jumps = 0.3 * torch.randn(24, 3, 4, generator=torch.Generator().manual_seed(0))
-    colors, rule = train.held_out_colors(centres[train_views], jumps[train_views], centres[held_out])
+    colors, rule = held_out_colors(centres[train_views], jumps[train_views], centres[held_out])
     assert colors is None and rule["held_out"].startswith("mean colours")
 
 
