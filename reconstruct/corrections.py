@@ -60,7 +60,14 @@ def pose_report(corrections: Tensor, views: Sequence[View], scene_scale: float) 
 def corrected_colors(image: Tensor, alpha: Tensor, background: Tensor, correction: Tensor) -> Tensor:
     """[H, W, 3] ``image`` (splats over ``background`` [3], ``alpha`` [H, W, 1]) with what the splats contribute,
     s = image - (1 - alpha) background, carried by the colour correction ``correction`` [3, 4] = (M, t), a change of
-    the identity and an offset: image + M s + alpha t. The background stays as it is; the identity at 0."""
+    the identity and an offset: image + M s + alpha t. The background stays as it is; the identity at 0.
+
+    A pixel half covered by grey splats over a white background, its exposure raised by 20%:
+
+    >>> brighter = torch.cat([0.2 * torch.eye(3), torch.zeros(3, 1)], dim=1)
+    >>> corrected_colors(torch.full((1, 1, 3), 0.75), torch.full((1, 1, 1), 0.5), torch.ones(3), brighter)
+    tensor([[[0.8000, 0.8000, 0.8000]]])
+    """
     contribution = image - (1.0 - alpha) * background
     return image + contribution @ correction[:, :3].T + alpha * correction[:, 3]
 

@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["multiview.align", "multiview.layouts", "reconstruct.lpips", "reconstruct.metrics", "reconstruct.rasterize"]
+MODULES = ["multiview.align", "multiview.layouts", "reconstruct.corrections", "reconstruct.lpips", "reconstruct.metrics",
+           "reconstruct.rasterize"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", MODULES)
