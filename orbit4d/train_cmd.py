@@ -1,4 +1,5 @@
-"""``orbit4d train`` and ``orbit4d video-to-3d``: argparse only; the stages are imported when a command runs."""
+"""``orbit4d train``, ``eval``, ``video-to-3d`` and ``image-to-3d``: argparse only; the stages are imported when a
+command runs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ PRESET_NAMES = ("default", "fast", "preview")  # reconstruct.train.PRESETS, repe
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``train`` and ``video-to-3d`` on the ``orbit4d`` sub-command parser."""
+    """Register ``train``, ``eval``, ``video-to-3d`` and ``image-to-3d`` on the ``orbit4d`` sub-command parser."""
     _train_parser(sub)
+    _eval_parser(sub)
     _video_to_3d_parser(sub)
     _image_to_3d_parser(sub)
 
@@ -28,6 +30,71 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="SCENE", help="scene folder to write")
     _add_train_options(p)
     p.set_defaults(func=_run_train)
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="held-out PSNR / SSIM of splats (orbit4d's or another 3DGS tool's .ply) on a capture",
+        description="Render the splats of a scene folder (orbit4d train's) or of any 3DGS .ply (gsplat's, the "
+        "reference 3DGS code's, in the capture's world frame) at the capture's held-out views and write "
+        "metrics.json (PSNR, SSIM, colour-corrected PSNR, LPIPS when its weights are local, depth error where the "
+        "capture has depth maps) and renders/. For a scene folder, the capture, downscale, split and rendering "
+        "settings default to the ones it was trained with.",
+    )
+    p.add_argument("splats", type=Path, help="a scene folder (with splats.ply and metrics.json) or a .ply file")
+    p.add_argument("--capture", type=Path, default=None, metavar="DIR",
+                   help="the capture to evaluate on (default for a scene folder: the one it was trained on)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="folder for metrics.json and renders/ (default for a scene folder: SCENE/eval)")
+    p.add_argument("--downscale", type=int, default=None, metavar="K",
+                   help="divide image width and height by K (default: the scene's, else 1)")
+    p.add_argument("--test-every", type=int, default=None, metavar="N",
+                   help="evaluate on every N-th view, as training held them out (default: the scene's, else 8; "
+                   "0: every view)")
+    p.add_argument("--background", default=None, metavar="COLOR",
+                   help="black, white or #rrggbb (default: the scene's when fixed, else white)")
+    p.add_argument("--antialiased", action="store_true", default=None,
+                   help="rasterize antialiased (default: as the scene was trained)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from multiview.errors import InputError
+    from multiview.outputs import staged_dir
+    from reconstruct import evaluate
+
+    scene_dir = args.splats if args.splats.is_dir() else None
+    splats_path = args.splats / "splats.ply" if scene_dir else args.splats
+    trained: dict = {}
+    if scene_dir is not None and (scene_dir / "metrics.json").is_file():
+        try:
+            trained = json.loads((scene_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            raise InputError(f"{scene_dir / 'metrics.json'} is not readable JSON: pass --capture and the settings "
+                             "the scene was trained with") from None
+    config = trained.get("config", {})
+    capture = args.capture or (Path(trained["capture"]) if "capture" in trained else None)
+    if capture is None:
+        raise InputError(f"{args.splats}: no scene metrics.json names its capture: pass --capture")
+    out = args.out or (scene_dir / "eval" if scene_dir else None)
+    if out is None:
+        raise InputError(f"{args.splats} is a file: pass --out for metrics.json and renders/")
+    background = config.get("background", "white")
+    eval_config = evaluate.EvalConfig(
+        downscale=args.downscale or config.get("downscale", 1),
+        test_every=config.get("test_every", 8) if args.test_every is None else args.test_every,
+        background=args.background or ("white" if background == "random" else background),
+        antialiased=bool(config.get("antialiased", False) if args.antialiased is None else args.antialiased),
+    )
+    with staged_dir(out, args.overwrite) as stage:
+        evaluate.run(eval_config, splats_path, capture, stage)
+    evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
+    return 0
 
 
 def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,11 +1,14 @@
-"""Rendering trained splats for people: held-out metrics, side-by-side images with depth, a turntable video."""
+"""Rendering trained splats for people: held-out metrics, side-by-side images with depth, a turntable video; and the
+``orbit4d eval`` stage (``run``), which measures any 3DGS ``.ply`` on a capture's held-out views."""
 
 from __future__ import annotations
 
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,86 @@ import torch
 from torch import Tensor
 
 from multiview.camera import Camera
-from multiview.console import warn
+from multiview.console import console, info, warn
 from multiview.errors import InputError
+from multiview.outputs import write_json
 from reconstruct.corrections import corrected_colors
-from reconstruct.data import View
-from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, psnr, ssim
+from reconstruct.data import SceneData, View, load_scene
+from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, lpips_status, psnr, ssim
 from reconstruct.rasterize import rasterize
+from reconstruct.ply import read_ply
 from reconstruct.splats import Splats, view_volume
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``orbit4d eval`` can be told: the split and resolution the splats were trained with, and how to render."""
+
+    downscale: int = 1
+    """Divide image width and height by this once at load, as training did."""
+    test_every: int = 8
+    """The held-out views: every n-th (sorted by name, from the first), as training held them out; 0: every view."""
+    background: str = "white"
+    """Colour behind the splats and masked-out pixels: black, white or #rrggbb."""
+    antialiased: bool = False
+    """Rasterize antialiased, for splats trained so (``--antialiased``)."""
+    backend: str = "auto"
+    """Rasterizer (``rasterize``'s ``backend``)."""
+
+
+def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path) -> Path:
+    """Measure the splats of ``splats_path`` (a 3DGS ``.ply``: orbit4d's, gsplat's, the reference 3DGS code's, in the
+    capture's world frame) on the held-out views of ``capture_dir``: ``out_dir``/metrics.json (the keys and meaning of
+    ``orbit4d train``'s: PSNR, SSIM, cc_psnr, LPIPS, depth error, per view) and ``out_dir``/renders/. Returns
+    ``out_dir``."""
+    if config.test_every < 0:
+        raise InputError(f"--test-every {config.test_every}: use 0 to evaluate on every view, or N for every N-th")
+    background = parse_background(config.background)
+    if background is None:
+        raise InputError("--background random: evaluation renders on one colour: use white, black or #rrggbb")
+    splats = read_ply(splats_path)
+    scene = load_scene(capture_dir, config.downscale, config.test_every)
+    device = torch.device("cuda" if torch.cuda.is_available() and config.backend in ("auto", "gsplat") else "cpu")
+    views = scene.test or scene.train
+    info(f"evaluating {len(splats):,} Gaussians on {len(views)} {'held-out' if scene.test else 'training'} views")
+    tic = time.perf_counter()
+    per_view = evaluate_views(splats.to(device), views, background, config.backend, with_lpips=True, with_depth=True,
+                              antialiased=config.antialiased, renders_dir=Path(out_dir) / "renders")  # fmt: skip
+    report = {
+        **summarize(per_view),
+        "num_gaussians": len(splats),
+        "sh_degree": splats.sh_degree,
+        "evaluation_seconds": round(time.perf_counter() - tic, 3),
+        "evaluated_on": evaluated_on(scene),
+        "test_views": [view.name for view in scene.test],
+        "per_view": per_view_json(per_view),
+        "image_size": [views[0].camera.width, views[0].camera.height],
+        "device": str(device),
+        "splats": str(Path(splats_path).absolute()),
+        "capture": str(scene.capture.root),
+        "config": asdict(config),
+    }
+    write_json(Path(out_dir) / "metrics.json", report)
+    return Path(out_dir)
+
+
+def print_summary(report: Mapping, out_dir: Path) -> None:
+    """The table ``orbit4d eval`` ends with, from its metrics.json ``report``."""
+    from rich.table import Table
+
+    table = Table(title=f"eval → {out_dir}", show_header=False, title_justify="left")
+    psnr_text = "n/a" if report["psnr"] is None else f"{report['psnr']:.2f} dB"
+    corrected = "" if report["cc_psnr"] is None else f" ({report['cc_psnr']:.2f} dB colour-corrected)"
+    table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})",
+                  f"{psnr_text} / {report['ssim']:.4f}{corrected}")  # fmt: skip
+    if report["lpips"] is not None:
+        table.add_row("LPIPS", f"{report['lpips']:.4f}")
+    if report["depth_abs_rel"] is not None:
+        table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
+    table.add_row("Gaussians", f"{report['num_gaussians']:,} (SH degree {report['sh_degree']})")
+    table.add_row("views", f"{len(report['per_view'])} at {report['image_size'][0]}×{report['image_size'][1]}")
+    table.add_row("outputs", "metrics.json, renders/ (photo | render | depth)")
+    console.print(table)
 
 
 def render_tensors(
@@ -131,6 +207,55 @@ def evaluate_views(
             name = view.name.replace("/", "_").rsplit(".", 1)[0] + ".png"
             PIL.Image.fromarray(to_uint8(torch.cat([target, image, panel], dim=1))).save(renders_dir / name)
     return results
+
+
+def parse_background(text: str) -> torch.Tensor | None:
+    """[3] colour for black, white or #rrggbb; None for random."""
+    named = {"black": "#000000", "white": "#ffffff"}
+    if text == "random":
+        return None
+    value = named.get(text, text)
+    if len(value) != 7 or value[0] != "#" or any(c not in "0123456789abcdefABCDEF" for c in value[1:]):
+        raise InputError(f"--background {text}: use random, black, white or #rrggbb")
+    return torch.tensor([int(value[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
+
+
+def evaluated_on(scene: SceneData) -> str:
+    """metrics.json's "evaluated_on": "test", or "train (...)" when the scene holds no views out."""
+    return "test" if scene.test else "train (no views held out)"
+
+
+def summarize(per_view: Sequence[Mapping]) -> dict:
+    """metrics.json's means of ``evaluate_views``' results: PSNR, SSIM, cc_psnr, LPIPS (None unless every view has
+    it, with ``lpips_status``), and the depth error and coverage over the views with ground-truth depth."""
+    depth = [r for r in per_view if "depth_abs_rel" in r]
+    lpips_values = [r.get("lpips") for r in per_view]
+    return {
+        "psnr": finite_or_none(float(np.mean([r["psnr"] for r in per_view]))),
+        "ssim": float(np.mean([r["ssim"] for r in per_view])),
+        "cc_psnr": finite_or_none(float(np.mean([r["cc_psnr"] for r in per_view]))),
+        "lpips": None if not lpips_values or None in lpips_values else float(np.mean(lpips_values)),
+        "lpips_reason": lpips_status(),
+        # geometry, where the capture has ground-truth depth (synthetic captures): mean AbsRel of the expected depth
+        "depth_abs_rel": _finite_mean([r["depth_abs_rel"] for r in depth]),
+        "depth_coverage": _finite_mean([r["depth_coverage"] for r in depth]),
+    }
+
+
+def per_view_json(per_view: Sequence[Mapping]) -> list[dict]:
+    """``evaluate_views``' results with infinities (identical images' PSNR) as None: JSON has no Infinity."""
+    return [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in per_view]
+
+
+def finite_or_none(value: float) -> float | None:
+    """``value``, or None where it is not finite (JSON has no Infinity: identical images' PSNR is reported as null)."""
+    return value if math.isfinite(value) else None
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    """Mean of the finite values; None when there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def _true_depth(view: View, device: torch.device) -> Tensor | None:

@@ -58,6 +58,11 @@ from reconstruct.data import SceneData, View, load_scene
 from reconstruct.evaluate import (
     composite,
     evaluate_views,
+    evaluated_on,
+    finite_or_none,
+    parse_background,
+    per_view_json,
+    summarize,
     render_tensors,
     replace_dir,
     write_training_plot,
@@ -209,17 +214,6 @@ _RUN_CONTROL = (
     "steps", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every", "psnr_samples",
     "turntable_frames",
 )  # fmt: skip
-
-
-def parse_background(text: str) -> torch.Tensor | None:
-    """[3] colour for black, white or #rrggbb; None for random."""
-    named = {"black": "#000000", "white": "#ffffff"}
-    if text == "random":
-        return None
-    value = named.get(text, text)
-    if len(value) != 7 or value[0] != "#" or any(c not in "0123456789abcdefABCDEF" for c in value[1:]):
-        raise InputError(f"--background {text}: use random, black, white or #rrggbb")
-    return torch.tensor([int(value[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
 
 
 # --- the stage -------------------------------------------------------------------------------------------------
@@ -691,7 +685,7 @@ def _sample(config: TrainConfig, scene: SceneData, state: TrainState) -> dict:
     return {
         "step": state.step,
         "seconds": round(state.seconds, 3),
-        "psnr": _finite(float(np.mean([r["psnr"] for r in results]))),
+        "psnr": finite_or_none(float(np.mean([r["psnr"] for r in results]))),
         "num_gaussians": len(splats),
     }
 
@@ -725,21 +719,14 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
     write_ply(work / "splats.ply", splats_cpu)
     write_splat(work / "splats.splat", splats_cpu)
     report = {
-        "psnr": _finite(float(np.mean([r["psnr"] for r in per_view]))),
-        "ssim": float(np.mean([r["ssim"] for r in per_view])),
-        "cc_psnr": _finite(float(np.mean([r["cc_psnr"] for r in per_view]))),
-        "lpips": _mean_or_none([r["lpips"] for r in per_view]),
-        "lpips_reason": M.lpips_status(),
-        # geometry, where the capture has ground-truth depth (synthetic captures): mean AbsRel of the expected depth
-        "depth_abs_rel": _finite_mean([r["depth_abs_rel"] for r in per_view if "depth_abs_rel" in r]),
-        "depth_coverage": _finite_mean([r["depth_coverage"] for r in per_view if "depth_coverage" in r]),
+        **summarize(per_view),
         "num_gaussians": len(splats),
         "steps": state.step,
         "seconds": round(state.seconds, 3),
         "evaluation_seconds": round(time.perf_counter() - tic, 3),
-        "evaluated_on": "test" if scene.test else "train (the capture has too few views to hold any out)",
+        "evaluated_on": evaluated_on(scene),
         "test_views": [view.name for view in scene.test],
-        "per_view": [{k: _finite(v) if isinstance(v, float) else v for k, v in r.items()} for r in per_view],
+        "per_view": per_view_json(per_view),
         "psnr_vs_time": state.history,
         "training_curve": state.curve,
         "pose_corrections": None if state.poses is None else pose_report(state.poses, scene.train,
@@ -765,21 +752,6 @@ def _eval_colors(state: TrainState, scene: SceneData, views: list[View]) -> tupl
         return list(state.appearance.detach()), {"held_out": "evaluated on the training views, with their own"}
     centres = [np.stack([v.camera.center for v in group]) for group in (scene.train, views)]
     return held_out_colors(centres[0], state.appearance, centres[1])
-
-
-def _mean_or_none(values: list[float | None]) -> float | None:
-    return None if not values or None in values else float(np.mean(values))
-
-
-def _finite_mean(values: list[float]) -> float | None:
-    """Mean of the finite values; None when there are none."""
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no Infinity: identical images (PSNR inf) are reported as null."""
-    return value if math.isfinite(value) else None
 
 
 def _print_summary(report: dict, out_dir: Path) -> None:

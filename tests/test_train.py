@@ -750,6 +750,39 @@ def test_cli_train_and_resume(capture, tmp_path, capsys):
     assert report["config"]["antialiased"] and report["config"]["appearance"]  # resumed as it was trained
 
 
+def test_eval_measures_a_scene_as_training_did_and_any_ply(capture, reference_scene, tmp_path, capsys):
+    """orbit4d eval SCENE: the held-out metrics training reported (capture, split and settings from the scene), and
+    the same renders; a bare .ply with --capture and --out, here at --downscale 2; bad inputs one line each."""
+    import shutil
+
+    scene = tmp_path / "scene"
+    shutil.copytree(reference_scene, scene)
+    code, err = cli(capsys, "eval", scene)
+    assert code == 0, err
+    trained, measured = (json.loads((folder / "metrics.json").read_text()) for folder in (scene, scene / "eval"))
+    for key in ("psnr", "ssim", "cc_psnr"):
+        assert measured[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert measured["test_views"] == trained["test_views"] and measured["num_gaussians"] == trained["num_gaussians"]
+    renders = [sorted(p.name for p in (folder / "renders").iterdir()) for folder in (scene, scene / "eval")]
+    assert renders[0] == renders[1] == ["images_view_000.png", "images_view_008.png"]
+    code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture, "--out", tmp_path / "half",
+                    "--downscale", "2")  # fmt: skip
+    assert code == 0, err
+    half = json.loads((tmp_path / "half" / "metrics.json").read_text())
+    assert half["image_size"] == [SIZE // 2, SIZE // 2] and half["sh_degree"] == 2 and len(half["per_view"]) == 2
+    code, err = cli(capsys, "eval", scene)
+    assert code == 1 and "--overwrite" in error_line(err)
+    code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture)
+    assert code == 1 and "--out" in error_line(err)
+    code, err = cli(capsys, "eval", scene, "--out", tmp_path / "bg", "--background", "random")
+    assert code == 1 and "--background random" in error_line(err)
+    broken = tmp_path / "broken.ply"
+    broken.write_bytes((scene / "splats.ply").read_bytes()[:500])
+    code, err = cli(capsys, "eval", broken, "--capture", capture, "--out", tmp_path / "broken")
+    assert code == 1 and "broken.ply" in error_line(err)
+    assert not (tmp_path / "broken").exists() and not (tmp_path / "bg").exists() and not list(tmp_path.glob(".*"))
+
+
 def test_turntable_orbits_or_sweeps_what_the_cameras_cover():
     from multiview.camera import Camera
     from multiview.layouts import intrinsics, look_at, spherical_eye
