@@ -91,8 +91,15 @@ def _run_eval(args: argparse.Namespace) -> int:
         background=args.background or ("white" if background == "random" else background),
         antialiased=bool(config.get("antialiased", False) if args.antialiased is None else args.antialiased),
     )
+    corrections = None  # a scene trained with --appearance: its training views' colour corrections
+    if trained.get("color_corrections"):
+        import torch
+
+        identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1)
+        corrections = {view["name"]: torch.tensor(view["transform"]) - identity
+                       for view in trained["color_corrections"]["per_view"]}  # fmt: skip
     with staged_dir(out, args.overwrite) as stage:
-        evaluate.run(eval_config, splats_path, capture, stage)
+        evaluate.run(eval_config, splats_path, capture, stage, corrections)
     evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
     return 0
 

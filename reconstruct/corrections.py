@@ -120,6 +120,6 @@ def color_report(corrections: Tensor, views: Sequence[View], rule: dict) -> dict
         transform = torch.cat([torch.eye(3, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)], 1)
         transform += correction
         per_view.append({"name": view.name, "gain": float(transform[:, :3].sum(1).mean()),
-                         "transform": [[round(float(v), 5) for v in row] for row in transform]})  # fmt: skip
+                         "transform": transform.tolist()})  # fmt: skip
     gains = [v["gain"] for v in per_view]
     return {"min_gain": min(gains), "max_gain": max(gains), **rule, "per_view": per_view}

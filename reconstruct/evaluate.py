@@ -20,7 +20,7 @@ from multiview.camera import Camera
 from multiview.console import console, info, warn
 from multiview.errors import InputError
 from multiview.outputs import write_json
-from reconstruct.corrections import corrected_colors
+from reconstruct.corrections import corrected_colors, held_out_colors
 from reconstruct.data import SceneData, View, load_scene
 from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, lpips_status, psnr, ssim
 from reconstruct.rasterize import rasterize
@@ -44,11 +44,15 @@ class EvalConfig:
     """Rasterizer (``rasterize``'s ``backend``)."""
 
 
-def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path) -> Path:
+def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
+        color_corrections: Mapping[str, Tensor] | None = None) -> Path:  # fmt: skip
     """Measure the splats of ``splats_path`` (a 3DGS ``.ply``: orbit4d's, gsplat's, the reference 3DGS code's, in the
     capture's world frame) on the held-out views of ``capture_dir``: ``out_dir``/metrics.json (the keys and meaning of
     ``orbit4d train``'s: PSNR, SSIM, cc_psnr, LPIPS, depth error, per view) and ``out_dir``/renders/. Returns
-    ``out_dir``."""
+    ``out_dir``.
+
+    ``color_corrections``: the [3, 4] colour correction of each training view by name, for splats trained with
+    ``appearance``; the held-out views get theirs as training evaluated them (``held_out_colors``)."""
     if config.test_every < 0:
         raise InputError(f"--test-every {config.test_every}: use 0 to evaluate on every view, or N for every N-th")
     background = parse_background(config.background)
@@ -60,8 +64,10 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path)
     views = scene.test or scene.train
     info(f"evaluating {len(splats):,} Gaussians on {len(views)} {'held-out' if scene.test else 'training'} views")
     tic = time.perf_counter()
+    colors, color_rule = eval_colors(color_corrections, scene, views)
     per_view = evaluate_views(splats.to(device), views, background, config.backend, with_lpips=True, with_depth=True,
-                              antialiased=config.antialiased, renders_dir=Path(out_dir) / "renders")  # fmt: skip
+                              antialiased=config.antialiased, renders_dir=Path(out_dir) / "renders",
+                              colors=colors)  # fmt: skip
     report = {
         **summarize(per_view),
         "num_gaussians": len(splats),
@@ -71,6 +77,7 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path)
         "test_views": [view.name for view in scene.test],
         "per_view": per_view_json(per_view),
         "image_size": [views[0].camera.width, views[0].camera.height],
+        "color_corrections": color_rule or None,
         "device": str(device),
         "splats": str(Path(splats_path).absolute()),
         "capture": str(scene.capture.root),
@@ -78,6 +85,24 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path)
     }
     write_json(Path(out_dir) / "metrics.json", report)
     return Path(out_dir)
+
+
+def eval_colors(corrections: Mapping[str, Tensor] | None, scene: SceneData,
+                 views: Sequence[View]) -> tuple[list[Tensor] | None, dict]:  # fmt: skip
+    """(colour correction per view of ``views`` or None, how they were chosen) from the training views' named
+    ``corrections``; (None, {}) without; the mean colours, with a warning, when they name other training views."""
+    if not corrections:
+        return None, {}
+    names = [view.name for view in scene.train]
+    if sorted(corrections) != sorted(names):
+        warn(f"the scene's colour corrections are for other training views than {scene.capture.root}'s (another "
+             "capture or split): evaluating in the mean colours")
+        return None, {"held_out": "mean colours (the corrections' views are not this capture's training views)"}
+    stacked = torch.stack([torch.as_tensor(corrections[name], dtype=torch.float32) for name in names])
+    if views is scene.train:
+        return list(stacked), {"held_out": "evaluated on the training views, with their own"}
+    centres = [np.stack([view.camera.center for view in group]) for group in (scene.train, views)]
+    return held_out_colors(centres[0], stacked, centres[1])
 
 
 def print_summary(report: Mapping, out_dir: Path) -> None:

@@ -50,13 +50,13 @@ from reconstruct.corrections import (
     color_report,
     corrected_colors,
     corrected_viewmat,
-    held_out_colors,
     pose_centre,
     pose_report,
 )
 from reconstruct.data import SceneData, View, load_scene
 from reconstruct.evaluate import (
     composite,
+    eval_colors,
     evaluate_views,
     evaluated_on,
     finite_or_none,
@@ -744,14 +744,10 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
 
 
 def _eval_colors(state: TrainState, scene: SceneData, views: list[View]) -> tuple[list[Tensor] | None, dict]:
-    """``held_out_colors`` for ``views`` of ``scene`` (their own corrections when they are the training views);
-    (None, {}) without appearance."""
+    """Colour corrections for evaluating ``views`` (``evaluate.eval_colors``); (None, {}) without appearance."""
     if state.appearance is None:
         return None, {}
-    if views is scene.train:
-        return list(state.appearance.detach()), {"held_out": "evaluated on the training views, with their own"}
-    centres = [np.stack([v.camera.center for v in group]) for group in (scene.train, views)]
-    return held_out_colors(centres[0], state.appearance, centres[1])
+    return eval_colors(dict(zip([view.name for view in scene.train], state.appearance.detach())), scene, views)
 
 
 def _print_summary(report: dict, out_dir: Path) -> None:
