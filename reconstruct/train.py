@@ -62,9 +62,9 @@ from reconstruct.evaluate import (
     finite_or_none,
     parse_background,
     per_view_json,
-    summarize,
     render_tensors,
     replace_dir,
+    summarize,
     write_training_plot,
     write_turntable,
 )
@@ -499,8 +499,8 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     degree = min(config.sh_degree, step // interval)
     checked, extremes = _extremes(_trained(state))
     image, alpha, meta = render_tensors(params, viewmat, view.K(), view.camera.width, view.camera.height,
-                                    degree, background, config.backend, check_finite=False,
-                                    antialiased=config.antialiased, absgrad=config.absgrad)  # fmt: skip
+                                        degree, background, config.backend, check_finite=False,
+                                        antialiased=config.antialiased, absgrad=config.absgrad)  # fmt: skip
     if state.appearance is not None:
         image = corrected_colors(image, alpha, background, state.appearance[index])
     if config.densify:
