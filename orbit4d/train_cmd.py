@@ -68,6 +68,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from multiview.outputs import staged_dir
     from reconstruct import evaluate
 
+    if not args.splats.exists():
+        raise InputError(f"{args.splats} does not exist: give a scene folder (orbit4d train --out) or a .ply file")
     scene_dir = args.splats if args.splats.is_dir() else None
     splats_path = args.splats / "splats.ply" if scene_dir else args.splats
     trained: dict = {}

@@ -774,6 +774,8 @@ def test_eval_measures_a_scene_as_training_did_and_any_ply(capture, reference_sc
     assert code == 1 and "--overwrite" in error_line(err)
     code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture)
     assert code == 1 and "--out" in error_line(err)
+    code, err = cli(capsys, "eval", tmp_path / "nowhere.ply", "--capture", capture, "--out", tmp_path / "n")
+    assert code == 1 and "nowhere.ply does not exist" in error_line(err)
     code, err = cli(capsys, "eval", scene, "--out", tmp_path / "bg", "--background", "random")
     assert code == 1 and "--background random" in error_line(err)
     broken = tmp_path / "broken.ply"
