@@ -63,6 +63,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import replace
 
     from multiview.errors import InputError
     from multiview.outputs import staged_dir
@@ -71,37 +72,20 @@ def _run_eval(args: argparse.Namespace) -> int:
     if not args.splats.exists():
         raise InputError(f"{args.splats} does not exist: give a scene folder (orbit4d train --out) or a .ply file")
     scene_dir = args.splats if args.splats.is_dir() else None
-    splats_path = args.splats / "splats.ply" if scene_dir else args.splats
-    trained: dict = {}
-    if scene_dir is not None and (scene_dir / "metrics.json").is_file():
-        try:
-            trained = json.loads((scene_dir / "metrics.json").read_text())
-        except (OSError, ValueError):
-            raise InputError(f"{scene_dir / 'metrics.json'} is not readable JSON: pass --capture and the settings "
-                             "the scene was trained with") from None
-    config = trained.get("config", {})
-    capture = args.capture or (Path(trained["capture"]) if "capture" in trained else None)
+    trained = evaluate.read_trained_scene(scene_dir) if scene_dir else None
+    capture = args.capture or (trained.capture if trained else None)
     if capture is None:
         raise InputError(f"{args.splats}: no scene metrics.json names its capture: pass --capture")
     out = args.out or (scene_dir / "eval" if scene_dir else None)
     if out is None:
         raise InputError(f"{args.splats} is a file: pass --out for metrics.json and renders/")
-    background = config.get("background", "white")
-    eval_config = evaluate.EvalConfig(
-        downscale=args.downscale or config.get("downscale", 1),
-        test_every=config.get("test_every", 8) if args.test_every is None else args.test_every,
-        background=args.background or ("white" if background == "random" else background),
-        antialiased=bool(config.get("antialiased", False) if args.antialiased is None else args.antialiased),
-    )
-    corrections = None  # a scene trained with --appearance: its training views' colour corrections
-    if trained.get("color_corrections"):
-        import torch
-
-        identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1)
-        corrections = {view["name"]: torch.tensor(view["transform"]) - identity
-                       for view in trained["color_corrections"]["per_view"]}  # fmt: skip
+    given = {"downscale": args.downscale, "test_every": args.test_every, "background": args.background,
+             "antialiased": args.antialiased}  # fmt: skip
+    config = replace(trained.config if trained else evaluate.EvalConfig(),
+                     **{name: value for name, value in given.items() if value is not None})  # fmt: skip
+    splats_path = scene_dir / "splats.ply" if scene_dir else args.splats
     with staged_dir(out, args.overwrite) as stage:
-        evaluate.run(eval_config, splats_path, capture, stage, corrections)
+        evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
     evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
     return 0
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -42,6 +43,43 @@ class EvalConfig:
     """Rasterize antialiased, for splats trained so (``--antialiased``)."""
     backend: str = "auto"
     """Rasterizer (``rasterize``'s ``backend``)."""
+
+
+@dataclass(frozen=True)
+class TrainedScene:
+    """What a scene's metrics.json (``orbit4d train``'s) says that measuring it again needs."""
+
+    capture: Path | None
+    """The capture it was trained on."""
+    config: EvalConfig
+    """Its resolution, split, background (white when training's was random) and rasterization."""
+    color_corrections: dict[str, Tensor] | None
+    """Its training views' colour corrections by name (``appearance``), else None."""
+
+
+def read_trained_scene(scene_dir: Path) -> TrainedScene:
+    """``TrainedScene`` from ``scene_dir``/metrics.json; everything unknown (no metrics.json) at EvalConfig's
+    defaults. InputError when the file is unreadable."""
+    path = Path(scene_dir) / "metrics.json"
+    trained: dict = {}
+    if path.is_file():
+        try:
+            trained = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise InputError(f"{path} is not readable JSON: pass --capture and the settings the scene was trained "
+                             "with") from None
+    settings = trained.get("config", {})
+    background = settings.get("background", "white")
+    config = EvalConfig(downscale=settings.get("downscale", 1), test_every=settings.get("test_every", 8),
+                        background="white" if background == "random" else background,
+                        antialiased=bool(settings.get("antialiased", False)))  # fmt: skip
+    corrections = None
+    if trained.get("color_corrections"):
+        identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1)
+        corrections = {view["name"]: torch.tensor(view["transform"], dtype=torch.float32) - identity
+                       for view in trained["color_corrections"]["per_view"]}  # fmt: skip
+    capture = Path(trained["capture"]) if "capture" in trained else None
+    return TrainedScene(capture=capture, config=config, color_corrections=corrections)
 
 
 def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
