@@ -72,7 +72,6 @@ def corrected_colors(image: Tensor, alpha: Tensor, background: Tensor, correctio
     return image + contribution @ correction[:, :3].T + alpha * correction[:, 3]
 
 
-
 APPEARANCE_NEIGHBOURS = 2  # training views a held-out view's colour correction is interpolated from
 
 
@@ -117,9 +116,20 @@ def color_report(corrections: Tensor, views: Sequence[View], rule: dict) -> dict
     ``held_out_colors``). metrics.json's "color_corrections"."""
     per_view = []
     for view, correction in zip(views, corrections.detach().cpu().double()):
-        transform = torch.cat([torch.eye(3, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)], 1)
-        transform += correction
+        transform = _identity_map(torch.float64) + correction
         per_view.append({"name": view.name, "gain": float(transform[:, :3].sum(1).mean()),
                          "transform": transform.tolist()})  # fmt: skip
     gains = [v["gain"] for v in per_view]
     return {"min_gain": min(gains), "max_gain": max(gains), **rule, "per_view": per_view}
+
+
+def corrections_from_report(report: dict) -> dict[str, Tensor]:
+    """The [3, 4] colour correction of each training view, by name, from ``color_report``'s ``report``."""
+    identity = _identity_map(torch.float32)
+    return {view["name"]: torch.tensor(view["transform"], dtype=torch.float32) - identity
+            for view in report["per_view"]}  # fmt: skip
+
+
+def _identity_map(dtype: torch.dtype) -> Tensor:
+    """[3, 4] the colour map that changes nothing: the identity matrix and a zero offset."""
+    return torch.eye(3, 4, dtype=dtype)

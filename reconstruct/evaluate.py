@@ -21,7 +21,7 @@ from multiview.camera import Camera
 from multiview.console import console, info, warn
 from multiview.errors import InputError
 from multiview.outputs import write_json
-from reconstruct.corrections import corrected_colors, held_out_colors
+from reconstruct.corrections import corrected_colors, corrections_from_report, held_out_colors
 from reconstruct.data import SceneData, View, load_scene
 from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, lpips_status, psnr, ssim
 from reconstruct.rasterize import rasterize
@@ -69,15 +69,11 @@ def read_trained_scene(scene_dir: Path) -> TrainedScene:
             raise InputError(f"{path} is not readable JSON: pass --capture and the settings the scene was trained "
                              "with") from None
     settings = trained.get("config", {})
-    background = settings.get("background", "white")
     config = EvalConfig(downscale=settings.get("downscale", 1), test_every=settings.get("test_every", 8),
-                        background="white" if background == "random" else background,
+                        background=evaluation_background(settings.get("background", "white")),
                         antialiased=bool(settings.get("antialiased", False)))  # fmt: skip
-    corrections = None
-    if trained.get("color_corrections"):
-        identity = torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1)
-        corrections = {view["name"]: torch.tensor(view["transform"], dtype=torch.float32) - identity
-                       for view in trained["color_corrections"]["per_view"]}  # fmt: skip
+    colors = trained.get("color_corrections")
+    corrections = corrections_from_report(colors) if colors else None
     capture = Path(trained["capture"]) if "capture" in trained else None
     return TrainedScene(capture=capture, config=config, color_corrections=corrections)
 
@@ -281,6 +277,11 @@ def parse_background(text: str) -> torch.Tensor | None:
     if len(value) != 7 or value[0] != "#" or any(c not in "0123456789abcdefABCDEF" for c in value[1:]):
         raise InputError(f"--background {text}: use random, black, white or #rrggbb")
     return torch.tensor([int(value[i : i + 2], 16) / 255.0 for i in (1, 3, 5)])
+
+
+def evaluation_background(text: str) -> str:
+    """The background evaluation renders on for a training ``--background``: the same, white for random."""
+    return "white" if text == "random" else text
 
 
 def evaluated_on(scene: SceneData) -> str:

@@ -59,6 +59,7 @@ from reconstruct.evaluate import (
     eval_colors,
     evaluate_views,
     evaluated_on,
+    evaluation_background,
     finite_or_none,
     parse_background,
     per_view_json,
@@ -393,9 +394,14 @@ def make_optimizers(config: TrainConfig, params: dict, scene_scale: float,
 POSE_WARMUP = 0.2  # fraction of the steps before poses move: the splats first need a shape to align to
 
 
+def _done(config: TrainConfig, step: int) -> float:
+    """The fraction of the run's steps done before ``step``, in [0, 1]: what the learning rates decay with."""
+    return min(max(step / max(config.steps, 1), 0.0), 1.0)
+
+
 def pose_learning_rate(config: TrainConfig, step: int) -> float:
     """0 for the first POSE_WARMUP of the steps, then lr_pose -> lr_pose / 100, log-linear."""
-    t = min(max(step / max(config.steps, 1), 0.0), 1.0)
+    t = _done(config, step)
     if t < POSE_WARMUP:
         return 0.0
     return config.lr_pose * 0.01 ** ((t - POSE_WARMUP) / (1 - POSE_WARMUP)) * config.lr_scale
@@ -403,8 +409,7 @@ def pose_learning_rate(config: TrainConfig, step: int) -> float:
 
 def appearance_learning_rate(config: TrainConfig, step: int) -> float:
     """lr_appearance -> lr_appearance / 100, log-linear over the steps."""
-    t = min(max(step / max(config.steps, 1), 0.0), 1.0)
-    return config.lr_appearance * 0.01**t * config.lr_scale
+    return config.lr_appearance * 0.01 ** _done(config, step) * config.lr_scale
 
 
 PER_VIEW_RATES = {"poses": pose_learning_rate, "appearance": appearance_learning_rate}
@@ -412,7 +417,7 @@ PER_VIEW_RATES = {"poses": pose_learning_rate, "appearance": appearance_learning
 
 def means_learning_rate(config: TrainConfig, step: int, scene_scale: float) -> float:
     """lr_means -> lr_means_final, log-linear over the steps (3DGS's get_expon_lr_func without delay)."""
-    t = min(max(step / max(config.steps, 1), 0.0), 1.0)
+    t = _done(config, step)
     rate = math.exp((1 - t) * math.log(config.lr_means) + t * math.log(config.lr_means_final))
     return rate * scene_scale * config.lr_scale
 
@@ -691,8 +696,7 @@ def _sample(config: TrainConfig, scene: SceneData, state: TrainState) -> dict:
 
 
 def _eval_background(config: TrainConfig) -> torch.Tensor:
-    fixed = parse_background(config.background)
-    return fixed if fixed is not None else torch.ones(3)
+    return parse_background(evaluation_background(config.background))
 
 
 # --- outputs ---------------------------------------------------------------------------------------------------
