@@ -90,7 +90,7 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
                              "pass fewer --frames" + ("" if config.half else ", or --half on a GPU")) from None
     if not torch.isfinite(frames).all():
         raise InputError(f"{config.weights}: the model produced NaN or Inf frames; try without --half or other weights")
-    with staged_dir(out_dir, overwrite) as stage:
+    with staged_dir(out_dir, overwrite, inputs=[image_path, config.weights]) as stage:
         (stage / "images").mkdir()
         PIL.Image.fromarray(image).save(stage / "input.png")
         written = []

@@ -526,9 +526,14 @@ def _read_ply_ascii(body: bytes, skip_lines: int, count: int, properties: list, 
 
 
 def read_capture(root: Path) -> Capture:
-    """Read a capture folder: frames from ``transforms.json``, points from its ``ply_file_path`` (or points3D.ply)."""
+    """Read a capture folder (or its ``transforms.json``): frames from ``transforms.json``, points from its
+    ``ply_file_path`` (or points3D.ply)."""
     root = Path(root).absolute()
+    if root.name == TRANSFORMS_FILE and root.is_file():
+        root = root.parent
     transforms = root / TRANSFORMS_FILE
+    if not root.exists():
+        raise InputError(f"{root} does not exist: give a capture folder (orbit4d capture or import makes one)")
     if not transforms.is_file():
         raise InputError(f"{root} has no {TRANSFORMS_FILE}: not a capture folder; make one with `orbit4d import`")
     listing = load_transforms(transforms)

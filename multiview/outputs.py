@@ -6,23 +6,40 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from multiview.errors import OutputExistsError
 
 
+def checked_out_dir(out_dir: Path, inputs: Iterable[Path] = ()) -> Path:
+    """``out_dir`` made absolute, once it is known that replacing it cannot destroy one of ``inputs`` (it is none of
+    them and holds none of them) and that no file stands where it or a folder above it would be.
+    OutputExistsError naming both otherwise."""
+    out_dir = Path(out_dir).absolute()
+    resolved = out_dir.resolve()
+    for source in inputs:
+        source_resolved = Path(source).resolve()
+        if resolved == source_resolved or resolved in source_resolved.parents:
+            raise OutputExistsError(f"--out {out_dir} would replace the input {source}: choose an --out outside it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another --out")
+    blocking = next((folder for folder in out_dir.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise OutputExistsError(f"--out {out_dir}: {blocking} is a file, not a folder: choose another --out")
+    return out_dir
+
+
 @contextmanager
-def staged_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Iterator[Path]:
     """Yield an empty sibling folder of ``out_dir``; on success it replaces ``out_dir`` in one rename.
 
     On failure the staging folder is removed and ``out_dir`` is untouched. Refuses an existing,
-    non-empty ``out_dir`` unless ``overwrite``.
+    non-empty ``out_dir`` unless ``overwrite``, and an ``out_dir`` that is or holds one of ``inputs``
+    (``checked_out_dir``).
     """
-    out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another --out")
+    out_dir = checked_out_dir(out_dir, inputs)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def run(config: CaptureConfig, input_path: Path, out_dir: Path, overwrite: bool 
         raise InputError(f"{input_path} does not exist: give a video file or a folder of images")
     start = time.perf_counter()
     seconds: dict[str, float] = {}
-    with staged_dir(out_dir, overwrite) as stage:
+    with staged_dir(out_dir, overwrite, inputs=[input_path]) as stage:
         work = stage / "work"
         tic = time.perf_counter()
         selection, ordered = _select(config.frames, input_path, work / "frames")
@@ -140,7 +140,7 @@ def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: b
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src} does not exist: give a COLMAP model folder, a transforms.json or an LLFF folder")
-    with staged_dir(out_dir, overwrite) as stage:
+    with staged_dir(out_dir, overwrite, inputs=[src]) as stage:
         importers.import_capture(src, stage)
         if triangulate:
             add_points(stage, verbose)

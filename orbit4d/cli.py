@@ -15,6 +15,17 @@ from orbit4d import generate_cmd, train_cmd
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
 EXIT_INTERRUPTED = 130
+# What lowers each command's memory (the trainer's own out-of-memory errors name the exact values).
+_TRAIN_HINT = "a larger --downscale, or --max-gaussians (and --init-points without SfM points)"
+OUT_OF_MEMORY_HINTS = {
+    "capture": "a smaller --max-size or fewer --frames",
+    "train": _TRAIN_HINT,
+    "video-to-3d": f"a smaller --max-size or fewer --frames for the capture; {_TRAIN_HINT} for training",
+    "image-to-3d": f"fewer --frames for the orbit; {_TRAIN_HINT} for training",
+    "eval": "a larger --downscale",
+    "generate": "fewer --frames",
+    "render-asset": "a smaller --size",
+}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -163,7 +174,7 @@ def _run_render_asset(args: argparse.Namespace) -> int:
     )
     if not args.model.is_file():
         raise InputError(f"{args.model} does not exist: give a .glb, .gltf or .obj file")
-    with staged_dir(args.out, args.overwrite) as stage:
+    with staged_dir(args.out, args.overwrite, inputs=[args.model]) as stage:
         render_asset.render_asset(config, args.model, stage)
     print(f"capture written to {args.out}", file=sys.stderr)
     return 0
@@ -184,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orbit4d {args.command}: interrupted; outputs already written are intact", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
-        print(f"orbit4d {args.command}: error: out of memory; try a smaller --max-size or fewer --frames",
-              file=sys.stderr)
+        hint = OUT_OF_MEMORY_HINTS.get(args.command, "a smaller input")
+        print(f"orbit4d {args.command}: error: out of memory; try {hint}", file=sys.stderr)
         return EXIT_USER_ERROR
     except Exception as error:  # a bug: say so in one line, the traceback is one flag away
         print(f"orbit4d {args.command}: internal error: {type(error).__name__}: {error} "

@@ -121,7 +121,7 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
                                           fov_deg=d.fov_deg), args.assets, args.data)  # fmt: skip
     report, pairs = evaluate(pipeline, OrbitClips(args.data, "test"), args.steps, args.seed, args.sampler,
                              args.max_clips)  # fmt: skip
-    with staged_dir(args.out, args.overwrite) as stage:
+    with staged_dir(args.out, args.overwrite, inputs=[args.weights, args.data]) as stage:
         write_json(stage / "metrics.json", {**report, "weights": str(args.weights.absolute()),
                                             "data": str(args.data.absolute())})  # fmt: skip
         PIL.Image.fromarray(contact_sheet(pairs)).save(stage / "contact_sheet.png")

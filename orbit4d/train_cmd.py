@@ -84,7 +84,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     config = replace(trained.config if trained else evaluate.EvalConfig(),
                      **{name: value for name, value in given.items() if value is not None})  # fmt: skip
     splats_path = scene_dir / "splats.ply" if scene_dir else args.splats
-    with staged_dir(out, args.overwrite) as stage:
+    with staged_dir(out, args.overwrite, inputs=[args.splats, capture]) as stage:
         evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
     evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
     return 0

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL.ExifTags
 import PIL.Image
+import PIL.ImageOps
 import torch
 from torch import Tensor
 
@@ -25,6 +27,9 @@ from multiview.camera import Camera
 from multiview.capture import Capture, Frame, read_capture
 from multiview.console import track, warn
 from multiview.errors import InputError
+
+
+MIN_IMAGE_SIDE = 8  # pixels, after --downscale: smaller images leave nothing to learn from (and no turntable)
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +110,12 @@ def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8) -> Sc
     if distorted:
         raise InputError(f"{distorted[0].image_path}: the capture has distorted cameras; splats train on undistorted "
                          "images: re-import the capture with `orbit4d import` (it undistorts)")
+    smallest = min(min(frame.camera.width, frame.camera.height) for frame in frames)
+    if round(smallest / downscale) < MIN_IMAGE_SIDE:
+        raise InputError(f"--downscale {downscale}: {capture.root} has images {smallest} px on a side, which that "
+                         f"leaves under {MIN_IMAGE_SIDE} px: use at most --downscale {max(smallest // MIN_IMAGE_SIDE, 1)}")
     views = [_load_view(frame, capture.root, downscale) for frame in track(frames, "loading images")]
+    _check_masks(views, capture.root)
     holdout = test_every > 0 and len(views) >= 2
     test = [v for i, v in enumerate(views) if holdout and i % test_every == 0]
     train = [v for i, v in enumerate(views) if not (holdout and i % test_every == 0)]
@@ -113,6 +123,18 @@ def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8) -> Sc
         raise InputError(f"{capture.root}: --test-every {test_every} holds out every view, which leaves none to "
                          "train on: hold out fewer (every 8th is usual; 0 holds out none)")
     return SceneData(capture, train, test)
+
+
+def _check_masks(views: list[View], root: Path) -> None:
+    """InputError when every view's mask is empty (black: an inverted convention, or a transparent image); a
+    warning when some are (those views teach only the background)."""
+    empty = [view.name for view in views if view.mask is not None and not bool(view.mask.any())]
+    if empty and len(empty) == len(views):
+        raise InputError(f"{root}: every view's mask is empty (no white pixel; alpha masks fully transparent): masks "
+                         "are white where the object is: invert them, or remove mask_path from transforms.json")
+    if empty:
+        warn(f"{root}: {len(empty)} of {len(views)} masks are empty (e.g. {empty[0]}): those views show only the "
+             "background")
 
 
 def _name(frame: Frame, root: Path) -> str:
@@ -125,10 +147,7 @@ def _name(frame: Frame, root: Path) -> str:
 def _load_view(frame: Frame, root: Path, downscale: int) -> View:
     camera = frame.camera.scaled(1.0 / downscale) if downscale > 1 else frame.camera
     size = (camera.width, camera.height)
-    image = _open(frame.image_path)
-    if image.size != (frame.camera.width, frame.camera.height):
-        raise InputError(f"{frame.image_path} is {image.size[0]}x{image.size[1]} but transforms.json says "
-                         f"{frame.camera.width}x{frame.camera.height}: fix w/h in transforms.json or the image")
+    image = _upright(_open(frame.image_path), frame)
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
     rgb = _resized(image.convert("RGB"), size)
     mask = None
@@ -157,6 +176,23 @@ def _open(path: Path) -> PIL.Image.Image:
     except (OSError, PIL.Image.DecompressionBombError) as error:
         message = f"{path} is not a readable image ({error}): replace it or remove it from the capture"
         raise InputError(message) from None
+
+
+def _upright(image: PIL.Image.Image, frame: Frame) -> PIL.Image.Image:
+    """``image`` as stored when its size is the one transforms.json gives (COLMAP and nerfstudio read the stored
+    pixels, ignoring EXIF orientation), else turned as its EXIF orientation says when that gives the size (a photo
+    its camera stored on its side); InputError otherwise."""
+    expected = (frame.camera.width, frame.camera.height)
+    if image.size == expected:
+        return image
+    rotated = image.getexif().get(PIL.ExifTags.Base.Orientation, 1) != 1
+    if rotated:
+        upright = PIL.ImageOps.exif_transpose(image)
+        if upright.size == expected:
+            return upright
+    turned = " (also as its EXIF orientation turns it)" if rotated else ""
+    raise InputError(f"{frame.image_path} is {image.size[0]}x{image.size[1]}{turned} but transforms.json says "
+                     f"{expected[0]}x{expected[1]}: fix w/h in transforms.json or the image")
 
 
 def _resized(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image:

@@ -61,13 +61,15 @@ def read_trained_scene(scene_dir: Path) -> TrainedScene:
     """``TrainedScene`` from ``scene_dir``/metrics.json; everything unknown (no metrics.json) at EvalConfig's
     defaults. InputError when the file is unreadable."""
     path = Path(scene_dir) / "metrics.json"
-    trained: dict = {}
+    trained: object = {}
     if path.is_file():
         try:
             trained = json.loads(path.read_text())
         except (OSError, ValueError):
-            raise InputError(f"{path} is not readable JSON: pass --capture and the settings the scene was trained "
-                             "with") from None
+            trained = None
+    if not isinstance(trained, dict):
+        raise InputError(f"{path} is not a scene's metrics (readable JSON, an object): pass --capture and the "
+                         "settings the scene was trained with")
     settings = trained.get("config", {})
     config = EvalConfig(downscale=settings.get("downscale", 1), test_every=settings.get("test_every", 8),
                         background=evaluation_background(settings.get("background", "white")),
@@ -93,7 +95,10 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
     if background is None:
         raise InputError("--background random: evaluation renders on one colour: use white, black or #rrggbb")
     splats = read_ply(splats_path)
-    scene = load_scene(capture_dir, config.downscale, config.test_every)
+    if len(splats) == 0:
+        raise InputError(f"{splats_path} holds no Gaussians: there is nothing to evaluate")
+    # every view held out is a valid split to measure another tool's splats on: evaluate on them all
+    scene = load_scene(capture_dir, config.downscale, 0 if config.test_every == 1 else config.test_every)
     device = torch.device("cuda" if torch.cuda.is_available() and config.backend in ("auto", "gsplat") else "cpu")
     views = scene.test or scene.train
     info(f"evaluating {len(splats):,} Gaussians on {len(views)} {'held-out' if scene.test else 'training'} views")

@@ -44,7 +44,7 @@ def splats_to_array(splats: Splats) -> np.ndarray:
     """[N, P] float32 rows in ``ply_property_names(splats.sh_degree)`` order."""
     n = len(splats)
     t = {name: value.detach().float().cpu() for name, value in splats.tensors().items()}
-    f_rest = t["shN"].transpose(1, 2).reshape(n, -1)  # [N, K-1, 3] -> channel-major [N, 3 (K-1)]
+    f_rest = t["shN"].transpose(1, 2).reshape(n, 3 * t["shN"].shape[1])  # [N, K-1, 3] -> channel-major
     columns = [t["means"], torch.zeros(n, 3), t["sh0"][:, 0], f_rest,
                t["opacities"][:, None], t["scales"], t["quats"]]  # fmt: skip
     return torch.cat(columns, dim=1).numpy().astype(np.float32)

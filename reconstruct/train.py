@@ -14,14 +14,16 @@ Output folder (``scene/``)::
     turntable.mp4    one orbit around the scene centre
     checkpoint/      checkpoint.pt, to resume or extend training
 
-A fresh run trains in ``.<name>.partial/`` beside ``out_dir`` (checkpoints included) and renames it into place when
+Every run trains in ``.<name>.partial/`` beside ``out_dir`` (checkpoints included) and renames it into place when
 everything is written, so an existing scene is never half replaced. ``--resume`` continues from the checkpoint of
-``out_dir`` itself (a finished scene: train further) or of the ``.partial`` folder an interrupted run left.
+the ``.partial`` folder an interrupted run left, or of ``out_dir`` itself (a finished scene, trained further: it
+stays as it was until the longer run is written).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import threading
@@ -37,7 +39,7 @@ from torch import Tensor
 
 from multiview.console import console, info, warn
 from multiview.errors import InputError, Orbit4dError, OutputExistsError
-from multiview.outputs import write_json
+from multiview.outputs import checked_out_dir, write_json
 from reconstruct import metrics as M
 from reconstruct.checkpoint import (
     TrainState,
@@ -236,20 +238,21 @@ def run(
     """
     config.validate()
     out_dir = Path(out_dir).absolute()
-    work, in_place = _work_dir(out_dir, resume, overwrite)
-    payload = read_checkpoint(checkpoint_path(work)) if resume else None
+    work, resume_from = _work_dir(out_dir, capture_dir, resume, overwrite)
+    payload = read_checkpoint(checkpoint_path(resume_from)) if resume_from is not None else None
     if payload is not None:
         config = _resumed_config(payload["config"], config)
         if payload["step"] > config.steps:
-            raise InputError(f"{checkpoint_path(work)} is at step {payload['step']}, beyond --steps {config.steps}: "
-                             "pass a larger --steps")
+            raise InputError(f"{checkpoint_path(resume_from)} is at step {payload['step']}, beyond --steps "
+                             f"{config.steps}: pass a larger --steps")
     device = _device(config)
     scene = load_scene(capture_dir, config.downscale, config.test_every)
     if payload is not None:
         state = _resumed_state(payload, config, scene, device)
-        info(f"resuming {work} at step {state.step} of {config.steps}")
+        info(f"resuming {resume_from} at step {state.step} of {config.steps}")
     else:
         state = _fresh_state(config, scene, device)
+    if work != resume_from:  # a fresh run, or a finished scene trained further beside itself until it is done
         shutil.rmtree(work, ignore_errors=True)  # an interrupted run's folder, when --overwrite allowed it
         work.mkdir(parents=True)
     densifier = _densifier(config)
@@ -266,10 +269,13 @@ def run(
                              f"--downscale {config.downscale * 2}") from None
         clean = True
     finally:
-        if not clean and not in_place and not checkpoint_path(work).is_file():
+        if not clean and not checkpoint_path(work).is_file():
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave no empty partial folder
-    if not in_place:
-        replace_dir(work, out_dir)
+    if resume_from == out_dir:  # what was added to the scene (orbit4d eval's eval/, say) stays with it
+        for entry in out_dir.iterdir():
+            if not (work / entry.name).exists():
+                os.replace(entry, work / entry.name)
+    replace_dir(work, out_dir)
     _print_summary(report, out_dir)
     return out_dir
 
@@ -287,16 +293,16 @@ def _partial_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.partial"
 
 
-def _work_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]:
-    """(folder to train in, whether it is ``out_dir`` itself); refuses what would lose work; creates nothing."""
+def _work_dir(out_dir: Path, capture_dir: Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """(folder to train in: ``out_dir``'s ``.partial`` sibling, renamed into place when everything is written;
+    folder whose checkpoint to resume, or None). Refuses what would lose work or the capture; creates nothing."""
+    checked_out_dir(out_dir, [capture_dir])
     partial = _partial_dir(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another --out")
     if resume:  # an interrupted run first: it is newer than a finished scene it was going to replace
         if checkpoint_path(partial).is_file():
-            return partial, False
+            return partial, partial
         if checkpoint_path(out_dir).is_file():
-            return out_dir, True
+            return partial, out_dir
         raise InputError(f"{out_dir}: no checkpoint to resume (looked in {out_dir}/checkpoint and "
                          f"{partial}/checkpoint): train without --resume")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -305,7 +311,7 @@ def _work_dir(out_dir: Path, resume: bool, overwrite: bool) -> tuple[Path, bool]
     if partial.exists() and not overwrite:
         raise OutputExistsError(f"{partial} holds an interrupted run: pass --resume to continue it or "
                                 "--overwrite to start over")
-    return partial, False
+    return partial, None
 
 
 def _resumed_config(saved: dict, given: TrainConfig) -> TrainConfig:
@@ -435,7 +441,12 @@ def initial_splats(config: TrainConfig, scene: SceneData, device: torch.device =
             keep = np.sort(np.random.default_rng(config.seed).choice(len(points), int(limit), replace=False))
             points, colors = points[keep], None if colors is None else colors[keep]
         info(f"initialising {len(points):,} Gaussians from the capture's points")
-        return splats_from_points(points, colors, config.sh_degree, config.init_opacity)
+        splats = splats_from_points(points, colors, config.sh_degree, config.init_opacity)
+        if not torch.isfinite(splats.scales).all():  # squared distances beyond float32
+            raise InputError(f"{capture.root}: the capture's points reach {np.abs(points).max():.3g}, too far to size "
+                             "Gaussians in float32: remove those outliers from its points file (points3D.ply), or "
+                             "delete it to start from random Gaussians")
+        return splats
     count = config.random_init_points or RANDOM_INIT_POINTS.get(device.type, RANDOM_INIT_POINTS["cpu"])
     num = int(min(count, limit))
     center, radius = view_volume([view.camera for view in scene.train])
@@ -654,9 +665,12 @@ def _check_finite(state: TrainState) -> None:
 
 
 def _diverged(step: int, what: str, state: TrainState) -> TrainError:
-    kept = f"the last good checkpoint (step {state.saved_step}) is kept; " if state.saved_step is not None else ""
-    return TrainError(f"training diverged at step {step + 1}: {what} became NaN or Inf; {kept}"
-                      "rerun with --lr-scale 0.5 (with --resume to continue from the checkpoint) or --downscale 2")
+    if state.saved_step is None:
+        return TrainError(f"training diverged at step {step + 1}: {what} became NaN or Inf; rerun with --lr-scale 0.5 "
+                          "or --downscale 2")
+    return TrainError(f"training diverged at step {step + 1}: {what} became NaN or Inf; the last good checkpoint "
+                      f"(step {state.saved_step}) is kept; rerun with --lr-scale 0.5 (with --resume to continue from "
+                      "it) or --downscale 2")
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -193,3 +193,26 @@ def test_render_asset_unknown_animation_lists_the_real_ones(shared_data, tmp_pat
     code, err = run_cli(capsys, "render-asset", fox, "--out", tmp_path / "out", "--animation", "Jump")
     assert_one_line_error(code, err, "Fox.glb", "Jump", "Run, Survey, Walk")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("command", "hint"), [("capture", "--max-size"), ("train", "--downscale"),
+                                               ("eval", "--downscale"), ("generate", "--frames")])  # fmt: skip
+def test_out_of_memory_names_what_lowers_that_commands_memory(tmp_path, capsys, monkeypatch, command, hint):
+    """A MemoryError escaping a stage is one line whose hint is an option of the command that ran."""
+    from orbit4d import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args([command, str(tmp_path / "input"), "--out", str(tmp_path / "out")]
+                             + (["--weights", str(tmp_path)] if command == "generate" else []))  # fmt: skip
+
+    def exhausted(_args):
+        raise MemoryError
+
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(args, "func", exhausted, raising=False)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: args)
+    code, err = run_cli(capsys, command)
+    assert_one_line_error(code, err, "out of memory", hint)
+    option = hint.lstrip("-")
+    assert any(action.dest == option.replace("-", "_") for action in parser._subparsers._group_actions[0]
+               .choices[command]._actions)  # the hint is the command's own option  # fmt: skip

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import PIL.ExifTags
 import PIL.Image
 import pytest
 import torch
@@ -27,7 +28,7 @@ from reconstruct.checkpoint import checkpoint_path, read_checkpoint
 from reconstruct.corrections import held_out_colors
 from reconstruct.data import load_scene
 from reconstruct.evaluate import evaluate_views
-from reconstruct.ply import read_ply
+from reconstruct.ply import read_ply, write_ply
 from reconstruct.rasterize import rasterize
 from reconstruct.splats import Splats, rgb_to_sh0
 from reconstruct.strategy import Densifier, default_strategy
@@ -474,10 +475,35 @@ def test_resume_a_finished_scene_trains_further(capture, reference_scene, tmp_pa
 
     out = tmp_path / "scene"
     shutil.copytree(reference_scene, out)
+    (out / "eval").mkdir()
+    (out / "eval" / "notes.txt").write_text("measured before")
     train.run(replace(RESUME_CONFIG, steps=70), capture, out, resume=True)
     report = json.loads((out / "metrics.json").read_text())
     assert report["steps"] == 70 and read_checkpoint(checkpoint_path(out))["step"] == 70
+    assert (out / "eval" / "notes.txt").read_text() == "measured before"  # what was added to the scene stays
     assert not list(tmp_path.glob(".*"))
+
+
+def test_a_failed_resume_leaves_the_finished_scene_as_it_was(capture, reference_scene, tmp_path, monkeypatch):
+    """Training a finished scene further fails while writing its outputs: every file of the scene is as it was, and
+    the longer run's checkpoint waits beside it for the next --resume."""
+    import shutil
+
+    out = tmp_path / "scene"
+    shutil.copytree(reference_scene, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def failing_export(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train, "_export", failing_export)
+    with pytest.raises(OSError, match="No space left"):
+        train.run(replace(RESUME_CONFIG, steps=70), capture, out, resume=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert read_checkpoint(checkpoint_path(tmp_path / ".scene.partial"))["step"] == 70
+    monkeypatch.undo()
+    train.run(replace(RESUME_CONFIG, steps=70), capture, out, resume=True)  # takes up the partial run: nothing to do
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 70 and not list(tmp_path.glob(".*"))
 
 
 def test_resume_reads_checkpoints_written_before_the_curve_and_view_corrections(capture, reference_scene, tmp_path):
@@ -590,6 +616,7 @@ def test_nan_stops_with_one_line_and_keeps_earlier_outputs(capture, reference_sc
     assert code == 1
     line = error_line(err)
     assert "diverged at step 16" in line and "means" in line and "--lr-scale" in line
+    assert "--resume" not in line  # no checkpoint was written: nothing to resume from
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert not (tmp_path / ".scene.partial").exists()  # no checkpoint was due: nothing to resume, nothing left
 
@@ -600,7 +627,7 @@ def test_nan_keeps_the_last_good_checkpoint(capture, tmp_path, monkeypatch):
             state.params["opacities"].data[3] = float("inf")
 
     config = replace(RESUME_CONFIG, checkpoint_every=10)
-    with pytest.raises(train.TrainError, match=r"step 26: the opacities .* checkpoint \(step 20\) is kept"):
+    with pytest.raises(train.TrainError, match=r"step 26: the opacities .* checkpoint \(step 20\) is kept.*--resume"):
         train.run(config, capture, tmp_path / "scene", on_step=poison)
     payload = read_checkpoint(checkpoint_path(tmp_path / ".scene.partial"))
     assert payload["step"] == 20 and all(torch.isfinite(p).all() for p in payload["params"].values())
@@ -638,7 +665,79 @@ def test_bad_inputs_are_one_line(tmp_path, capsys, capture):
     assert code == 1 and "--test-every -1" in error_line(err)
     code, err = cli(capsys, "train", capture, "--out", tmp_path / "s7", "--test-every", "1")
     assert code == 1 and "--test-every 1 holds out every view" in error_line(err)
-    assert not any(tmp_path.glob("s[1-7]")) and not any(tmp_path.glob(".s*"))
+    code, err = cli(capsys, "train", capture, "--out", tmp_path / "s8", "--downscale", "5")  # 32 px -> 6
+    assert code == 1 and "--downscale 5" in error_line(err) and "at most --downscale 4" in error_line(err)
+    code, err = cli(capsys, "train", capture / "transforms.json", "--out", tmp_path / "s9", "--steps", "1",
+                    "--downscale", "2")  # fmt: skip
+    assert code == 0, err  # the capture's transforms.json stands for its folder, as in nerfstudio's --data
+    assert not any(tmp_path.glob("s[1-8]")) and not any(tmp_path.glob(".s*"))
+
+
+def test_an_out_that_is_or_holds_an_input_is_refused_and_the_input_kept(capture, reference_scene, tmp_path, capsys):
+    """--overwrite replaces the output folder: never the capture, the photos or the scene being read (data loss
+    found by a survey of bad inputs), and a file in the way of --out is one line, not an internal error."""
+    import shutil
+
+    own = shutil.copytree(capture, tmp_path / "work" / "capture")
+    scene = shutil.copytree(reference_scene, tmp_path / "work" / "scene")
+    files = sorted(p for p in (tmp_path / "work").rglob("*"))
+    for argv in (["train", own, "--out", own], ["train", own, "--out", tmp_path / "work"],
+                 ["eval", scene, "--out", scene], ["video-to-3d", own / "images", "--out", tmp_path / "work"],
+                 ["capture", own / "images", "--out", own / "images"], ["import", own, "--out", tmp_path]):  # fmt: skip
+        code, err = cli(capsys, *argv, "--overwrite")
+        assert code == 1 and "would replace the input" in error_line(err), (argv, err)
+    assert sorted(p for p in (tmp_path / "work").rglob("*")) == files
+    (tmp_path / "afile").write_text("in the way")
+    for argv in (["train", own, "--out", tmp_path / "afile" / "scene"], ["eval", scene, "--out", tmp_path / "afile"],
+                 ["import", own, "--out", tmp_path / "afile" / "capture"]):  # fmt: skip
+        code, err = cli(capsys, *argv)
+        assert code == 1 and "afile" in error_line(err) and "--out" in error_line(err), (argv, err)
+
+
+def test_images_as_cameras_store_them_and_masks_that_hide_everything(tmp_path, capsys):
+    """A photo its camera stored on its side, upright by its EXIF orientation, loads upright (as orbit4d capture
+    reads it); masks that keep nothing (an inverted convention) stop with one line, some empty ones warn."""
+    from multiview.capture import read_capture
+
+    capture = make_capture(tmp_path / "capture", num_views=4)
+    frames = read_capture(capture).frames
+    upright = np.asarray(PIL.Image.open(frames[1].image_path))
+    wide = [Frame(f.image_path, f.camera.replace(width=SIZE + 8, K=f.camera.K)) for f in frames]
+    for frame in wide:  # 40 x 32 upright; the first stored 32 x 40 with orientation 6 (display turned 90° clockwise)
+        pixels = np.pad(np.asarray(PIL.Image.open(frame.image_path)), ((0, 0), (0, 8), (0, 0)))
+        PIL.Image.fromarray(pixels).save(frame.image_path)
+    stored = PIL.Image.open(wide[0].image_path).transpose(PIL.Image.Transpose.ROTATE_90)
+    exif = PIL.Image.Exif()
+    exif[PIL.ExifTags.Base.Orientation] = 6
+    stored.save(wide[0].image_path, exif=exif)
+    write_transforms(capture / "transforms.json", wide, capture)
+    views = load_scene(capture, test_every=0).train
+    assert views[0].image.shape == (SIZE, SIZE + 8, 3)
+    assert np.array_equal(views[1].image.numpy()[:, :SIZE], upright)
+    assert np.array_equal(views[0].image.numpy(), np.asarray(PIL.Image.open(wide[0].image_path).transpose(
+        PIL.Image.Transpose.ROTATE_270)))  # fmt: skip
+
+    masked = [Frame(f.image_path, f.camera, f.image_path.with_name(f"mask_{i}.png")) for i, f in enumerate(wide)]
+    for frame in masked:
+        PIL.Image.fromarray(np.zeros((SIZE, SIZE + 8), np.uint8)).save(frame.mask_path)
+    write_transforms(capture / "transforms.json", masked, capture)
+    with pytest.raises(InputError, match="every view's mask is empty.*invert them"):
+        load_scene(capture)
+    PIL.Image.fromarray(np.full((SIZE, SIZE + 8), 255, np.uint8)).save(masked[1].mask_path)
+    capsys.readouterr()
+    assert len(load_scene(capture).train) == 3 and "3 of 4 masks are empty" in " ".join(capsys.readouterr().err.split())
+
+
+def test_points_too_far_for_float32_are_one_line(tmp_path):
+    from multiview.capture import write_points_ply
+
+    capture = make_capture(tmp_path / "capture", num_views=4)
+    points = np.random.default_rng(0).normal(size=(20, 3))
+    points[3] = 1e30  # an SfM outlier past float32's squares
+    write_points_ply(capture / "points3D.ply", points, None)
+    with pytest.raises(InputError, match=r"points reach 1e\+30.*points3D.ply"):
+        train.run(replace(RESUME_CONFIG, steps=1), capture, tmp_path / "scene")
+    assert not list(tmp_path.glob("*scene*"))
 
 
 def test_test_every_zero_trains_and_evaluates_on_every_view(capture, tmp_path, capsys):
@@ -783,6 +882,17 @@ def test_eval_measures_a_scene_as_training_did_and_any_ply(capture, reference_sc
     code, err = cli(capsys, "eval", broken, "--capture", capture, "--out", tmp_path / "broken")
     assert code == 1 and "broken.ply" in error_line(err)
     assert not (tmp_path / "broken").exists() and not (tmp_path / "bg").exists() and not list(tmp_path.glob(".*"))
+    empty = tmp_path / "empty.ply"
+    write_ply(empty, read_ply(scene / "splats.ply").select(torch.zeros(0, dtype=torch.long)))
+    code, err = cli(capsys, "eval", empty, "--capture", capture, "--out", tmp_path / "empty")
+    assert code == 1 and "empty.ply holds no Gaussians" in error_line(err)
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "metrics.json").write_text("[]")
+    code, err = cli(capsys, "eval", tmp_path / "listed", "--capture", capture)
+    assert code == 1 and "metrics.json is not a scene's metrics" in error_line(err)
+    code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture, "--out", tmp_path / "all",
+                    "--test-every", "1", "--downscale", "4")  # fmt: skip
+    assert code == 0 and len(json.loads((tmp_path / "all" / "metrics.json").read_text())["per_view"]) == 12, err
 
 
 def test_eval_applies_the_colour_corrections_a_scene_was_trained_with(tmp_path, capsys):
