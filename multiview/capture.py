@@ -335,18 +335,26 @@ def _focal_lengths(params: dict, width: int, height: int, where: str) -> tuple[f
     if params["fl_x"] is not None:
         fx = _number(params, "fl_x", where)
     elif params["camera_angle_x"] is not None:
-        fx = 0.5 * width / math.tan(0.5 * _number(params, "camera_angle_x", where))
+        fx = 0.5 * width / math.tan(0.5 * _field_of_view(params, "camera_angle_x", where))
     else:
         raise InputError(f"{where}: no focal length (fl_x or camera_angle_x): add one to the file")
     if params["fl_y"] is not None:
         fy = _number(params, "fl_y", where)
     elif params["camera_angle_y"] is not None:
-        fy = 0.5 * height / math.tan(0.5 * _number(params, "camera_angle_y", where))
+        fy = 0.5 * height / math.tan(0.5 * _field_of_view(params, "camera_angle_y", where))
     else:
         fy = fx
     if fx <= 0 or fy <= 0:
         raise InputError(f"{where}: focal lengths must be positive, got {fx}, {fy}: fix the file")
     return fx, fy
+
+
+def _field_of_view(params: dict, key: str, where: str) -> float:
+    """The angle ``params[key]`` in radians, strictly between 0 and pi (instant-ngp's camera_angle_x / _y)."""
+    angle = _number(params, key, where)
+    if not 0.0 < angle < math.pi:
+        raise InputError(f"{where}: {key} {angle:g} is not a field of view in radians (between 0 and pi): fix the file")
+    return angle
 
 
 def _distortion(params: dict, where: str) -> np.ndarray:

@@ -411,14 +411,21 @@ def _exif_upright(image: Image.Image) -> Image.Image:
         return image
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` with 16-bit, 32-bit and float greyscale rescaled to 8 bits (PIL's ``convert`` clips them at 255:
+    a white picture); other modes as they are."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+    if image.mode == "F":
+        peak = max(float(values.max(initial=0)), 1e-12)
+    return Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB: transparency composited over white, 16-bit and float greyscale rescaled instead of clipped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
-        if image.mode == "F":
-            peak = max(float(values.max(initial=0)), 1e-12)
-        image = Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    image = to_8bit(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import PIL.Image  # isort: skip  (before pycolmap; see multiview.capture)
 
+import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from multiview.camera import Camera
 from multiview.capture import (
     IMAGES_DIR,
     POINTS_FILE,
+    REPORT_FILE,
     TRANSFORMS_FILE,
     Frame,
     capture_from_colmap,
@@ -33,15 +36,22 @@ from multiview.capture import (
     write_report,
     write_transforms,
 )
-from multiview.console import track
+from multiview.console import track, warn
 from multiview.conventions import cam_from_world_from_llff, opencv_K_from_colmap_K
 from multiview.errors import InputError, OutputExistsError
+from multiview.outputs import write_json
+
+if TYPE_CHECKING:
+    import pycolmap
 
 # Where a COLMAP model may sit inside a project folder, in the order they are tried.
 COLMAP_MODEL_DIRS = (".", "sparse/0", "sparse", "colmap/sparse/0", "distorted/sparse/0")
 LLFF_FILE = "poses_bounds.npy"
 LLFF_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# COLMAP and imgs2poses write rotations in float64 (orthonormal to ~1e-15, float32 copies to ~1e-7): worse is no pose.
+ROTATION_TOLERANCE = 1e-3
 MASKS_DIR = "masks"
+_UNDECODABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError)
 
 
 def import_capture(src: Path, out_dir: Path, image_dir: Path | None = None, undistort: bool = True) -> Path:
@@ -56,8 +66,7 @@ def import_capture(src: Path, out_dir: Path, image_dir: Path | None = None, undi
     _prepare_out_dir(out_dir)
     source_format, path = detect_source(src)
     if source_format == "colmap":
-        images = Path(image_dir).absolute() if image_dir is not None else find_colmap_images(path)
-        return capture_from_colmap(path, images, out_dir)
+        return _import_colmap(path, out_dir, image_dir)
     if source_format == "transforms":
         return _import_transforms(path, out_dir, undistort)
     return _import_llff(path, out_dir, image_dir)
@@ -89,11 +98,12 @@ def detect_source(src: Path) -> tuple[str, Path]:
     raise InputError(f"{src}: no capture found (looked for {looked_for}): pass the folder that holds one of those")
 
 
-def find_colmap_images(model_dir: Path) -> Path:
+def find_colmap_images(model_dir: Path, reconstruction: "pycolmap.Reconstruction | None" = None) -> Path:
     """The image folder of a COLMAP model: an ``images/`` beside the model or up to three levels above it that
-    holds at least one of the model's registered images."""
+    holds at least one of the model's registered images. ``reconstruction``: the model, when already read."""
     model_dir = Path(model_dir).absolute()
-    reconstruction = read_colmap_model(model_dir)
+    if reconstruction is None:
+        reconstruction = read_colmap_model(model_dir)
     names = [image.name for image in reconstruction.images.values() if image.has_pose]
     candidates = [model_dir / IMAGES_DIR] + [parent / IMAGES_DIR for parent in model_dir.parents[:3]]
     for candidate in candidates:
@@ -115,6 +125,63 @@ def _prepare_out_dir(out_dir: Path) -> None:
         raise OutputExistsError(f"{out_dir} is not empty: pass an empty or new output folder")
 
 
+# --- COLMAP ----------------------------------------------------------------------------------------------------
+
+
+def _import_colmap(model_dir: Path, out_dir: Path, image_dir: Path | None) -> Path:
+    """``capture_from_colmap`` once the model's cameras and poses are known to be sound; registered images that do
+    not decode are left out (one warning), through a copy of the model in which they are deregistered."""
+    reconstruction = read_colmap_model(model_dir)
+    check_colmap_model(reconstruction, model_dir)
+    images = Path(image_dir).absolute() if image_dir is not None else find_colmap_images(model_dir, reconstruction)
+    registered = sorted(image.name for image in reconstruction.images.values() if image.has_pose)
+    present = [name for name in registered if (images / name).is_file()]
+    unreadable = _undecodable(images / name for name in present)
+    if not unreadable:
+        return capture_from_colmap(model_dir, images, out_dir)
+    _warn_undecodable(unreadable, len(registered), images)
+    if len(unreadable) == len(present):
+        raise _no_readable_images(images, len(registered))
+    missing = sorted(set(registered) - set(present))
+    warn_skipped(missing, len(registered), model_dir)
+    left_out = missing + [_relative_name(path, images) for path in unreadable]
+    for frame_id in {reconstruction.find_image_with_name(name).frame_id for name in left_out}:
+        reconstruction.deregister_frame(frame_id)
+    readable_model = out_dir / ".readable_model"
+    readable_model.mkdir()
+    reconstruction.write(readable_model)
+    capture_from_colmap(readable_model, images, out_dir)
+    shutil.rmtree(readable_model)
+    report_path = out_dir / REPORT_FILE  # as if made from model_dir: its source, total and skipped images
+    report = json.loads(report_path.read_text())
+    skipped = sorted(set(report["skipped"]) | set(left_out))
+    report |= {"source": str(model_dir), "total": reconstruction.num_images(), "skipped": skipped}
+    write_json(report_path, report)
+    return out_dir
+
+
+def check_colmap_model(reconstruction: "pycolmap.Reconstruction", model_dir: Path) -> None:
+    """InputError naming ``model_dir`` and the first registered image whose camera has a non-finite or non-positive
+    focal length or size, or whose pose is not a finite rigid transform."""
+    for image in sorted(reconstruction.images.values(), key=lambda image: image.name):
+        if not image.has_pose:
+            continue
+        camera = reconstruction.cameras[image.camera_id]
+        where = f"{model_dir}: image {image.name} (camera {image.camera_id})"
+        params = np.asarray(camera.params, dtype=np.float64)
+        if not np.isfinite(params).all():
+            raise InputError(f"{where} has non-finite camera parameters {params.tolist()}: re-export the model")
+        focal = params[list(camera.focal_length_idxs())]
+        if (focal <= 0).any() or camera.width < 1 or camera.height < 1:
+            raise InputError(
+                f"{where} has focal length {focal.tolist()} and size {camera.width}x{camera.height}: both must be "
+                "positive: re-export the model"
+            )
+        pose = np.asarray(image.cam_from_world().matrix(), dtype=np.float64)
+        if not _is_rotation(pose[:3, :3], ROTATION_TOLERANCE) or not np.isfinite(pose).all():
+            raise InputError(f"{where}: its pose is not a finite rigid transform: re-export the model")
+
+
 # --- nerfstudio / instant-ngp ----------------------------------------------------------------------------------
 
 
@@ -123,12 +190,17 @@ def _import_transforms(path: Path, out_dir: Path, undistort: bool) -> Path:
     listing = load_transforms(path)
     total = len(listing.frames) + len(listing.missing)
     warn_skipped(listing.missing, total, path)
-    image_root = _common_folder(frame.image_path for frame in listing.frames)
-    distorted = any(not frame.camera.is_pinhole for frame in listing.frames)
+    unreadable = _undecodable(frame.image_path for frame in listing.frames)
+    _warn_undecodable(unreadable, total, path.parent)
+    readable = [frame for frame in listing.frames if frame.image_path not in unreadable]
+    if not readable:
+        raise _no_readable_images(path, total)
+    image_root = _common_folder(frame.image_path for frame in readable)
+    distorted = any(not frame.camera.is_pinhole for frame in readable)
     if distorted and undistort:
-        frames = undistort_frames(listing.frames, image_root, out_dir)
+        frames = undistort_frames(readable, image_root, out_dir)
     else:
-        frames = _copy_frames(listing.frames, image_root, out_dir)
+        frames = _copy_frames(readable, image_root, out_dir)
     ply_name = None
     if listing.ply_path is not None:
         xyz, rgb = read_points_ply(listing.ply_path)
@@ -136,9 +208,8 @@ def _import_transforms(path: Path, out_dir: Path, undistort: bool) -> Path:
         ply_name = POINTS_FILE
     write_transforms(out_dir / TRANSFORMS_FILE, frames, out_dir, ply_name)
     seconds = time.perf_counter() - start
-    write_report(
-        out_dir, "transforms", path, total, len(frames), listing.missing, seconds, undistorted=distorted and undistort
-    )
+    skipped = listing.missing + [_relative_name(image, path.parent) for image in unreadable]
+    write_report(out_dir, "transforms", path, total, len(frames), skipped, seconds, undistorted=distorted and undistort)
     return out_dir
 
 
@@ -197,12 +268,21 @@ def _import_llff(path: Path, out_dir: Path, image_dir: Path | None) -> Path:
     poses_bounds = _load_poses_bounds(path)
     image_dir = Path(image_dir).absolute() if image_dir is not None else path.parent / IMAGES_DIR
     images = _llff_images(image_dir, len(poses_bounds), path)
+    check_poses_bounds(poses_bounds, path, [image.name for image in images])
+    unreadable = _undecodable(images)
+    _warn_undecodable(unreadable, len(images), image_dir)
+    keep = [index for index, image in enumerate(images) if image not in unreadable]
+    if not keep:
+        raise _no_readable_images(image_dir, len(images))
+    images, poses_bounds = [images[index] for index in keep], poses_bounds[keep]
     sizes = [_image_size(image) for image in images]
     cameras = cameras_from_llff(poses_bounds, sizes, path)
     frames = _copy_frames([Frame(image, camera) for image, camera in zip(images, cameras)], image_dir, out_dir)
     write_transforms(out_dir / TRANSFORMS_FILE, frames, out_dir)
     near_far = [float(poses_bounds[:, 15].min()), float(poses_bounds[:, 16].max())]
-    write_report(out_dir, "llff", path, len(frames), len(frames), [], time.perf_counter() - start, near_far=near_far)
+    skipped = [_relative_name(image, image_dir) for image in unreadable]
+    total = len(frames) + len(skipped)
+    write_report(out_dir, "llff", path, total, len(frames), skipped, time.perf_counter() - start, near_far=near_far)
     return out_dir
 
 
@@ -217,6 +297,25 @@ def _load_poses_bounds(path: Path) -> np.ndarray:
     if not np.isfinite(poses_bounds).all():
         raise InputError(f"{path} holds non-finite values: re-export it")
     return poses_bounds
+
+
+def check_poses_bounds(poses_bounds: np.ndarray, path: Path, image_names: Sequence[str] = ()) -> None:
+    """InputError naming ``path`` and the first row (and its image, from ``image_names``) of ``poses_bounds``
+    [N, 17] (finite) whose height, width or focal length is not positive or whose rotation is not a rotation."""
+    poses = poses_bounds[:, :15].reshape(-1, 3, 5)
+    for index, pose in enumerate(poses):
+        row = f"{path}: row {index}" + (f" ({image_names[index]})" if index < len(image_names) else "")
+        height, width, focal = pose[:, 4]
+        if min(height, width, focal) <= 0:
+            raise InputError(
+                f"{row} has height {height:g}, width {width:g}, focal length {focal:g}: all three must be positive "
+                "(LLFF rows are [R | t | h w f], near, far): fix the file or re-export it with imgs2poses"
+            )
+        if not _is_rotation(pose[:, :3], ROTATION_TOLERANCE):
+            raise InputError(
+                f"{row}: its 3x3 rotation is not orthonormal with determinant +1 (a scaled, mirrored or empty pose): "
+                "fix the file or re-export it with imgs2poses"
+            )
 
 
 def _llff_images(image_dir: Path, count: int, path: Path) -> list[Path]:
@@ -239,3 +338,56 @@ def _image_size(path: Path) -> tuple[int, int]:
             return image.size
     except OSError as error:
         raise InputError(f"{path} is not a readable image ({error}): replace or remove it") from None
+
+
+# --- checks shared by the formats ------------------------------------------------------------------------------
+
+
+def _is_rotation(matrix: np.ndarray, tolerance: float) -> bool:
+    """Whether the finite [3, 3] ``matrix`` is orthonormal within ``tolerance`` with determinant +1."""
+    if not np.isfinite(matrix).all():
+        return False
+    return bool(np.abs(matrix @ matrix.T - np.eye(3)).max() < tolerance and np.linalg.det(matrix) > 0)
+
+
+def _undecodable(paths: Iterable[Path]) -> dict[Path, str]:
+    """The images among ``paths`` that do not decode (empty, truncated, not an image), with PIL's reason.
+
+    JPEGs are decoded at an eighth of their size (PIL's draft mode), which still reads every byte of the file.
+    """
+    failures = {}
+    for path in paths:
+        try:
+            with PIL.Image.open(path) as image:
+                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+                image.load()
+        except PIL.UnidentifiedImageError:
+            failures[Path(path)] = "empty or not an image"
+        except _UNDECODABLE_IMAGE_ERRORS as error:
+            lines = str(error).strip().splitlines()
+            failures[Path(path)] = lines[0] if lines else type(error).__name__
+    return failures
+
+
+def _warn_undecodable(unreadable: dict[Path, str], total: int, where: Path) -> None:
+    """One warning for all images that do not decode, naming each source file and the first reason."""
+    if not unreadable:
+        return
+    shown = ", ".join(_relative_name(image, where) for image in list(unreadable)[:3])
+    shown += ", ..." if len(unreadable) > 3 else ""
+    reason = next(iter(unreadable.values()))
+    warn(f"skipped {len(unreadable)} of {total} images in {where} that do not decode ({reason}): {shown}")
+
+
+def _no_readable_images(source: Path, total: int) -> InputError:
+    return InputError(
+        f"{source}: none of its {total} images decode (empty, truncated or not images): replace the image files"
+    )
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies under it, else as it is."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)

@@ -42,12 +42,16 @@ def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = 
     out_dir = checked_out_dir(out_dir, inputs)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another --out")
+    created = [folder for folder in reversed(out_dir.parents) if not folder.exists()]  # outermost first
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(created):  # the folders made for out_dir, where nothing else came to be written
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
     if out_dir.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))

@@ -143,21 +143,24 @@ def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: b
     with staged_dir(out_dir, overwrite, inputs=[src]) as stage:
         importers.import_capture(src, stage)
         if triangulate:
-            add_points(stage, verbose)
+            add_points(stage, verbose, source=src)
     info(f"Imported {src} → {out_dir}")
     return Path(out_dir)
 
 
-def add_points(capture_dir: Path, verbose: bool = False) -> None:
-    """Triangulate points3D.ply for a capture that has none, recording how in its report.json."""
+def add_points(capture_dir: Path, verbose: bool = False, source: Path | None = None) -> None:
+    """Triangulate points3D.ply for a capture that has none, recording how in its report.json.
+
+    ``source``: what the capture was imported from, named in messages instead of ``capture_dir`` (a staging folder).
+    """
     from multiview.triangulate import triangulate_capture
 
     scene = capture.read_capture(capture_dir)
     if scene.points is not None and len(scene.points):
-        info(f"{capture_dir} already has {len(scene.points):,} points: not triangulating")
+        info(f"{source or capture_dir} already has {len(scene.points):,} points: not triangulating")
         return
     work = Path(capture_dir) / ".triangulation"
-    result = triangulate_capture(scene, work, verbose=verbose)
+    result = triangulate_capture(scene, work, verbose=verbose, source=source)
     shutil.rmtree(work, ignore_errors=True)
     capture.write_capture(capture.Capture(scene.root, scene.frames, result.xyz, result.rgb))
     report_path = Path(capture_dir) / "report.json"

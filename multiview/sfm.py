@@ -81,6 +81,8 @@ class SfmConfig:
             raise InputError(f"unknown COLMAP camera model {self.camera_model!r}: try SIMPLE_RADIAL or OPENCV")
         if not 0.0 <= self.min_registered_ratio <= 1.0:
             raise InputError(f"min_registered_ratio {self.min_registered_ratio} is not in [0, 1]")
+        if self.num_threads != -1 and self.num_threads < 1:
+            raise InputError(f"--threads {self.num_threads}: use -1 (all cores) or a thread count of 1 or more")
         if self.max_num_features < 64 or self.sequential_overlap < 1 or self.exhaustive_max_images < 2:
             raise InputError(
                 "max_num_features must be >= 64, sequential_overlap >= 1 and exhaustive_max_images >= 2"
@@ -177,7 +179,7 @@ def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, sourc
     work_dir.mkdir(parents=True, exist_ok=True)
     for scratch in ("features", "attempts"):  # features are reused within one run only
         shutil.rmtree(work_dir / scratch, ignore_errors=True)
-    single_camera = _use_single_camera(config, image_dir, names, ordered)
+    single_camera = _use_single_camera(config, image_dir, names, ordered, source or image_dir)
     plan = initial_plan(config, len(names), ordered)
     info(f"sfm: {len(names)} images, {plan.matcher} matching, {config.mapper} mapping")
     with colmap_logging(config.verbose):
@@ -191,11 +193,11 @@ def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, sourc
             )
             attempts.append(_run_attempt(2, retry, attempts[0], inputs))
     best = max(attempts, key=_attempt_rank)
+    denser = _denser_matching_hint(attempts)
     if best.reconstruction is None or best.registered == 0:
         raise SfmError(
             f"structure from motion could not register any of the {len(names)} images of {source or image_dir}: "
-            "take photos with more overlap (60-80% between neighbours), use sharper or more frames, "
-            "or try --matcher exhaustive"
+            f"take photos with more overlap (60-80% between neighbours), use sharper or more frames, or {denser}"
         )
     model_dir = _write_model(best.reconstruction, work_dir)
     result = _make_result(config, best, attempts, model_dir, time.perf_counter() - start)
@@ -206,9 +208,16 @@ def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, sourc
     if result.registered_ratio < config.min_registered_ratio:
         warn(
             f"sfm: only {result.registered}/{result.total} images registered, the rest are left out; "
-            "more overlap between images or --matcher exhaustive may help"
+            f"more overlap between images may help, or {denser}"
         )
     return result
+
+
+def _denser_matching_hint(attempts: list[_Attempt]) -> str:
+    """What else to try after ``attempts``: exhaustive matching, unless it has already been tried."""
+    if all(attempt.plan.matcher != "exhaustive" for attempt in attempts):
+        return "try --matcher exhaustive"
+    return "a larger --max-size (every pair of images was already matched)"
 
 
 def list_images(image_dir: Path) -> list[str]:
@@ -373,23 +382,22 @@ def _extract_features(
     partial.replace(database)
 
 
-def _use_single_camera(config: SfmConfig, image_dir: Path, names: list[str], ordered: bool) -> bool:
+def _use_single_camera(config: SfmConfig, image_dir: Path, names: list[str], ordered: bool, source: Path) -> bool:
     """One shared camera for ordered frames (or when asked), if the images agree in size; checks every image.
 
     COLMAP silently drops images whose size differs from the shared camera's, so a mixed folder gets one
-    camera per image (auto) or an :class:`InputError` (``single_camera=True``).
+    camera per image (auto) or an :class:`InputError` (``single_camera=True``). ``source`` is named in messages.
     """
     sizes = {_image_size(image_dir / name) for name in names}  # also proves every image readable
     single = ordered if config.single_camera is None else config.single_camera
     if not single or len(sizes) == 1:
         return single
-        return True
     if config.single_camera:
         raise InputError(
-            f"the images in {image_dir} have {len(sizes)} different sizes, so they cannot share one camera: "
-            "resize them to one size or use one camera per image"
+            f"the images of {source} have {len(sizes)} different sizes, so they cannot share one camera "
+            "(--camera single): use --camera per-image, or resize them all to one size"
         )
-    warn(f"sfm: the frames in {image_dir} have {len(sizes)} different sizes; using one camera per image")
+    warn(f"sfm: the frames of {source} have {len(sizes)} different sizes; using one camera per image")
     return False
 
 

@@ -54,15 +54,18 @@ class Triangulation:
 
 
 def triangulate_capture(capture: Capture, work_dir: Path, config: TriangulationConfig = TriangulationConfig(),
-                        verbose: bool = False) -> Triangulation:  # fmt: skip
+                        verbose: bool = False, source: Path | None = None) -> Triangulation:  # fmt: skip
     """Triangulate points for ``capture`` (pinhole cameras, images inside ``capture.root``); scratch in ``work_dir``.
 
-    Raises ``SfmError`` when no point survives (textureless images, cameras that do not overlap).
+    ``source``: what the user gave (the folder being imported), named in messages instead of ``capture.root`` when
+    that is a staging folder. Raises ``SfmError`` when no point survives (textureless images, cameras that do not
+    overlap).
     """
     tic = time.perf_counter()
+    named = source or capture.root
     frames = {_relative(frame.image_path, capture.root): frame for frame in capture.frames}
     if any(not frame.camera.is_pinhole for frame in frames.values()):
-        raise SfmError(f"{capture.root}: triangulation needs undistorted (pinhole) cameras: import the capture first")
+        raise SfmError(f"{named}: triangulation needs undistorted (pinhole) cameras: import the capture first")
     names = sorted(frames)
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -87,8 +90,8 @@ def triangulate_capture(capture: Capture, work_dir: Path, config: TriangulationC
                 )
     xyz, rgb = _good_points(reconstruction, config.max_reprojection_error)
     if len(xyz) == 0:
-        raise SfmError(f"{capture.root}: no point could be triangulated from {len(names)} images with known poses "
-                       "(too little texture or overlap); train without points (random initialisation)")
+        raise SfmError(f"{named}: no point could be triangulated from {len(names)} images with known poses "
+                       "(too little texture or overlap): import without --triangulate and train from random points")
     result = Triangulation(xyz, rgb, len(pairs), time.perf_counter() - tic)
     info(f"triangulated {len(xyz):,} points from {len(pairs)} image pairs in {result.seconds:.1f} s")
     return result

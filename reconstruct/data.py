@@ -27,6 +27,7 @@ from multiview.camera import Camera
 from multiview.capture import Capture, Frame, read_capture
 from multiview.console import track, warn
 from multiview.errors import InputError
+from multiview.frames import to_8bit
 
 
 MIN_IMAGE_SIDE = 8  # pixels, after --downscale: smaller images leave nothing to learn from (and no turntable)
@@ -149,7 +150,7 @@ def _load_view(frame: Frame, root: Path, downscale: int) -> View:
     size = (camera.width, camera.height)
     image = _upright(_open(frame.image_path), frame)
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
-    rgb = _resized(image.convert("RGB"), size)
+    rgb = _resized(to_8bit(image).convert("RGB"), size)
     mask = None
     if frame.mask_path is not None:
         mask_image = _open(frame.mask_path)

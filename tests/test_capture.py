@@ -152,6 +152,7 @@ def _one_frame(matrix=np.eye(4).tolist(), file_path="images/a.jpg", **top) -> st
         (_one_frame(fl_x=5, camera_model="OPENCV_FISHEYE"), "not supported"),
         (_one_frame(), "no focal length"),
         (_one_frame(fl_x="wide"), "not a number"),
+        (_one_frame(camera_angle_x=0), "camera_angle_x 0 is not a field of view"),
     ],
 )
 def test_bad_transforms_raise_input_error_naming_the_file(tmp_path: Path, content: str, message: str):

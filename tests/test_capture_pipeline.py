@@ -1,4 +1,5 @@
-"""`orbit4d capture` end to end on real data: what lands in the capture folder is right, not only what SfM saw."""
+"""`orbit4d capture` end to end on real data: what lands in the capture folder is right, not only what SfM saw; and
+the options it refuses before any work starts."""
 
 from __future__ import annotations
 
@@ -7,12 +8,44 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from multiview import process
 from multiview.align import compare_poses, read_strecha_camera
 from multiview.capture import read_capture
+from orbit4d.cli import EXIT_USER_ERROR, main
 
 MAX_SIDE = 1024
+
+
+def _noise_photos(folder: Path, sizes: list[tuple[int, int]]) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (width, height) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _error_line(capsys, *argv) -> str:
+    code = main([str(arg) for arg in argv])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "internal error" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("threads", ["0", "-7"])
+def test_bad_thread_count_is_refused_before_any_work(tmp_path: Path, capsys, threads: str) -> None:
+    photos = _noise_photos(tmp_path / "photos", [(64, 48)] * 3)
+    line = _error_line(capsys, "capture", photos, "--out", tmp_path / "out", "--threads", threads)
+    assert f"--threads {threads}: use -1 (all cores)" in line
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_single_camera_for_photos_of_different_sizes_names_the_photo_folder(tmp_path: Path, capsys) -> None:
+    photos = _noise_photos(tmp_path / "photos", [(64, 48), (48, 64), (64, 48)])
+    line = _error_line(capsys, "capture", photos, "--out", tmp_path / "out", "--camera", "single")
+    assert f"the images of {photos} have 2 different sizes" in line and "--camera per-image" in line
+    assert ".partial" not in line and not (tmp_path / "out").exists()
 
 
 def test_herz_jesus_capture_matches_ground_truth(shared_data: Path, tmp_path: Path) -> None:

@@ -114,6 +114,12 @@ def test_existing_output_is_refused_then_kept_on_failure(tmp_path, capsys):
     code, err = run_cli(capsys, "capture", tmp_path / "missing", "--out", out, "--overwrite")
     assert code == EXIT_USER_ERROR
     assert (out / "precious.txt").read_text() == "keep me"
+    photos = tmp_path / "two_photos"  # too few: structure from motion refuses them
+    photos.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (photos / name).write_bytes((EXAMPLE / sorted(p.name for p in EXAMPLE.iterdir())[0]).read_bytes())
+    code, err = run_cli(capsys, "video-to-3d", photos, "--out", tmp_path / "new" / "run")
+    assert code == EXIT_USER_ERROR and not (tmp_path / "new").exists()  # no empty folders left behind
 
 
 def test_capture_of_photo_folder_with_a_corrupt_jpeg(tmp_path, capsys):

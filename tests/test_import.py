@@ -5,6 +5,7 @@ from __future__ import annotations
 import PIL.Image  # isort: skip  (before pycolmap: pycolmap 4.2.1 breaks PIL's PNG encoder when loaded first)
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from synthetic import random_pose, synthetic_colmap_project, write_noise_image
 
 from multiview import capture as capture_module
+from multiview import importers
 from multiview.camera import Camera
 from multiview.capture import read_capture, read_points_ply, write_points_ply
 from multiview.conventions import (
@@ -23,12 +25,31 @@ from multiview.conventions import (
 )
 from multiview.errors import InputError, OutputExistsError
 from multiview.importers import detect_source, import_capture
+from orbit4d.cli import EXIT_USER_ERROR, main
 
 
 
 
 def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
+
+
+def _cli_error(capsys, *argv) -> str:
+    """The one error line of a failed ``orbit4d`` run, which must be a user error, not an internal one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's divide-by-zero warnings are bugs here
+        code = main([str(arg) for arg in argv])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR, err
+    assert "internal error" not in err and "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if "error" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _damage(path: Path, how: str) -> None:
+    """An image that does not decode: empty, or cut in half."""
+    path.write_bytes(b"" if how == "empty" else path.read_bytes()[: path.stat().st_size // 2])
 
 
 # --- instant-ngp / nerfstudio ----------------------------------------------------------------------------------
@@ -213,6 +234,132 @@ def test_llff_errors(tmp_path: Path):
     np.save(tmp_path / "llff" / "poses_bounds.npy", np.zeros((2, 15)))
     with pytest.raises(InputError, match=r"shape \(2, 15\)"):
         import_capture(tmp_path / "llff" / "poses_bounds.npy", tmp_path / "out3")
+
+
+def _llff_two_images(root: Path) -> Path:
+    cameras = [Camera(np.diag([50.0, 50.0, 1.0]), random_pose(i), 64, 48) for i in range(2)]
+    _llff_scene(root, cameras, file_size=(64, 48))
+    for i, name in enumerate(("a.png", "b.png")):
+        write_noise_image(root / "images" / name, seed=i)
+    return root / "poses_bounds.npy"
+
+
+ROTATION = [0, 1, 2, 5, 6, 7, 10, 11, 12]  # where the 3x3 rotation sits in a poses_bounds row
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda row: row.__setitem__([4, 9, 14], 0.0), "height 0, width 0, focal length 0"),
+        (lambda row: row.__setitem__(14, -row[14]), "focal length -"),
+        (lambda row: row.__setitem__(ROTATION, 0.0), "not orthonormal"),
+        (lambda row: row.__setitem__(ROTATION, 1.1 * row[ROTATION]), "not orthonormal"),
+        (lambda row: row.__setitem__([0, 5, 10], -row[[0, 5, 10]]), "determinant +1"),
+    ],
+    ids=["zero size and focal", "negative focal", "empty rotation", "scaled rotation", "mirrored rotation"],
+)
+def test_llff_bad_row_is_one_input_error_naming_the_file_and_row(tmp_path: Path, capsys, damage, needle: str):
+    path = _llff_two_images(tmp_path / "llff")
+    poses_bounds = np.load(path)
+    damage(poses_bounds[1])
+    np.save(path, poses_bounds)
+    line = _cli_error(capsys, "import", tmp_path / "llff", "--out", tmp_path / "out")
+    assert "poses_bounds.npy: row 1 (b.png)" in line and needle in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_llff_float32_poses_pass_the_rotation_check(tmp_path: Path):
+    path = _llff_two_images(tmp_path / "llff")
+    np.save(path, np.load(path).astype(np.float32))
+    assert len(read_capture(import_capture(tmp_path / "llff", tmp_path / "out")).frames) == 2
+
+
+def _damage_colmap_camera(model: "pycolmap.Reconstruction", params: list[float]) -> str:
+    camera_id = next(iter(model.cameras))
+    model.cameras[camera_id].params = params
+    return min(image.name for image in model.images.values())
+
+
+def _damage_colmap_pose(model: "pycolmap.Reconstruction") -> str:
+    image = min(model.images.values(), key=lambda image: image.name)
+    frame = model.frames[image.frame_id]
+    frame.rig_from_world = pycolmap.Rigid3d(frame.rig_from_world.rotation, np.array([np.nan, 0.0, 0.0]))
+    return image.name
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda model: _damage_colmap_camera(model, [0.0, 0.0, 31.0, 25.0]), "focal length [0.0, 0.0]"),
+        (lambda model: _damage_colmap_camera(model, [-50.0, 51.0, 31.0, 25.0]), "focal length [-50.0, 51.0]"),
+        (lambda model: _damage_colmap_camera(model, [np.nan, 51.0, 31.0, 25.0]), "non-finite camera parameters"),
+        (_damage_colmap_pose, "not a finite rigid transform"),
+    ],
+    ids=["zero focal", "negative focal", "nan focal", "nan pose"],
+)
+def test_colmap_bad_camera_or_pose_is_one_input_error_naming_the_model(tmp_path: Path, capsys, damage, needle):
+    model = synthetic_colmap_project(tmp_path / "project")
+    name = damage(model)
+    model.write_binary(tmp_path / "project" / "sparse" / "0")
+    line = _cli_error(capsys, "import", tmp_path / "project", "--out", tmp_path / "out")
+    assert f"{tmp_path / 'project' / 'sparse' / '0'}: image {name}" in line and needle in line
+
+
+# --- images that do not decode ---------------------------------------------------------------------------------
+
+
+def _pinhole_transforms(root: Path, count: int = 3) -> list[Path]:
+    frames = []
+    for i in range(count):
+        write_noise_image(root / "images" / f"{i}.png", seed=i)
+        c2w = opengl_c2w_from_cam_from_world(random_pose(i))
+        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w.tolist()})
+    meta = {"fl_x": 50.0, "fl_y": 50.0, "cx": 32.0, "cy": 24.0, "w": 64, "h": 48, "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return [root / "images" / f"{i}.png" for i in range(count)]
+
+
+def _source_with_images(kind: str, root: Path) -> list[Path]:
+    """A capture of 3 (LLFF, transforms.json) or 5 (COLMAP) 64x48 noise images; their paths, in name order."""
+    if kind == "transforms":
+        return _pinhole_transforms(root)
+    if kind == "llff":
+        cameras = [Camera(np.diag([50.0, 50.0, 1.0]), random_pose(i), 64, 48) for i in range(3)]
+        _llff_scene(root, cameras, file_size=(64, 48))
+        return [write_noise_image(root / "images" / f"{i}.png", seed=i) for i in range(3)]
+    synthetic_colmap_project(root)
+    return sorted((root / "images").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["transforms", "llff", "colmap"])
+def test_images_that_do_not_decode_are_skipped_and_named(tmp_path: Path, monkeypatch, kind: str):
+    said: list[str] = []
+    monkeypatch.setattr(importers, "warn", said.append)
+    images = _source_with_images(kind, tmp_path / "source")
+    _damage(images[0], "empty")
+    _damage(images[1], "truncated")
+    out = import_capture(tmp_path / "source", tmp_path / "capture")
+
+    capture = read_capture(out)
+    assert sorted(frame.image_path.name for frame in capture.frames) == [image.name for image in images[2:]]
+    report = _report(out)
+    assert (report["registered"], report["total"]) == (len(images) - 2, len(images))
+    assert {Path(name).name for name in report["skipped"]} == {images[0].name, images[1].name}
+    assert len(said) == 1 and images[0].name in said[0] and images[1].name in said[0]
+    assert str(tmp_path / "source") in said[0] and ".partial" not in said[0]
+    if kind == "llff":  # the poses stay with their images
+        np.testing.assert_allclose(capture.frames[0].camera.cam_from_world, random_pose(2), atol=1e-9)
+    if kind == "colmap":
+        assert report["source"] == str(tmp_path / "source" / "sparse" / "0")
+
+
+@pytest.mark.parametrize("kind", ["transforms", "llff", "colmap"])
+def test_no_image_that_decodes_is_one_input_error(tmp_path: Path, capsys, kind: str):
+    for image in _source_with_images(kind, tmp_path / "source"):
+        _damage(image, "empty")
+    line = _cli_error(capsys, "import", tmp_path / "source", "--out", tmp_path / "out")
+    assert str(tmp_path / "source") in line and "images decode" in line
+    assert not (tmp_path / "out").exists()
 
 
 # --- layouts ---------------------------------------------------------------------------------------------------

@@ -128,6 +128,13 @@ def test_config_rejects_bad_values_with_one_line(changes: dict) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("threads", [0, -7])
+def test_config_rejects_thread_counts_colmap_refuses(threads: int) -> None:
+    with pytest.raises(InputError, match=f"--threads {threads}: use -1"):
+        SfmConfig(num_threads=threads)
+    assert SfmConfig(num_threads=-1).num_threads == -1 and SfmConfig(num_threads=3).num_threads == 3
+
+
 def test_missing_or_too_small_folder_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not a folder"):
         sfm.run(SfmConfig(), tmp_path / "nope", tmp_path / "work", ordered=False)
@@ -143,8 +150,9 @@ def test_unreadable_image_or_mixed_sizes_for_one_camera_are_input_errors(tmp_pat
     images.mkdir()
     Image.new("RGB", (64, 48)).save(images / "a.jpg")
     Image.new("RGB", (48, 64)).save(images / "b.jpg")
-    with pytest.raises(InputError, match="2 different sizes"):
-        sfm.run(SfmConfig(single_camera=True), images, tmp_path / "work", ordered=True)
+    with pytest.raises(InputError, match="2 different sizes") as error:
+        sfm.run(SfmConfig(single_camera=True), images, tmp_path / "work", ordered=True, source=tmp_path / "my.mp4")
+    assert f"images of {tmp_path / 'my.mp4'}" in str(error.value) and "--camera per-image" in str(error.value)
     (images / "c.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(InputError, match="c.jpg is not a readable image") as error:
         sfm.run(SfmConfig(), images, tmp_path / "work", ordered=False)
@@ -287,7 +295,10 @@ def test_unregistrable_images_raise_one_clear_line(tmp_path: Path) -> None:
         sfm.run(SfmConfig(), images, tmp_path / "work", ordered=False)
     message = str(error.value)
     assert "\n" not in message
-    assert "5 images" in message and str(images) in message and "--matcher exhaustive" in message
+    assert "5 images" in message and str(images) in message
+    assert "--matcher exhaustive" not in message and "already matched" in message  # photos are matched exhaustively
+    with pytest.raises(SfmError, match="try --matcher exhaustive"):  # sequential twice: exhaustive is worth a try
+        sfm.run(SfmConfig(exhaustive_max_images=2), images, tmp_path / "work", ordered=True)
 
 
 def test_great_wall_video_frames_register(shared_data: Path, tmp_path: Path) -> None:

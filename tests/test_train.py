@@ -728,6 +728,20 @@ def test_images_as_cameras_store_them_and_masks_that_hide_everything(tmp_path, c
     assert len(load_scene(capture).train) == 3 and "3 of 4 masks are empty" in " ".join(capsys.readouterr().err.split())
 
 
+def test_16_bit_greyscale_photos_train_on_their_values(tmp_path):
+    """16-bit greyscale PNGs are rescaled to 8 bits as orbit4d capture reads them (PIL's convert clipped every pixel
+    to white: a capture that trained on blank images and reported 67 dB colour-corrected)."""
+    from multiview.capture import read_capture
+
+    capture = make_capture(tmp_path / "capture", num_views=2)
+    path = read_capture(capture).frames[0].image_path
+    grey = np.asarray(PIL.Image.open(path).convert("L"), dtype=np.uint16)
+    PIL.Image.fromarray(grey * 257).save(path)  # mode I;16
+    assert PIL.Image.open(path).mode.startswith("I")
+    view = load_scene(capture, test_every=0).train[0]
+    assert np.abs(view.image.numpy().astype(int) - grey[..., None]).max() <= 1
+
+
 def test_points_too_far_for_float32_are_one_line(tmp_path):
     from multiview.capture import write_points_ply
 

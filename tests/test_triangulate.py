@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from multiview.camera import Camera
-from multiview.capture import read_capture
+from multiview.capture import read_capture, write_points_ply
+from multiview.conventions import opengl_c2w_from_cam_from_world
 from multiview.layouts import orbit
 from multiview.triangulate import camera_pairs
-from synthetic import textured_plane_capture
+from orbit4d.cli import EXIT_USER_ERROR, main
+from synthetic import random_pose, textured_plane_capture, write_noise_image
 
 
 def test_camera_pairs_link_each_camera_to_its_nearest():
@@ -83,3 +85,35 @@ def _in_view(camera: Camera, points: np.ndarray) -> np.ndarray:
     cam = points @ camera.cam_from_world[:3, :3].T + camera.cam_from_world[:3, 3]
     uv = cam[:, :2] / np.maximum(cam[:, 2:], 1e-9) * np.diag(camera.K)[:2] + camera.K[:2, 2]
     return (cam[:, 2] > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < camera.height)
+
+
+def test_import_triangulate_failure_names_the_source_not_the_staging_folder(tmp_path, capsys):
+    """Noise images under known cameras give no point: one SfmError line naming what was imported and what to try."""
+    source = tmp_path / "noise"
+    frames = []
+    for i in range(3):
+        write_noise_image(source / "images" / f"{i}.png", seed=i)
+        c2w = opengl_c2w_from_cam_from_world(random_pose(i))
+        frames.append({"file_path": f"images/{i}.png", "transform_matrix": c2w.tolist()})
+    meta = {"fl_x": 50.0, "fl_y": 50.0, "cx": 32.0, "cy": 24.0, "w": 64, "h": 48, "frames": frames}
+    (source / "transforms.json").write_text(json.dumps(meta))
+    code = main(["import", str(source), "--out", str(tmp_path / "out"), "--triangulate"])
+    err = capsys.readouterr().err
+    assert code == EXIT_USER_ERROR and "internal error" not in err
+    line = err.strip().splitlines()[-1]
+    assert f"error: {source}: no point could be triangulated" in line
+    assert ".partial" not in err and "without --triangulate" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_triangulate_of_a_capture_with_points_names_the_source(tmp_path, monkeypatch):
+    from multiview import process
+
+    said: list[str] = []
+    monkeypatch.setattr(process, "info", said.append)
+    source = textured_plane_capture(tmp_path / "plane", num_views=3, size=32)
+    write_points_ply(source / "points3D.ply", np.zeros((4, 3)))
+    meta = json.loads((source / "transforms.json").read_text())
+    (source / "transforms.json").write_text(json.dumps({**meta, "ply_file_path": "points3D.ply"}))
+    process.run_import(source, tmp_path / "out", triangulate=True)
+    assert said[0] == f"{source} already has 4 points: not triangulating"
