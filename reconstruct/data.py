@@ -113,8 +113,8 @@ def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8) -> Sc
                          "images: re-import the capture with `orbit4d import` (it undistorts)")
     smallest = min(min(frame.camera.width, frame.camera.height) for frame in frames)
     if round(smallest / downscale) < MIN_IMAGE_SIDE:
-        raise InputError(f"--downscale {downscale}: {capture.root} has images {smallest} px on a side, which that "
-                         f"leaves under {MIN_IMAGE_SIDE} px: use at most --downscale {max(smallest // MIN_IMAGE_SIDE, 1)}")
+        raise InputError(f"--downscale {downscale} leaves the images of {capture.root} (smallest side {smallest} px) "
+                         f"under {MIN_IMAGE_SIDE} px: use at most --downscale {max(smallest // MIN_IMAGE_SIDE, 1)}")
     views = [_load_view(frame, capture.root, downscale) for frame in track(frames, "loading images")]
     _check_masks(views, capture.root)
     holdout = test_every > 0 and len(views) >= 2
