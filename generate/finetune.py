@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from generate.schedulers import Denoiser
 from multiview.console import console, info
 from multiview.errors import InputError, OutputExistsError
 from multiview.outputs import write_json
+from multiview.settings import dataclass_from_json
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -103,35 +104,47 @@ class FinetuneConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> FinetuneConfig:
-        """Read a JSON config; relative ``data``, ``out`` and ``base`` are taken from the file's folder."""
+        """Read a JSON config; relative ``data``, ``out``, ``base`` and ``assets`` are taken from the file's folder."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             raise InputError(f"{path} does not exist: give a JSON file with at least data and out") from None
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path} is not valid JSON ({error})") from None
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - names)
-        if unknown:
-            raise InputError(f"{path}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        for key in ("data", "out", "base", "assets"):
-            if raw.get(key) is not None:
-                raw[key] = str((path.parent / raw[key]).resolve())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InputError(f"{path} is not readable JSON ({error})") from None
+        config = dataclass_from_json(cls, raw, str(path))
+        paths = {key: str((path.parent / value).resolve()) for key in ("data", "out", "base", "assets")
+                 if (value := getattr(config, key)) is not None}  # fmt: skip
+        config = replace(config, **paths)
         try:
-            config = cls(**raw)
-        except TypeError as error:
+            config.validate()
+        except InputError as error:
             raise InputError(f"{path}: {error}") from None
-        config.validate()
         return config
 
     def validate(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lora_rank < 0:
-            raise InputError("steps and batch_size must be at least 1 and lora_rank at least 0")
+        """InputError naming the first setting training cannot use."""
+        at_least = {"steps": 1, "batch_size": 1, "lora_rank": 0, "warmup_steps": 0, "frames": 2, "image_size": 16,
+                    "clips_per_asset": 1, "holdout_assets": 0, "eval_clips": 0, "eval_steps": 1,
+                    "checkpoint_every": 0, "vae_steps": 0}  # fmt: skip
+        for name, least in at_least.items():
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise InputError(f"{name} {value}: use at least {least}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise InputError(f"learning_rate {self.learning_rate}: use a positive number (1e-4 is usual)")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise InputError(f"lora_alpha {self.lora_alpha}: use a positive number, or null for the rank")
+        if not self.p_std > 0 or self.cond_aug < 0:
+            raise InputError(f"p_std {self.p_std} must be positive and cond_aug {self.cond_aug} at least 0")
         if self.base is None and self.architecture not in ARCHITECTURES:
             raise InputError(f"architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
         if not 0.0 <= self.ema_decay < 1.0 or not 0.0 <= self.cond_dropout <= 1.0:
             raise InputError("ema_decay must lie in [0, 1) and cond_dropout in [0, 1]")
+        if self.holdout not in ("assets", "orbits"):
+            raise InputError(f"holdout {self.holdout!r}: use assets or orbits")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise InputError(f"mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
 
 
 # --- the run ---------------------------------------------------------------------------------------------------

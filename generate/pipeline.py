@@ -28,6 +28,7 @@ from generate.models.image_encoder import CLIPVisionTower
 from generate.models.unet import OrbitUNet
 from generate.schedulers import DDIMScheduler, Denoiser, EulerEDMScheduler
 from generate.weights import WeightsError, load_model, refuse_pickle, save_model
+from multiview.settings import dataclass_from_json
 
 INDEX_NAME = "model_index.json"
 VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderKLTemporalDecoder)}
@@ -42,6 +43,15 @@ class OrbitDefaults:
     fov_deg: float = 33.8
     radius: float = 2.0
     elevation_deg: float = 10.0
+
+    def validate(self, where: str) -> None:
+        """WeightsError naming ``where`` for values no orbit can have."""
+        if self.num_frames < 2 or self.image_size < 8:
+            raise WeightsError(f"{where}: num_frames {self.num_frames} and image_size {self.image_size} must be at "
+                               "least 2 and 8")
+        if not (0 < self.fov_deg < 180 and self.radius > 0 and -90 <= self.elevation_deg <= 90):
+            raise WeightsError(f"{where}: fov_deg {self.fov_deg} must lie in (0, 180), radius {self.radius} be "
+                               f"positive and elevation_deg {self.elevation_deg} in [-90, 90]")
 
     def orbit(self, num_frames: int | None = None, elevation_deg: float | None = None) -> Orbit:
         return sv3d_orbit(num_frames or self.num_frames,
@@ -199,13 +209,18 @@ class OrbitPipeline:
         if not index_path.is_file():
             raise WeightsError(f"{folder} is not an orbit4d model folder (no {INDEX_NAME}): give the folder that "
                                "holds model_index.json, unet/, vae/ and image_encoder/")
-        index = json.loads(index_path.read_text())
-        if index.get("vae") not in VAE_CLASSES:
-            raise WeightsError(f"{index_path}: unknown VAE class {index.get('vae')!r} (expected one of "
-                               f"{', '.join(VAE_CLASSES)})")
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise WeightsError(f"{index_path} is not readable JSON ({error}): save the model again") from None
+        if not isinstance(index, dict) or index.get("vae") not in VAE_CLASSES:
+            vae = index.get("vae") if isinstance(index, dict) else None
+            raise WeightsError(f"{index_path}: unknown VAE class {vae!r} (expected one of {', '.join(VAE_CLASSES)})")
+        defaults = dataclass_from_json(OrbitDefaults, index.get("orbit", {}), f"{index_path} (orbit)", WeightsError)
+        defaults.validate(f"{index_path} (orbit)")
         return cls(
             load_model(OrbitUNet, folder / "unet", dtype),
             load_model(VAE_CLASSES[index["vae"]], folder / "vae", dtype),
             load_model(CLIPVisionTower, folder / "image_encoder", dtype),
-            OrbitDefaults(**index.get("orbit", {})),
+            defaults,
         )

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from orbit4d import options
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``generate``, ``finetune`` and ``eval-generator`` on the ``orbit4d`` sub-command parser."""
@@ -59,7 +61,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="euler: EDM Euler with SV3D's noise levels; ddim: deterministic DDIM")
     p.add_argument("--guidance", type=float, nargs=2, default=[1.0, 2.5], metavar=("MIN", "MAX"),
                    help="classifier-free guidance at the input view and opposite it (default 1 2.5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
+    p.add_argument("--seed", type=options.seed, default=0, help="random seed (same seed, same frames)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--half", action="store_true", help="fp16/bf16 on CUDA (ignored on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is complete")
@@ -97,7 +99,7 @@ def _eval_generator_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
     p.add_argument("--max-clips", type=int, default=None, metavar="N", help="evaluate at most N clips")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=options.seed, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.set_defaults(func=_run_eval_generator)

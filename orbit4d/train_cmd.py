@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from orbit4d import options
+
 PRESET_NAMES = ("default", "fast", "preview")  # reconstruct.train.PRESETS, repeated so that --help imports nothing
 
 
@@ -163,7 +165,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    "(evaluated on them)")
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
-    p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed (default 0)")
+    p.add_argument("--seed", type=options.seed, default=None, metavar="N", help="random seed (default 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the scene's checkpoint (an interrupted run, or a finished one to train further)")
     p.add_argument("--overwrite", action="store_true",

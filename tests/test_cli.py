@@ -222,3 +222,12 @@ def test_out_of_memory_names_what_lowers_that_commands_memory(tmp_path, capsys, 
     option = hint.lstrip("-")
     assert any(action.dest == option.replace("-", "_") for action in parser._subparsers._group_actions[0]
                .choices[command]._actions)  # the hint is the command's own option  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "video-to-3d", "generate"])
+def test_a_seed_beyond_64_bits_is_refused_by_the_parser(tmp_path, capsys, command):
+    """torch and numpy take signed 64-bit seeds: a larger one is argparse's one-line usage error, not a crash."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, str(tmp_path / "input"), "--out", str(tmp_path / "out"), "--seed", str(2**64)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--seed" in err and "2^63 - 1" in err and "Traceback" not in err

@@ -101,9 +101,17 @@ def test_resume_repeats_the_loss_curve(dataset, tmp_path):
 
 
 @pytest.mark.parametrize(("content", "words"), [
-    ("{", "not valid JSON"),
+    ("{", "not readable JSON"),
     ('{"data": "d", "out": "o", "learning_rat": 1}', "unknown settings learning_rat"),
     ('{"data": "d", "out": "o", "architecture": "huge"}', "architecture 'huge'"),
+    ("[1, 2]", "holds a list, not an object of settings"),
+    ('{"data": "d"}', "missing settings out"),
+    ('{"data": 3, "out": "o"}', "data is a number 3, not a string"),
+    ('{"data": "d", "out": "o", "steps": "100"}', "steps is a string '100', not a whole number"),
+    ('{"data": "d", "out": "o", "lora_rank": 4.5}', "lora_rank is a number 4.5, not a whole number"),
+    ('{"data": "d", "out": "o", "learning_rate": NaN}', "learning_rate is a non-finite number"),
+    ('{"data": "d", "out": "o", "learning_rate": -1e-3}', "learning_rate -0.001: use a positive number"),
+    ('{"data": "d", "out": "o", "image_size": 0}', "image_size 0: use at least 16"),
 ])  # fmt: skip
 def test_bad_config_is_one_line(tmp_path, capsys, content, words):
     from orbit4d.cli import main

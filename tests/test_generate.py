@@ -284,6 +284,24 @@ def test_frame_count_the_model_cannot_make(weights, tmp_path, capsys):
     assert code != 0 and "40 frames" in line and "2 to 4" in line
 
 
+@pytest.mark.parametrize(("index", "words"), [
+    ('{"vae": "AutoencoderKL", "orbit": {', "model_index.json is not readable JSON"),
+    ("[]", "unknown VAE class None"),
+    ('{"vae": "AutoencoderKL", "orbit": {"image_size": "32"}}', "image_size is a string '32', not a whole number"),
+    ('{"vae": "AutoencoderKL", "orbit": {"depth": 2}}', "unknown settings depth"),
+    ('{"vae": "AutoencoderKL", "orbit": {"image_size": 0}}', "image_size 0 must be at least"),
+    ('{"vae": "AutoencoderKL", "orbit": {"fov_deg": NaN}}', "fov_deg is a non-finite number"),
+])  # fmt: skip
+def test_a_broken_model_index_is_one_line(weights, tmp_path, capsys, index, words):
+    import shutil
+
+    bad = shutil.copytree(weights, tmp_path / "bad")
+    (bad / "model_index.json").write_text(index)
+    code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", bad)
+    line = error_line(err)
+    assert code == 1 and words in line and str(bad / "model_index.json") in line
+
+
 def test_missing_weights_folder(tmp_path, capsys):
     code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x",
                     "--weights", tmp_path / "nowhere")  # fmt: skip
