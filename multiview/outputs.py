@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -64,8 +65,19 @@ def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = 
 
 
 def write_json(path: Path, data: object) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    """Write JSON atomically (temporary file in the same folder, then rename). NaN and infinities, which Python's
+    json would write as tokens no strict reader accepts, are written as null: a value that was not measured."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(json.dumps(_finite_or_null(data), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def _finite_or_null(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value

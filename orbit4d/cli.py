@@ -7,7 +7,9 @@ its stage when it runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from orbit4d import generate_cmd, train_cmd
@@ -180,8 +182,30 @@ def _run_render_asset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) unwinds as Ctrl-C does: staging folders are removed, training saves
+    a checkpoint."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        # pycolmap's glog sets its own SIGTERM handler on import (a stack dump, then death, leaving staging folders):
+        # import it first, so that ours is the one that stays; PIL before it, always (see multiview.capture)
+        import PIL.Image  # noqa: F401
+        import pycolmap  # noqa: F401
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``args.func(args)``, with what escapes it as one line and an exit code (a traceback with ``--debug``)."""
     if args.debug:
         return args.func(args)
     from multiview.errors import Orbit4dError

@@ -227,7 +227,7 @@ def _run_video_to_3d(args: argparse.Namespace) -> int:
                                                             verbose=args.debug)  # fmt: skip
         process.run(capture_config, args.input, capture_dir, overwrite=args.overwrite)
 
-    return _capture_then_train(args, capture)
+    return _capture_then_train(args, capture, [args.input])
 
 
 def _run_image_to_3d(args: argparse.Namespace) -> int:
@@ -244,21 +244,43 @@ def _run_image_to_3d(args: argparse.Namespace) -> int:
                                    device=args.device or "auto", half=args.half)  # fmt: skip
         generate(generated, args.image, capture_dir, overwrite=args.overwrite)
 
-    return _capture_then_train(args, capture)
+    return _capture_then_train(args, capture, [args.image, *([args.weights] if args.weights else [])])
 
 
-def _capture_then_train(args: argparse.Namespace, capture) -> int:
-    """OUT/capture made by ``capture(folder)`` (kept when it exists, unless --overwrite), then splats in OUT/scene."""
+def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -> int:
+    """OUT/capture made by ``capture(folder)`` from ``inputs[0]`` (kept when it exists and was made from it, unless
+    --overwrite), then splats in OUT/scene. Neither folder may be or hold one of ``inputs`` (the weights, say)."""
     from multiview.console import info
+    from multiview.outputs import checked_out_dir
     from reconstruct import train
 
     capture_dir, scene_dir = args.out / "capture", args.out / "scene"
+    for folder in (capture_dir, scene_dir):
+        checked_out_dir(folder, inputs)
     config = _train_config(args, scene_dir)
     config.validate()  # settings are checked before minutes of capture or sampling
     if (capture_dir / "transforms.json").is_file() and not args.overwrite:
-        info(f"reusing the capture in {capture_dir} (pass --overwrite to redo it)")
+        _check_made_from(capture_dir, inputs[0])
+        info(f"reusing the capture in {capture_dir}, made from {inputs[0]} with its own settings (pass --overwrite "
+             "to redo it)")
     else:
         capture(capture_dir)
     train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
     print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
     return 0
+
+
+def _check_made_from(capture_dir: Path, source: Path) -> None:
+    """InputError when ``capture_dir``'s report.json says it was made from something other than ``source``."""
+    import json
+
+    from multiview.errors import InputError
+
+    try:
+        report = json.loads((capture_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return  # a capture made elsewhere: nothing says what from
+    made_from = report.get("input") or report.get("source") if isinstance(report, dict) else None
+    if made_from and Path(made_from).resolve() != Path(source).resolve():
+        raise InputError(f"{capture_dir} was made from {made_from}, not {source}: pass --overwrite to make it again "
+                         "from this input, or choose another --out")

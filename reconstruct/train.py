@@ -255,6 +255,8 @@ def run(
     if work != resume_from:  # a fresh run, or a finished scene trained further beside itself until it is done
         shutil.rmtree(work, ignore_errors=True)  # an interrupted run's folder, when --overwrite allowed it
         work.mkdir(parents=True)
+        if resume_from == out_dir:
+            (work / EXTENDS_SCENE).touch()
     densifier = _densifier(config)
     clean = False
     try:
@@ -271,8 +273,9 @@ def run(
     finally:
         if not clean and not checkpoint_path(work).is_file():
             shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave no empty partial folder
-    if resume_from == out_dir:  # what was added to the scene (orbit4d eval's eval/, say) stays with it
-        for entry in out_dir.iterdir():
+    if (work / EXTENDS_SCENE).is_file():  # what was added to the scene (orbit4d eval's eval/, say) stays with it
+        (work / EXTENDS_SCENE).unlink()
+        for entry in out_dir.iterdir() if out_dir.is_dir() else ():
             if not (work / entry.name).exists():
                 os.replace(entry, work / entry.name)
     replace_dir(work, out_dir)
@@ -287,6 +290,10 @@ def saved_config(out_dir: Path) -> TrainConfig | None:
         if checkpoint_path(folder).is_file():
             return _config_from_dict(read_checkpoint(checkpoint_path(folder))["config"])
     return None
+
+
+# In a .partial folder that trains a finished scene further: the files added to the scene move to the new one.
+EXTENDS_SCENE = ".extends-scene"
 
 
 def _partial_dir(out_dir: Path) -> Path:
@@ -308,7 +315,7 @@ def _work_dir(out_dir: Path, capture_dir: Path, resume: bool, overwrite: bool) -
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --resume to train it further, "
                                 "--overwrite to replace it, or choose another --out")
-    if partial.exists() and not overwrite:
+    if checkpoint_path(partial).is_file() and not overwrite:  # without one (killed early) there is nothing to lose
         raise OutputExistsError(f"{partial} holds an interrupted run: pass --resume to continue it or "
                                 "--overwrite to start over")
     return partial, None
@@ -837,7 +844,8 @@ def _progress(total: int, start: int) -> Iterator[Callable[[int, float, float, i
 
 @contextmanager
 def _deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C finishes the current step (then a checkpoint is saved); a second Ctrl-C stops at once."""
+    """Ctrl-C (or SIGTERM, a scheduler's stop) finishes the current step, then a checkpoint is saved; a second one
+    stops at once."""
     raised = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield raised.is_set
@@ -849,8 +857,9 @@ def _deferred_sigint() -> Iterator[Callable[[], bool]]:
         raised.set()
         console.print("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield raised.is_set
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, old in previous.items():
+            signal.signal(number, old)

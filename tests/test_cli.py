@@ -231,3 +231,20 @@ def test_a_seed_beyond_64_bits_is_refused_by_the_parser(tmp_path, capsys, comman
         main([command, str(tmp_path / "input"), "--out", str(tmp_path / "out"), "--seed", str(2**64)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--seed" in err and "2^63 - 1" in err and "Traceback" not in err
+
+
+def test_sigterm_stops_a_command_and_leaves_nothing_half_written(tmp_path):
+    """A scheduler's or `kill`'s SIGTERM unwinds like Ctrl-C: exit 130, one line, the staging folder removed."""
+    import signal
+    import time
+
+    out = tmp_path / "capture"
+    process = subprocess.Popen([sys.executable, "-m", "orbit4d", "capture", str(EXAMPLE), "--out", str(out)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".capture.partial-*/work/frames/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())

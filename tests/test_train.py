@@ -420,16 +420,16 @@ def test_masks_and_downscale(tmp_path):
 # --- resume ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["exception", "sigint"])
+@pytest.mark.parametrize("how", ["exception", "sigint", "sigterm"])
 def test_resume_after_interrupt_matches_uninterrupted_run(capture, reference_scene, tmp_path, how):
     out = tmp_path / "scene"
 
     def interrupt(state):
         if state.step == 15:  # mid-way through the gradient window of the refinement at step 20
-            if how == "sigint":
-                os.kill(os.getpid(), signal.SIGINT)  # the handler lets the step finish, then the loop stops
-            else:
+            if how == "exception":
                 raise KeyboardInterrupt
+            # the handler lets the step finish, then the loop stops (SIGTERM: a scheduler's stop, the same way)
+            os.kill(os.getpid(), signal.SIGINT if how == "sigint" else signal.SIGTERM)
 
     with pytest.raises(KeyboardInterrupt):
         train.run(RESUME_CONFIG, capture, out, on_step=interrupt)
@@ -470,6 +470,17 @@ def test_resume_after_sigkill_matches_uninterrupted_run(capture, reference_scene
     assert_same_splats(reference_scene, out)
 
 
+def test_a_run_killed_before_its_first_checkpoint_blocks_nothing(capture, tmp_path):
+    """SIGKILL before any checkpoint leaves a .partial folder with nothing to resume: a plain rerun starts over
+    (it said "pass --resume", and --resume said there was no checkpoint)."""
+    partial = tmp_path / ".scene.partial"
+    (partial / "renders").mkdir(parents=True)
+    with pytest.raises(InputError, match="no checkpoint to resume"):
+        train.run(RESUME_CONFIG, capture, tmp_path / "scene", resume=True)
+    train.run(replace(RESUME_CONFIG, steps=5), capture, tmp_path / "scene")
+    assert (tmp_path / "scene" / "splats.ply").is_file() and not partial.exists()
+
+
 def test_resume_a_finished_scene_trains_further(capture, reference_scene, tmp_path):
     import shutil
 
@@ -482,6 +493,16 @@ def test_resume_a_finished_scene_trains_further(capture, reference_scene, tmp_pa
     assert report["steps"] == 70 and read_checkpoint(checkpoint_path(out))["step"] == 70
     assert (out / "eval" / "notes.txt").read_text() == "measured before"  # what was added to the scene stays
     assert not list(tmp_path.glob(".*"))
+
+    def interrupt(state):
+        if state.step == 75:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # further still, interrupted: resumed from the .partial folder
+        train.run(replace(RESUME_CONFIG, steps=80), capture, out, resume=True, on_step=interrupt)
+    train.run(replace(RESUME_CONFIG, steps=80), capture, out, resume=True)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 80
+    assert (out / "eval" / "notes.txt").read_text() == "measured before" and not list(out.glob(".*"))
 
 
 def test_a_failed_resume_leaves_the_finished_scene_as_it_was(capture, reference_scene, tmp_path, monkeypatch):
@@ -951,6 +972,24 @@ def test_turntable_orbits_or_sweeps_what_the_cameras_cover():
     azimuths = [math.degrees(math.atan2(c.center[1], c.center[0])) for c in turntable_cameras(arc, 24)]
     assert azimuths[0] == pytest.approx(100) and min(azimuths) > 69.9 and max(azimuths) < 120.1
     assert max(azimuths) - min(azimuths) > 45  # sweeps the whole arc
+
+
+def test_video_to_3d_reuses_only_a_capture_of_the_same_input(capture, tmp_path, capsys):
+    """OUT/capture is reused when it was made from the input given (the other way it trained another scene with exit
+    0), and neither OUT/capture nor OUT/scene may be or hold an input (image-to-3d --overwrite deleted weights kept
+    in OUT/scene)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(capture, out / "capture")
+    (out / "capture" / "report.json").write_text(json.dumps({"input": str(tmp_path / "clip_a.mp4")}))
+    (tmp_path / "clip_b.mp4").write_bytes(b"")
+    code, err = cli(capsys, "video-to-3d", tmp_path / "clip_b.mp4", "--out", out, "--steps", "5", "--device", "cpu")
+    assert code == 1 and "was made from" in error_line(err) and "clip_a.mp4" in error_line(err)
+    photos = out / "scene" / "photos"
+    photos.mkdir(parents=True)
+    code, err = cli(capsys, "video-to-3d", photos, "--out", out, "--overwrite")
+    assert code == 1 and "would replace the input" in error_line(err) and photos.is_dir()
 
 
 @pytest.mark.slow
