@@ -200,9 +200,10 @@ def _last_error_line(log_path: Path, error: BaseException) -> str:
 def check_asset_path(path: Path) -> Path:
     """``path`` if it is an existing file of a supported kind; InputError otherwise (no bpy needed)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a model file{_models_inside(path)}")
     if not path.is_file():
-        what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise InputError(f"{path} {what}: give a 3D model file ({', '.join(SUPPORTED_SUFFIXES)})")
+        raise InputError(f"{path} does not exist: give a 3D model file ({', '.join(SUPPORTED_SUFFIXES)})")
     if path.suffix.lower() not in SUPPORTED_SUFFIXES:
         raise InputError(
             f"{path}: '{path.suffix or 'no extension'}' models are not supported: convert it to "
@@ -211,11 +212,26 @@ def check_asset_path(path: Path) -> Path:
     return path
 
 
+def _models_inside(folder: Path, shown: int = 4) -> str:
+    """The end of the message for a folder given as the model: the model files in it or its subfolders, or none."""
+    found = sorted(
+        p.relative_to(folder).as_posix()
+        for pattern in ("*", "*/*")
+        for p in folder.glob(pattern)
+        if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file()
+    )
+    if not found:
+        return f", and it holds no {' / '.join(SUPPORTED_SUFFIXES)} file: give the path of a 3D model file"
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return f": give the path of one of the model files inside ({', '.join(found[:shown])}{more})"
+
+
 def load_asset(path: Path) -> AssetInfo:
     """Import ``path`` (glTF, GLB or OBJ) into a fresh empty Blender scene, quietly.
 
     Hidden objects (e.g. the glTF importer's bone shapes) and the asset's own lights are deleted: what stays is
-    what renders. Raises InputError for a missing or unsupported file, a failed import, or no renderable geometry.
+    what renders. Raises InputError for a missing or unsupported file, a failed import, no renderable geometry, or
+    texture images that are missing or unreadable (Cycles would paint them magenta).
     """
     path = check_asset_path(path).absolute()
     bpy = import_bpy()
@@ -234,6 +250,7 @@ def load_asset(path: Path) -> AssetInfo:
     _drop_unrendered_objects(scene)
     if not any(obj.type in _GEOMETRY_TYPES for obj in scene.objects):
         raise InputError(f"{path} has no geometry (no mesh in its scene): export the model with its meshes")
+    _check_textures(path)
     actions = sorted(action.name for action in bpy.data.actions if _plays_in_scene(action))
     active = next(
         (
@@ -247,6 +264,49 @@ def load_asset(path: Path) -> AssetInfo:
     if posed_mesh().faces.size == 0:
         raise InputError(f"{path} has no geometry (its meshes have no faces): export the model with its faces")
     return info
+
+
+def _check_textures(path: Path) -> None:
+    """InputError naming the texture files of ``path`` that Blender could not load (missing or unreadable).
+
+    The importers keep going without them, and Cycles renders a missing image as magenta: training data that looks
+    fine to a script and is wrong. The glTF importer packs the images it found (GLB and data-URI ones are packed
+    anyway); an image that Blender could decode has a size.
+    """
+    import bpy
+
+    missing, unreadable = [], []
+    for image in bpy.data.images:
+        if image.users == 0 or image.source not in ("FILE", "SEQUENCE", "TILED"):
+            continue
+        file = Path(bpy.path.abspath(image.filepath, library=image.library)) if image.filepath else None
+        name = image.name if file is None else _name_near(file, path.parent)
+        if image.packed_file is None and (file is None or not file.is_file()):
+            missing.append(name)
+            continue
+        with quiet_blender():  # reading the size loads the image, and Blender logs decoding errors
+            size = tuple(image.size)
+        if size == (0, 0):
+            unreadable.append(name)
+    problems, fixes = [], []
+    if missing:
+        problems.append(f"missing texture file{'s' * (len(missing) > 1)} {', '.join(sorted(missing))}")
+        fixes.append("put the textures where the model refers to them (beside it, as exported) or export a .glb "
+                     "with them embedded")  # fmt: skip
+    if unreadable:
+        problems.append(f"unreadable texture file{'s' * (len(unreadable) > 1)} {', '.join(sorted(unreadable))}")
+        fixes.append("replace what Blender cannot decode with PNG or JPEG images")
+    if problems:
+        raise InputError(f"{path}: {' and '.join(problems)} (Blender would paint the asset magenta): "
+                         f"{'; '.join(fixes)}")  # fmt: skip
+
+
+def _name_near(file: Path, folder: Path) -> str:
+    """``file`` relative to ``folder`` when it is inside it, else its full path."""
+    try:
+        return file.relative_to(folder).as_posix()
+    except ValueError:
+        return str(file)
 
 
 def _drop_unrendered_objects(scene) -> None:
@@ -439,6 +499,11 @@ def srgb_to_linear(value: float) -> float:
     return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
 
 
+def cycles_seed(seed: int) -> int:
+    """``seed`` folded into Cycles' seed range (a 32-bit signed int): seeds below 2^31 are kept as they are."""
+    return seed % 2**31
+
+
 def configure_renderer(width: int, height: int, seed: int, background: tuple[float, float, float] | None,
                        world_strength: float = 1.0, sun: tuple[float, float, float] | None = None) -> None:  # fmt: skip
     """Cycles on the CPU, Standard view transform, uniform white world light of strength ``world_strength``.
@@ -464,7 +529,7 @@ def configure_renderer(width: int, height: int, seed: int, background: tuple[flo
     scene.view_settings.gamma = 1.0
     cycles = scene.cycles
     cycles.device = "CPU"
-    cycles.seed, cycles.use_animated_seed = seed, False
+    cycles.seed, cycles.use_animated_seed = cycles_seed(seed), False
     cycles.use_adaptive_sampling = False
     cycles.diffuse_bounces, cycles.glossy_bounces = 2, 2
     cycles.transmission_bounces, cycles.transparent_max_bounces = 4, 8

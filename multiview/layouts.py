@@ -19,12 +19,26 @@ WORLD_UP = np.array([0.0, 0.0, 1.0])
 
 def intrinsics(fov_deg: float, width: int, height: int) -> np.ndarray:
     """[3, 3] K for a horizontal field of view, square pixels, centred principal point."""
-    if not 0.0 < fov_deg < 180.0:
+    if not 0.0 < fov_deg < 180.0:  # NaN fails this too
         raise InputError(f"field of view {fov_deg} degrees: use a value between 0 and 180 (40 is a good default)")
     if width < 1 or height < 1:
         raise InputError(f"image size {width}x{height}: width and height must be at least 1 pixel")
     focal = 0.5 * width / math.tan(math.radians(fov_deg) / 2.0)
     return np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def check_elevations(elevations_deg: Sequence[float]) -> None:
+    """InputError unless every elevation is a finite angle in [-90, 90] degrees (±90: straight above / below)."""
+    for elevation in elevations_deg:
+        if not -90.0 <= elevation <= 90.0:  # NaN fails this too
+            raise InputError(f"elevation {elevation} degrees: use a value from -90 (below) to 90 (above), 20 is a good "
+                             "default")
+
+
+def check_radius(radius: float) -> None:
+    """InputError unless ``radius`` is a finite distance greater than 0."""
+    if not 0.0 < radius < math.inf:  # NaN fails this too
+        raise InputError(f"radius {radius}: cameras need a finite distance greater than 0 (2.5 is a good default)")
 
 
 def look_at(eye: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = WORLD_UP) -> np.ndarray:
@@ -72,6 +86,8 @@ def orbit(
     """
     if num_views < 1 or len(elevations_deg) < 1:
         raise InputError(f"an orbit needs at least one view and one elevation, got {num_views} and {elevations_deg}")
+    check_elevations(elevations_deg)
+    check_radius(radius)
     K = intrinsics(fov_deg, width, height)
     counts = [num_views // len(elevations_deg) + (k < num_views % len(elevations_deg)) for k in range(len(elevations_deg))]
     cameras = []
@@ -99,6 +115,9 @@ def sphere(
             f"a sphere of views needs at least one view and -90 <= min <= max elevation <= 90, got {num_views} views "
             f"and elevations {min_elevation_deg}..{max_elevation_deg}"
         )
+    check_radius(radius)
+    if seed < 0:
+        raise InputError(f"seed {seed}: use a whole number from 0 up")
     rng = np.random.default_rng(seed)
     K = intrinsics(fov_deg, width, height)
     low, high = math.sin(math.radians(min_elevation_deg)), math.sin(math.radians(max_elevation_deg))

@@ -24,9 +24,14 @@ normals and masks belong to the rays through the pixel centres (a second, one-sa
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +47,10 @@ from multiview.outputs import write_json
 LAYOUTS = ("orbit", "sphere", "rig")
 _NAMED_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 _HEX_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+MIN_SIDE = 8  # pixels; Blender renders no less than 4 a side (its passes come out 4x4 for 1x1 to 3x3 images)
+MAX_SIDE = 8192  # pixels; a 100000 px side would take hours and hundreds of GB before failing
+MAX_SEED = 2**63 - 1  # as orbit4d.options.seed; Cycles gets it folded to 32 bits (blender.cycles_seed)
+_MIN_SPAN_PX = 2.0  # an asset spanning fewer pixels than this in every view renders (almost) empty images
 
 
 @dataclass(frozen=True)
@@ -59,9 +68,9 @@ class RenderConfig:
     fov_deg: float = 40.0
     """Horizontal field of view in degrees."""
     width: int = 256
-    """Image width in pixels."""
+    """Image width in pixels, from MIN_SIDE (8) to MAX_SIDE (8192)."""
     height: int = 256
-    """Image height in pixels."""
+    """Image height in pixels, from MIN_SIDE (8) to MAX_SIDE (8192)."""
     background: str = "transparent"
     """What the images show behind the asset: "transparent" (alpha 0), "white", "black" or "#rrggbb" (sRGB)."""
     animation: str | None = None
@@ -75,7 +84,7 @@ class RenderConfig:
     samples: int = 16
     """Cycles samples per pixel of the colour images (depth, normals and masks always take one)."""
     seed: int = 0
-    """Seed of Cycles' sampling and of the "sphere" layout."""
+    """Seed of Cycles' sampling and of the "sphere" layout, 0 to 2^63 - 1 (Cycles gets it modulo 2^31)."""
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -86,10 +95,29 @@ class RenderConfig:
             )
         if not self.elevations_deg:
             raise InputError("elevations_deg is empty: give at least one elevation (20 degrees is a good default)")
-        if self.radius <= 0:
-            raise InputError(f"radius {self.radius}: cameras need a distance greater than 0 (2.5 is a good default)")
         object.__setattr__(self, "elevations_deg", tuple(float(e) for e in self.elevations_deg))
+        self._check_cameras()
+        if not 0.0 <= self.world_strength < math.inf:
+            raise InputError(f"world_strength {self.world_strength}: use a finite value from 0 up (1 is neutral)")
         parse_background(self.background)
+
+    def _check_cameras(self) -> None:
+        """Values the layouts and Blender can take; messages name the ``orbit4d render-asset`` option too."""
+        for elevation in self.elevations_deg:
+            if not -90.0 <= elevation <= 90.0:  # NaN fails every comparison, so these catch it too
+                raise InputError(f"elevation {elevation} degrees (--elevation): use values from -90 (straight below) "
+                                 "to 90 (straight above); 20 is a good default")  # fmt: skip
+        if not 0.0 < self.radius < math.inf:
+            raise InputError(f"radius {self.radius} (--radius): use a finite camera distance greater than 0, in units "
+                             "of the asset's largest side (2.5 is a good default)")  # fmt: skip
+        if not 0.0 < self.fov_deg < 180.0:
+            raise InputError(f"field of view {self.fov_deg} degrees (--fov): use a value between 0 and 180 "
+                             "(40 is a good default)")  # fmt: skip
+        if not (MIN_SIDE <= self.width <= MAX_SIDE and MIN_SIDE <= self.height <= MAX_SIDE):
+            raise InputError(f"image size {self.width}x{self.height} (--size): use {MIN_SIDE} to {MAX_SIDE} pixels a "
+                             "side (256 is a good default)")  # fmt: skip
+        if not 0 <= self.seed <= MAX_SEED:
+            raise InputError(f"seed {self.seed} (--seed): use a whole number from 0 to 2^63 - 1")
 
 
 def parse_background(text: str) -> tuple[float, float, float] | None:
@@ -117,28 +145,33 @@ def cameras_for(config: RenderConfig) -> list[Camera]:
 def render_asset(config: RenderConfig, model: Path, out_dir: Path) -> Path:
     """Render ``model`` as ``config`` says into ``out_dir`` (existing, empty) and return ``out_dir``.
 
-    Raises InputError for a missing, unsupported or geometry-less model, an unknown animation, or missing bpy.
+    Raises InputError for a missing, unsupported or geometry-less model, missing textures, an unknown animation,
+    cameras that would see (almost) nothing of the asset, or missing bpy. Ctrl-C and SIGTERM stop it between views
+    (KeyboardInterrupt): Blender's render call would swallow them.
     """
     start = time.perf_counter()
     model, out_dir = blender.check_asset_path(Path(model)).absolute(), Path(out_dir).absolute()
-    blender.import_bpy()
     cameras = cameras_for(config)
-    asset = blender.load_asset(model)
-    timeline = _timeline(config, asset)
-    if timeline.frames[0] is not None:
-        blender.set_frame(timeline.frames[0])
-    normalization = blender.normalize_scene(asset, timeline.normalized_at)
-    blender.configure_renderer(config.width, config.height, config.seed, parse_background(config.background),
-                               config.world_strength, config.sun)  # fmt: skip
-
-    for folder in ("images", "masks", "depth", "normals", "ground_truth"):
-        (out_dir / folder).mkdir()
-    write_json(out_dir / "ground_truth" / "normalization.json", normalization.to_json())
-    seconds = {"color": 0.0, "passes": 0.0}
-    label = f"rendering {model.name}" + (f" ({timeline.animation.name})" if timeline.animation else "")
-    frames = _render_all(config, timeline, cameras, out_dir, label, seconds)
+    with _interrupts_between_views() as stop_point:
+        blender.import_bpy()  # interrupted while Blender initializes, Python crashes (SIGSEGV)
+        stop_point()
+        asset = blender.load_asset(model)
+        stop_point()
+        timeline = _timeline(config, asset)
+        if timeline.frames[0] is not None:
+            blender.set_frame(timeline.frames[0])
+        normalization = blender.normalize_scene(asset, timeline.normalized_at)
+        _check_asset_in_view(config, cameras, model)
+        blender.configure_renderer(config.width, config.height, config.seed, parse_background(config.background),
+                                   config.world_strength, config.sun)  # fmt: skip
+        for folder in ("images", "masks", "depth", "normals", "ground_truth"):
+            (out_dir / folder).mkdir()
+        write_json(out_dir / "ground_truth" / "normalization.json", normalization.to_json())
+        tally = _Tally()
+        label = f"rendering {model.name}" + (f" ({timeline.animation.name})" if timeline.animation else "")
+        frames = _render_all(config, timeline, cameras, out_dir, label, tally, stop_point)
+    _warn_of_empty_views(config, model, tally, len(frames))
     write_transforms(out_dir / TRANSFORMS_FILE, frames, out_dir)
-    render_seconds = seconds["color"] + seconds["passes"]
     total = time.perf_counter() - start
     write_report(
         out_dir, "render", model, len(frames), len(frames), [], total,
@@ -150,16 +183,84 @@ def render_asset(config: RenderConfig, model: Path, out_dir: Path) -> Path:
         blender_frames=timeline.frames,
         cameras=len(cameras),
         views=len(frames),
-        seconds_per_frame=round(render_seconds / len(frames), 4),
-        seconds_per_frame_color=round(seconds["color"] / len(frames), 4),
-        seconds_per_frame_passes=round(seconds["passes"] / len(frames), 4),
+        seconds_per_frame=round((tally.color_s + tally.passes_s) / len(frames), 4),
+        seconds_per_frame_color=round(tally.color_s / len(frames), 4),
+        seconds_per_frame_passes=round(tally.passes_s / len(frames), 4),
         renderer=blender.RENDERER,
         blender_version=asset.blender_version,
         normalized_at=timeline.normalized_at,
         config=asdict(config),
     )  # fmt: skip
-    info(f"rendered {len(frames)} views of {model.name} in {total:.1f} s ({render_seconds / len(frames):.2f} s each)")
+    each = (tally.color_s + tally.passes_s) / len(frames)
+    info(f"rendered {len(frames)} views of {model.name} in {total:.1f} s ({each:.2f} s each)")
     return out_dir
+
+
+@contextlib.contextmanager
+def _interrupts_between_views() -> Iterator[Callable[[], None]]:
+    """Hold SIGINT (Ctrl-C) and SIGTERM back while Blender works; ``stop_point()`` raises KeyboardInterrupt if one came.
+
+    Python raises KeyboardInterrupt wherever the main thread runs Python next: during a render that is inside the
+    Cycles add-on's callbacks, which swallow it (the render goes on, and Blender prints an "Exception ignored"
+    traceback). So the handlers only take note, and the interruption is raised between views, outside Blender;
+    a signal that came after the last stop point is raised when the block ends. Off the main thread (where Python
+    cannot set handlers) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    received: list[int] = []
+
+    def take_note(signum, frame) -> None:
+        received.append(signum)
+
+    def stop_point() -> None:
+        if received:
+            received.clear()
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, take_note) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop_point
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    stop_point()
+
+
+def _check_asset_in_view(config: RenderConfig, cameras: list[Camera], model: Path) -> None:
+    """InputError when the asset's bounding box (as posed now) would span under _MIN_SPAN_PX pixels in every view."""
+    vertices = blender.posed_mesh().vertices
+    corners = np.array(np.meshgrid(*zip(vertices.min(axis=0), vertices.max(axis=0)), indexing="ij")).reshape(3, -1).T
+    widest = 0.0
+    for camera in cameras:
+        points = corners @ camera.cam_from_world[:3, :3].T + camera.cam_from_world[:3, 3]
+        if (points[:, 2] <= 1e-9).any():  # the camera is inside the box, or beside it: it sees plenty
+            return
+        pixels = points[:, :2] / points[:, 2:] * [camera.fx, camera.fy]
+        widest = max(widest, float(np.ptp(pixels, axis=0).max()))
+    if widest < _MIN_SPAN_PX:
+        raise InputError(
+            f"{model.name} would span at most {widest:.2g} pixels in every view (--radius {config.radius:g}, --fov "
+            f"{config.fov_deg:g}, --size {config.width}x{config.height}): use a smaller --radius or --fov (2.5 and 40 "
+            "frame it well)"
+        )
+
+
+def _warn_of_empty_views(config: RenderConfig, model: Path, tally: _Tally, views: int) -> None:
+    if tally.empty_views:
+        which = "none" if tally.empty_views == views else f"{tally.empty_views}"
+        warn(f"{model.name} shows in {which} of the {views} views ({'all' if which == 'none' else 'those'} images "
+             f"are empty): check --radius {config.radius:g}, --fov {config.fov_deg:g} and --elevation")  # fmt: skip
+
+
+@dataclass
+class _Tally:
+    """What the views add up to: seconds in the colour and geometry renders, views whose mask is empty."""
+
+    color_s: float = 0.0
+    passes_s: float = 0.0
+    empty_views: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,11 +286,18 @@ def _timeline(config: RenderConfig, asset: blender.AssetInfo) -> _Timeline:
 
 
 def _render_all(
-    config: RenderConfig, timeline: _Timeline, cameras: list[Camera], out_dir: Path, label: str, seconds: dict
+    config: RenderConfig,
+    timeline: _Timeline,
+    cameras: list[Camera],
+    out_dir: Path,
+    label: str,
+    tally: _Tally,
+    stop_point: Callable[[], None],
 ) -> list[Frame]:
-    """Every camera at every time step, and the ground-truth mesh of each step; adds render times to ``seconds``.
+    """Every camera at every time step, and the ground-truth mesh of each step; adds to ``tally``.
 
-    For animated assets every camera gets the step's time and its index as ``camera_id``.
+    For animated assets every camera gets the step's time and its index as ``camera_id``. ``stop_point`` is called
+    before each view (it raises KeyboardInterrupt when asked to stop).
     """
     frames: list[Frame] = []
     with tempfile.TemporaryDirectory(prefix="orbit4d-passes-") as work:
@@ -198,21 +306,22 @@ def _render_all(
                 blender.set_frame(frame)
             _write_mesh(out_dir / "ground_truth" / f"mesh_t{t:03d}.ply", blender.posed_mesh())
             for c, camera in track(list(enumerate(cameras)), f"{label}, time {t + 1}/{len(timeline.frames)}"):
+                stop_point()
                 if timeline.animation is not None:
                     camera = camera.replace(time=time_s, camera_id=c)
                 name = f"t{t:03d}_c{c:03d}"
-                frames.append(_render_frame(camera, out_dir, name, config.samples, Path(work), seconds))
+                frames.append(_render_frame(camera, out_dir, name, config.samples, Path(work), tally))
     return frames
 
 
-def _render_frame(camera: Camera, out_dir: Path, name: str, samples: int, work: Path, seconds: dict) -> Frame:
-    """One view: colour PNG, then the geometry passes saved beside it; adds the time taken to ``seconds``."""
+def _render_frame(camera: Camera, out_dir: Path, name: str, samples: int, work: Path, tally: _Tally) -> Frame:
+    """One view: colour PNG, then the geometry passes saved beside it; adds its times and emptiness to ``tally``."""
     from PIL import Image
 
     tic = time.perf_counter()
     image_path = out_dir / "images" / f"{name}.png"
     blender.render_color(camera, image_path, samples, work)
-    seconds["color"] += time.perf_counter() - tic
+    tally.color_s += time.perf_counter() - tic
     tic = time.perf_counter()
     passes = blender.render_passes(camera, work)
     depth_path, normal_path = out_dir / "depth" / f"{name}.npy", out_dir / "normals" / f"{name}.npy"
@@ -220,7 +329,8 @@ def _render_frame(camera: Camera, out_dir: Path, name: str, samples: int, work: 
     np.save(normal_path, passes.normals.astype(np.float16))
     mask_path = out_dir / "masks" / f"{name}.png"
     Image.fromarray(np.where(passes.mask, 255, 0).astype(np.uint8)).save(mask_path)  # mode L
-    seconds["passes"] += time.perf_counter() - tic
+    tally.passes_s += time.perf_counter() - tic
+    tally.empty_views += not passes.mask.any()
     return Frame(image_path, camera, mask_path, depth_path, normal_path)
 
 

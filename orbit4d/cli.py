@@ -77,6 +77,8 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _render_asset_parser(sub: argparse._SubParsersAction) -> None:
+    from orbit4d import options
+
     p = sub.add_parser(
         "render-asset",
         help="render a 3D asset (glTF/GLB/OBJ, animated too) into a capture with exact cameras",
@@ -91,18 +93,18 @@ def _render_asset_parser(sub: argparse._SubParsersAction) -> None:
                    help="orbit: rings of views; sphere: random directions; rig: fixed cameras for multi-view video")
     p.add_argument("--views", type=int, default=48, help="views (orbit, sphere) or cameras (rig); default 48")
     p.add_argument("--elevation", type=float, nargs="+", default=[20.0],
-                   help="elevation(s) in degrees; an orbit gets one ring per value (default 20)")
+                   help="elevation(s) in degrees, -90 to 90; an orbit gets one ring per value (default 20)")
     p.add_argument("--radius", type=float, default=2.5, help="camera distance, in units of the asset's largest side")
     p.add_argument("--fov", type=float, default=40.0, help="horizontal field of view in degrees")
     p.add_argument("--size", type=int, nargs="+", default=[256], metavar="PX",
-                   help="image size: one value for square images, or WIDTH HEIGHT (default 256)")
+                   help="image size, 8 to 8192: one value for square images, or WIDTH HEIGHT (default 256)")
     p.add_argument("--background", default="transparent",
                    help="transparent, white, black or #rrggbb (images are RGBA either way)")
     p.add_argument("--animation", default=None, help="animation to play (default: the asset's first, if any)")
     p.add_argument("--time-steps", type=int, default=1, help="times evenly over the animation; every camera "
                    "renders every time (default 1)")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
-    p.add_argument("--seed", type=int, default=0, help="seed for the sphere layout and the renderer")
+    p.add_argument("--seed", type=options.seed, default=0, help="seed for the sphere layout and the renderer")
     p.set_defaults(func=_run_render_asset)
 
 
@@ -153,7 +155,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 
 def _run_render_asset(args: argparse.Namespace) -> int:
-    from multiview import render_asset
+    from multiview import blender, render_asset
     from multiview.errors import InputError
     from multiview.outputs import staged_dir
 
@@ -174,8 +176,7 @@ def _run_render_asset(args: argparse.Namespace) -> int:
         samples=args.samples,
         seed=args.seed,
     )
-    if not args.model.is_file():
-        raise InputError(f"{args.model} does not exist: give a .glb, .gltf or .obj file")
+    blender.check_asset_path(args.model)  # before the staging folder: a missing file, a folder, a .fbx
     with staged_dir(args.out, args.overwrite, inputs=[args.model]) as stage:
         render_asset.render_asset(config, args.model, stage)
     print(f"capture written to {args.out}", file=sys.stderr)

@@ -463,3 +463,190 @@ def test_corrupt_file(tmp_path):
 def test_bad_config(config, words):
     with pytest.raises(InputError, match=words):
         RenderConfig(**config)
+
+
+@pytest.mark.parametrize(
+    "config, option",
+    [
+        ({"width": 1, "height": 1}, "--size"),
+        ({"width": 3, "height": 3}, "--size"),
+        ({"width": 32, "height": 7}, "--size"),
+        ({"width": 100_000, "height": 100_000}, "--size"),
+        ({"elevations_deg": (float("nan"),)}, "--elevation"),
+        ({"elevations_deg": (20.0, 95.0)}, "--elevation"),
+        ({"elevations_deg": (-90.5,)}, "--elevation"),
+        ({"radius": float("nan")}, "--radius"),
+        ({"radius": float("inf")}, "--radius"),
+        ({"fov_deg": float("nan")}, "--fov"),
+        ({"fov_deg": 180.0}, "--fov"),
+        ({"seed": -1}, "--seed"),
+        ({"seed": 2**63}, "--seed"),
+    ],
+)
+def test_bad_numbers_name_their_option(config, option):
+    with pytest.raises(InputError, match=option):
+        RenderConfig(**config)
+
+
+def test_extreme_but_valid_numbers_are_accepted():
+    RenderConfig(width=8, height=8192, elevations_deg=(-90.0, 90.0), fov_deg=179.0, radius=1e6, seed=2**63 - 1)
+
+
+def test_seed_is_folded_into_cycles_int_range():
+    from multiview.blender import cycles_seed
+
+    assert [cycles_seed(s) for s in (0, 7, 2**31 - 1)] == [0, 7, 2**31 - 1]  # small seeds are kept
+    assert all(0 <= cycles_seed(s) < 2**31 for s in (2**31, 2**40 + 5, 2**63 - 1))
+
+
+def test_large_seed_renders(shared_data, tmp_path):
+    config = RenderConfig(layout="sphere", num_views=1, width=16, height=16, samples=1, seed=2**63 - 1)
+    root = render_asset(config, _model(shared_data, "Avocado/Avocado.gltf"), tmp_path)
+    assert (root / "images" / "t000_c000.png").is_file()
+
+
+def _cli(capsys, *args: str) -> tuple[int, list[str]]:
+    """Run ``orbit4d`` in this process; (exit code, stderr lines that are not progress or tables)."""
+    from orbit4d.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse refusing a value
+        code = exit.code
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, lines
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--size", "1"], "--size"),
+        (["--size", "3"], "--size"),
+        (["--size", "100000"], "--size"),
+        (["--elevation", "nan"], "--elevation"),
+        (["--elevation", "95"], "--elevation"),
+        (["--radius", "nan"], "--radius"),
+        (["--fov", "nan"], "--fov"),
+    ],
+)
+def test_cli_refuses_bad_numbers_in_one_line(shared_data, tmp_path, capsys, args, option):
+    model = _model(shared_data, "Avocado/Avocado.gltf")
+    code, lines = _cli(capsys, "render-asset", model, "--out", tmp_path / "out", "--views", "2", "--samples", "1",
+                       "--size", "32", *args)  # fmt: skip
+    assert code == 1 and len(lines) == 1, lines
+    assert option in lines[0] and "internal error" not in lines[0]
+    assert not list(tmp_path.iterdir())  # no output, no staging folder
+
+
+@pytest.mark.parametrize("args", [["--seed", "99999999999999999999"], ["--layout", "sphere", "--seed", "-1"]])
+def test_cli_refuses_seeds_out_of_range(tmp_path, capsys, args):
+    code, lines = _cli(capsys, "render-asset", tmp_path / "a.glb", "--out", tmp_path / "out", *args)
+    assert code == 2 and "argument --seed" in lines[-1] and "internal error" not in lines[-1]
+
+
+def test_folder_given_as_model_lists_the_models_inside(tmp_path, capsys):
+    folder = tmp_path / "fox_pack"
+    (folder / "lod").mkdir(parents=True)
+    (folder / "fox.glb").write_bytes(b"")
+    (folder / "lod" / "fox_low.obj").write_text("")
+    (folder / "README.txt").write_text("")
+    code, lines = _cli(capsys, "render-asset", folder, "--out", tmp_path / "out")
+    assert code == 1 and len(lines) == 1
+    assert "fox_pack is a folder" in lines[0] and "fox.glb, lod/fox_low.obj" in lines[0] and "README" not in lines[0]
+    message = _one_line_error(folder / "lod", tmp_path)
+    assert "is a folder" in message and "fox_low.obj" in message
+    (tmp_path / "empty").mkdir()
+    message = _one_line_error(tmp_path / "empty", tmp_path)
+    assert "is a folder" in message and "holds no .glb" in message
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_missing_or_broken_textures_are_refused(shared_data, tmp_path, damage):
+    """Cycles would paint them magenta, exit 0: training data that looks fine to a script and is wrong."""
+    source = _model(shared_data, "Avocado/Avocado.gltf").parent
+    asset = tmp_path / "asset"
+    asset.mkdir()
+    for name in ("Avocado.gltf", "Avocado.bin", "Avocado_normal.png", "Avocado_roughnessMetallic.png"):
+        (asset / name).write_bytes((source / name).read_bytes())
+    if damage == "unreadable":
+        (asset / "Avocado_baseColor.png").write_bytes(b"not a png")
+    message = _one_line_error(asset / "Avocado.gltf", tmp_path)
+    assert "Avocado.gltf" in message and f"{damage} texture file Avocado_baseColor.png" in message
+    assert "normal" not in message
+
+
+def test_obj_with_missing_texture_is_refused(tmp_path):
+    (tmp_path / "tri.obj").write_text("mtllib tri.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n"
+                                      "usemtl skin\nf 1/1 2/2 3/3\n")  # fmt: skip
+    (tmp_path / "tri.mtl").write_text("newmtl skin\nKd 1 1 1\nmap_Kd textures/skin.png\n")
+    message = _one_line_error(tmp_path / "tri.obj", tmp_path)
+    assert "tri.obj" in message and "missing texture file textures/skin.png" in message
+
+
+@pytest.mark.parametrize("config, options", [({"radius": 1e9}, "--radius 1e+09"), ({"fov_deg": 179.9}, "--fov 179.9")])
+def test_cameras_that_see_almost_nothing_are_refused(shared_data, tmp_path, config, options):
+    message = _one_line_error(_model(shared_data, "Avocado/Avocado.gltf"), tmp_path, **config)
+    assert "Avocado.gltf would span at most" in message and options in message and "smaller --radius or --fov" in message
+    assert not (tmp_path / "out" / "images").exists()  # refused before rendering
+
+
+def test_views_that_miss_the_asset_are_reported(tmp_path, capsys):
+    """A flat quad seen exactly edge-on: every mask is empty, and the user is told which options to look at."""
+    path = tmp_path / "quad.gltf"
+    path.write_text(json.dumps(_matte_quad_gltf(np.array([0.5, 0.5, 0.5]))))
+    config = RenderConfig(num_views=2, elevations_deg=(0.0,), width=16, height=16, samples=1)
+    root = render_asset(config, path, tmp_path)
+    assert not np.asarray(Image.open(root / "masks" / "t000_c000.png")).any()
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "quad.gltf shows in none of the 2 views" in warning and "--radius" in warning and "--elevation" in warning
+
+
+def test_signals_are_held_until_a_stop_point():
+    import os
+    import signal
+
+    from multiview.render_asset import _interrupts_between_views
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with _interrupts_between_views() as stop_point:
+            stop_point()  # nothing came yet
+            os.kill(os.getpid(), signal.SIGINT)  # Blender would swallow a KeyboardInterrupt raised here
+            os.kill(os.getpid(), signal.SIGTERM)
+            stop_point()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt):  # a signal after the last stop point is raised on the way out
+        with _interrupts_between_views():
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_interrupting_a_render_stops_it_and_cleans_up(shared_data, tmp_path, name):
+    """Ctrl-C or SIGTERM while Cycles renders: exit 130 soon, no output, no staging or temporary folder left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model = _model(shared_data, "Avocado/Avocado.gltf")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    cli = "import sys; from orbit4d.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", cli, "render-asset", str(model), "--out", str(tmp_path / "out"),
+               "--views", "300", "--size", "32", "--samples", "1"]  # fmt: skip
+    env = dict(os.environ, TMPDIR=str(temp))
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                               cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.partial-*/images/*.png")) and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        process.send_signal(getattr(signal, name))
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "Exception ignored" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and not list(temp.iterdir())
