@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from generate.models.image_encoder import CLIP_MEAN, CLIP_STD, CLIPVisionTower
 from generate.models.unet import SV3D_CONDITION_DIMS, SVD_CONDITION_DIMS, OrbitUNet
 from generate.pipeline import INDEX_NAME, VAE_CLASSES, OrbitDefaults, OrbitPipeline
-from generate.weights import CONFIG_NAME, check_state_dict
+from generate.weights import CONFIG_NAME, check_state_dict, check_tensor
 from multiview.weights import PICKLE_SUFFIXES, WeightsError, read_safetensors, refuse_pickle, summarize_keys
 
 SV3D_DEFAULTS = OrbitDefaults(num_frames=21, image_size=576, fov_deg=33.8, radius=2.0, elevation_deg=10.0)
@@ -171,9 +171,11 @@ class _Placed:
         return [k for k in self.model.state_dict() if k not in self.tensors and k not in self.misfits]
 
 
-def _place(model: nn.Module, state: dict[str, Tensor], parts: Iterable[tuple[str, Rename]]) -> _Placed:
+def _place(model: nn.Module, state: dict[str, Tensor], parts: Iterable[tuple[str, Rename]],
+           source: Path) -> _Placed:  # fmt: skip
     """Each source key under a part's prefix renamed into ``model``'s keys; a key the rule rejects, or that names
-    no parameter of the model (or one already filled), is unexpected."""
+    no parameter of the model (or one already filled), is unexpected. WeightsError naming ``source`` for a tensor
+    of integers or with NaN / Inf values (``check_tensor``)."""
     placed = _Placed(model)
     expected = model.state_dict()
     for prefix, rename in parts:
@@ -188,6 +190,7 @@ def _place(model: nn.Module, state: dict[str, Tensor], parts: Iterable[tuple[str
                 shapes = f"{tuple(state[key].shape)} -> {dest} (model: {tuple(expected[dest].shape)})"
                 placed.misfits[dest] = f"{key} {shapes}"
                 continue
+            check_tensor(tensor, expected[dest], key, source)
             placed.tensors[dest] = tensor
     return placed
 
@@ -585,9 +588,9 @@ def _convert_sv3d(path: Path, config: SV3DConfig) -> _Converted:
                  (decoder_prefix, lambda k: _join("decoder", decoder_rename(k)))]  # fmt: skip
     if view.quant_conv:
         vae_parts.append((view.quant_conv, lambda k: f"quant_conv.{k}"))
-    parts = {"unet": _place(unet, rest_state, [(unet_prefix, unet_rename)]),
-             "vae": _place(vae, rest_state, vae_parts),
-             "image_encoder": _place(tower, rest_state, [(clip_prefix, lambda k: k)])}  # fmt: skip
+    parts = {"unet": _place(unet, rest_state, [(unet_prefix, unet_rename)], path),
+             "vae": _place(vae, rest_state, vae_parts, path),
+             "image_encoder": _place(tower, rest_state, [(clip_prefix, lambda k: k)], path)}  # fmt: skip
     if not view.quant_conv:
         parts["vae"].tensors.update(_identity_quant_conv(vae))
     consumed = set().union(*(p.consumed for p in parts.values()))
@@ -710,7 +713,8 @@ def _svd_image_encoder(folder: Path, variant: str | None, dtype: torch.dtype) ->
     path = _weights_file(folder, "model", variant)
     state = _fuse_hf_clip(read_safetensors(path))
     unused, rest = _sort_unused(state, [(r"vision_model\.embeddings\.position_ids$", "position ids (an arange)")])
-    placed = _place(tower, {k: state[k] for k in rest}, [("", lambda k: _first_match(k, HF_CLIP_RENAMES))])
+    renames = [("", lambda k: _first_match(k, HF_CLIP_RENAMES))]
+    placed = _place(tower, {k: state[k] for k in rest}, renames, path)
     _report(path, [placed], unused, [], []).check()
     return _loaded(tower, placed.tensors, dtype)
 

@@ -29,6 +29,7 @@ from generate.cameras import Orbit
 from multiview.capture import read_capture
 from multiview.console import info, track
 from multiview.errors import InputError
+from multiview.frames import to_8bit
 from multiview.outputs import write_json
 
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj")
@@ -135,8 +136,7 @@ class OrbitClips:
         if not listing.is_file():
             raise InputError(f"{self.root} has no {DATASET_FILE}: build the dataset first (`orbit4d finetune` "
                              "renders it from `assets`)")
-        meta = json.loads(listing.read_text())
-        self.entries = [c for c in meta["clips"] if c["split"] == split]
+        self.entries = [c for c in _read_listing(listing) if c["split"] == split]
         if not self.entries:
             raise InputError(f"{listing} has no {split} clips")
 
@@ -145,12 +145,19 @@ class OrbitClips:
 
     def clip(self, index: int, input_index: int | None = None) -> Clip:
         """Clip ``index`` with ring frame ``input_index`` as the input view (None: the ring's first frame)."""
-        capture = read_capture(self.root / self.entries[index]["path"])
+        folder = self.root / self.entries[index]["path"]
+        capture = read_capture(folder)
         frames = sorted(capture.frames, key=lambda f: f.image_path.name)
         n = len(frames)
+        if n < 2:
+            raise InputError(f"{folder} holds {n} readable frame(s), an orbit clip at least 2: render it again")
         start = 0 if input_index is None else input_index % n
         order = [(start + 1 + k) % n for k in range(n)]  # round the ring from the input view's neighbour; input last
-        images = np.stack([_rgb(frames[i].image_path) for i in order])
+        images = [_rgb(frames[i].image_path) for i in order]
+        if len({image.shape for image in images}) > 1:
+            raise InputError(f"{folder} holds frames of several sizes: an orbit clip's frames share one; render it "
+                             "again")
+        images = np.stack(images)
         cameras = [frames[i].camera for i in order]
         centers = np.array([c.center for c in cameras])
         azimuths = np.degrees(np.arctan2(centers[:, 1], centers[:, 0]))
@@ -164,10 +171,34 @@ class OrbitClips:
         return self.clip(index, rotation)
 
 
+def _read_listing(listing: Path) -> list[dict]:
+    """The ``clips`` of a dataset.json, each an object with string ``path``, ``asset`` and ``split``; InputError
+    naming the file otherwise."""
+    try:
+        meta = json.loads(listing.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{listing} is not readable JSON ({error}): delete it to render the dataset again") from None
+    clips = meta.get("clips") if isinstance(meta, dict) else None
+    if not isinstance(clips, list):
+        raise InputError(f"{listing} has no list of clips: not an orbit dataset (orbit4d finetune or eval-generator "
+                         "--assets writes one); delete it to render the dataset again")
+    for number, clip in enumerate(clips):
+        if not (isinstance(clip, dict) and all(isinstance(clip.get(key), str) for key in ("path", "asset", "split"))):
+            raise InputError(f"{listing}: clip {number} is not an object with path, asset and split strings; "
+                             "delete the file to render the dataset again")
+    return clips
+
+
 def _rgb(path: Path) -> np.ndarray:
     """The image as RGB uint8; transparent pixels become white (the inputs' background)."""
-    with PIL.Image.open(path) as image:
-        image = image.convert("RGBA")
-        canvas = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image)
-        return np.asarray(canvas.convert("RGB"))
+    try:
+        with PIL.Image.open(path) as image:
+            image = to_8bit(image).convert("RGBA")
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: delete its clip's folder and render the dataset again") from None
+    except (OSError, PIL.Image.DecompressionBombError, ValueError) as error:
+        raise InputError(f"{path} is not a readable image ({error}): delete its clip's folder and render the dataset "
+                         "again") from None
+    canvas = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
+    canvas.alpha_composite(image)
+    return np.asarray(canvas.convert("RGB"))

@@ -16,6 +16,10 @@ folder::
     evaluation.json           held-out PSNR of generated views before and after (``eval_clips``)
     model/                    the exported pipeline (EMA weights, LoRA merged): orbit4d generate --weights
     adapters.safetensors      LoRA only: the adapter weights alone
+
+A run is written to ``.<out>.partial`` beside ``out`` and renamed to ``out`` once complete, so an ``out`` folder is
+always a finished run; ``--resume`` continues an interrupted one (or trains a finished one further, in the partial
+folder again). Ctrl-C or SIGTERM saves a checkpoint after the step under way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -36,9 +41,10 @@ from generate.dataset import DATASET_FILE, Clip, DatasetConfig, OrbitClips, buil
 from generate.pipeline import OrbitDefaults, OrbitPipeline, frame_conditions
 from generate.presets import ARCHITECTURES
 from generate.schedulers import Denoiser
-from multiview.console import console, info
+from multiview.console import console, info, warn
 from multiview.errors import InputError, OutputExistsError
-from multiview.outputs import write_json
+from multiview.interrupts import deferred_interrupt
+from multiview.outputs import replace_dir, write_json
 from multiview.settings import dataclass_from_json
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -153,86 +159,166 @@ class FinetuneConfig:
 def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
     """Fine-tune as ``config`` says; return the run folder (``model/`` inside is the result).
 
-    ``on_step(step, loss)`` runs after every step (a KeyboardInterrupt raised there stops the run like Ctrl-C;
-    the last checkpoint stays).
+    The run is written to ``out``'s hidden sibling ``.<out>.partial`` and renamed into place once it is complete;
+    ``resume`` continues it from its checkpoint (or trains a finished run further). Ctrl-C (or SIGTERM) finishes the
+    step under way and saves a checkpoint; ``on_step(step, loss)`` runs after every step (a KeyboardInterrupt raised
+    there stops the run the same way).
     """
     from accelerate import Accelerator
 
     config.validate()
     out = Path(config.out)
-    state_path = out / "checkpoint" / "state.pt"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise OutputExistsError(f"{out} already exists: pass --resume to continue it or choose another out")
-    if resume and not state_path.is_file():
-        raise InputError(f"{out}: no checkpoint to resume ({state_path}): run without --resume")
     _ensure_dataset(config)
     train_clips = OrbitClips(Path(config.data), "train")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
+    work, resume_from = _run_folders(config, resume)  # every process looks before anything moves
+    saved = None if resume_from is None else _read_state(_state_path(resume_from), config)
+    accelerator.wait_for_everyone()
+    if main:
+        _prepare_work(work, resume_from, out, config)
+    accelerator.wait_for_everyone()
+    state_path = work / "checkpoint" / "state.pt"
     pipeline = _starting_pipeline(config, train_clips).to(accelerator.device)
-    _prepare_vae(pipeline, train_clips, config, out / "checkpoint" / "vae", resume)
+    _prepare_vae(pipeline, train_clips, config, work / "checkpoint" / "vae", resume)
     test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips and main else None
     if test_clips is not None and not resume:
-        write_json(out / "evaluation.json", {"start_psnr": heldout_psnr(pipeline, test_clips, config)})
+        write_json(work / "evaluation.json", {"start_psnr": heldout_psnr(pipeline, test_clips, config)})
     unet, trainable = _trainable_unet(pipeline, config)
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     ema = _ema(trainable, config)
     step, losses = 0, []
-    if resume:
-        step, losses = _load_state(state_path, trainable, optimizer, ema)
+    if saved is not None:
+        step, losses = _load_state(saved, state_path, trainable, optimizer, ema)
         info(f"resuming {out} at step {step} of {config.steps}")
-    elif main:
-        (out / "checkpoint").mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", asdict(config))
     tic = time.perf_counter()
     losses = _train(config, accelerator, pipeline, unet, optimizer, trainable, ema, train_clips, step, losses,
                     state_path, on_step)  # fmt: skip
     if main:
-        write_json(out / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
-        pipeline.unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, out)
+        write_json(work / "losses.json", {"losses": losses, "seconds": round(time.perf_counter() - tic, 3)})
+        pipeline.unet = _export(pipeline, accelerator.unwrap_model(unet), trainable, ema, config, work)
         if test_clips is not None:
-            _finish_evaluation(pipeline, test_clips, config, out / "evaluation.json")
+            _finish_evaluation(pipeline, test_clips, config, work / "evaluation.json")
+        replace_dir(work, out)  # refused by _run_folders unless out is a run to replace
         _print_summary(out, losses, time.perf_counter() - tic)
     accelerator.wait_for_everyone()
     return out
 
 
+RUN_ENTRIES = {"config.json", "checkpoint", "losses.json", "evaluation.json", "model", "adapters.safetensors",
+               ".model.partial", ".evaluation.json.tmp", ".losses.json.tmp", ".config.json.tmp"}  # fmt: skip
+"""What a run folder holds (the module docstring): an ``out`` with nothing else is a run, safe to replace."""
+
+
+def partial_folder(out: Path) -> Path:
+    """Where a run into ``out`` is written until it is complete."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _run_folders(config: FinetuneConfig, resume: bool) -> tuple[Path, Path | None]:
+    """(folder to train in, folder whose checkpoint to resume or None). Refuses what would lose work or an input;
+    changes nothing (every process of a multi-GPU run asks)."""
+    out = Path(config.out)
+    partial = partial_folder(out)
+    for name in ("data", "base", "assets"):
+        given = None if getattr(config, name) is None else Path(getattr(config, name)).resolve()
+        if given is not None and (given == out.resolve() or out.resolve() in given.parents):
+            raise InputError(f"out {out} is or holds {name} {given}: a finished run replaces out; choose an out "
+                             "outside it")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"out {out} is a file: choose another out")
+    if resume:  # an interrupted run first: it is newer than a finished one it would replace
+        for folder in (partial, out):
+            if _state_path(folder).is_file():
+                return partial, folder
+        raise InputError(f"{out}: no checkpoint to resume (looked in {_state_path(out)} and {_state_path(partial)}): "
+                         "run without --resume")
+    if out.is_dir() and any(out.iterdir()):
+        if _state_path(out).is_file():
+            raise OutputExistsError(f"{out} already exists: pass --resume to train it further or choose another out")
+        if not {entry.name for entry in out.iterdir()} <= RUN_ENTRIES:
+            raise OutputExistsError(f"{out} already exists and is not a finetune run folder: choose another out")
+        # a run that failed before any checkpoint (an earlier orbit4d wrote runs in place): nothing to lose
+    if _state_path(partial).is_file():
+        raise OutputExistsError(f"{partial} holds an interrupted run: pass --resume to continue it, or delete that "
+                                "folder to start over")
+    return partial, None  # a partial folder without a checkpoint (a run that stopped early) holds nothing to lose
+
+
+def _state_path(folder: Path) -> Path:
+    return folder / "checkpoint" / "state.pt"
+
+
+def _prepare_work(work: Path, resume_from: Path | None, out: Path, config: FinetuneConfig) -> None:
+    """``work`` ready to train in: a finished run moved there to be trained further, or a fresh folder."""
+    if resume_from is None:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "checkpoint").mkdir(parents=True)
+        write_json(work / "config.json", asdict(config))
+    elif resume_from != work:
+        shutil.rmtree(work, ignore_errors=True)
+        os.replace(resume_from, work)
+        info(f"training {out} further in {work}; it comes back to {out} when done (or --resume again)")
+
+
 def _train(config: FinetuneConfig, accelerator, pipeline: OrbitPipeline, unet, optimizer, trainable, ema,
            clips: OrbitClips, step: int, losses: list[float], state_path: Path, on_step) -> list[float]:  # fmt: skip
-    """Steps from ``step`` to ``config.steps``; checkpoints on schedule and at the end. Returns every step's loss."""
+    """Steps from ``step`` to ``config.steps``; checkpoints on schedule, at the end, and when stopped by Ctrl-C or
+    SIGTERM (after the step under way; a second one stops at once, without). Returns every step's loss."""
     from rich.progress import Progress
 
     main, denoiser, generator = accelerator.is_main_process, Denoiser(), torch.Generator()
-    with Progress(console=console, transient=True, disable=not (console.is_terminal and main)) as bar:
+    between_steps = True
+    with Progress(console=console, transient=True, disable=not (console.is_terminal and main)) as bar, \
+            deferred_interrupt() as interrupted:  # fmt: skip
         task = bar.add_task("fine-tuning", total=config.steps, completed=step)
-        while step < config.steps:
-            # Every step's draws come from (seed, process, step): resuming needs no generator state, and each
-            # process of a multi-GPU run sees other clips and noise.
-            generator.manual_seed(config.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(config.warmup_steps, 1))
-            batch = [clips.random_clip(generator) for _ in range(config.batch_size)]
-            loss = training_loss(pipeline, unet, denoiser, batch, config, generator)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(trainable)
-            step += 1
-            losses.append(loss.item())
-            if not math.isfinite(losses[-1]):
-                raise InputError(f"fine-tuning diverged at step {step} (loss {losses[-1]}): lower learning_rate")
-            bar.update(task, completed=step)
-            if main and not console.is_terminal and step % max(1, config.steps // 10) == 0:
-                info(f"step {step}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
-            if on_step is not None:
-                on_step(step, losses[-1])
-            if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
-                if main:
-                    _save_state(state_path, step, losses, trainable, optimizer, ema)
-                accelerator.wait_for_everyone()
+        try:
+            while step < config.steps:
+                between_steps = False
+                # Every step's draws come from (seed, process, step): resuming needs no generator state, and each
+                # process of a multi-GPU run sees other clips and noise.
+                generator.manual_seed(config.seed * 1_000_003 + accelerator.process_index * 7_919 + step)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+                batch = [clips.random_clip(generator) for _ in range(config.batch_size)]
+                loss = training_loss(pipeline, unet, denoiser, batch, config, generator)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(trainable)
+                value = loss.item()
+                if not math.isfinite(value):  # the weights are spoilt: the last checkpoint stays as it was
+                    raise _diverged(step + 1, value, state_path)
+                step += 1
+                losses.append(value)
+                between_steps = True
+                bar.update(task, completed=step)
+                if main and not console.is_terminal and step % max(1, config.steps // 10) == 0:
+                    info(f"step {step}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
+                if on_step is not None:
+                    on_step(step, losses[-1])
+                if interrupted():
+                    raise KeyboardInterrupt
+                if (config.checkpoint_every and step % config.checkpoint_every == 0) or step == config.steps:
+                    if main:
+                        _save_state(state_path, step, losses, trainable, optimizer, ema)
+                    accelerator.wait_for_everyone()
+        except KeyboardInterrupt:
+            if between_steps and main:
+                _save_state(state_path, step, losses, trainable, optimizer, ema)
+                info(f"interrupted at step {step}: checkpoint saved in {state_path}; rerun with --resume to continue")
+            raise
     return losses
+
+
+def _diverged(step: int, loss: float, state_path: Path) -> InputError:
+    if state_path.is_file():
+        return InputError(f"fine-tuning diverged at step {step} (loss {loss}): lower learning_rate, then rerun with "
+                          f"--resume to continue from the last checkpoint or delete {state_path.parent.parent} to "
+                          "start over")
+    return InputError(f"fine-tuning diverged at step {step} (loss {loss}): lower learning_rate and rerun")
 
 
 def _ensure_dataset(config: FinetuneConfig) -> None:
@@ -258,8 +344,8 @@ def _print_summary(out: Path, losses: list[float], seconds: float) -> None:
     evaluation = out / "evaluation.json"
     if evaluation.is_file():
         e = json.loads(evaluation.read_text())
-        start = "n/a" if e.get("start_psnr") is None else f"{e['start_psnr']:.2f}"
-        table.add_row("held-out PSNR", f"{start} → {e['end_psnr']:.2f} dB")
+        start, end = ("n/a" if e.get(key) is None else f"{e[key]:.2f}" for key in ("start_psnr", "end_psnr"))
+        table.add_row("held-out PSNR", f"{start} → {end} dB")
     table.add_row("model", f"{out / 'model'} (orbit4d generate --weights)")
     console.print(table)
 
@@ -345,18 +431,25 @@ def _prepare_vae(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneCon
 
 
 @torch.no_grad()
-def heldout_psnr(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig) -> float:
-    """Mean PSNR (dB) of generated against rendered frames of the first ``eval_clips`` held-out clips."""
+def heldout_psnr(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig) -> float | None:
+    """Mean PSNR (dB) of generated against rendered frames of the first ``eval_clips`` held-out clips; None (with a
+    warning) when the model generates NaN or Inf, which has no PSNR."""
     errors = []
     was_training = pipeline.unet.training
     pipeline.unet.eval()
-    for index in range(min(config.eval_clips, len(clips))):
-        clip = clips.clip(index)
-        frames = pipeline(clip.input_view, clip.orbit, num_steps=config.eval_steps, seed=config.seed)
-        for k in range(clip.orbit.num_frames):
-            if k != clip.orbit.input_index:
-                errors.append(float(((frames[k] - clip.frames[k]) ** 2).mean()))
-    pipeline.unet.train(was_training)
+    try:
+        for index in range(min(config.eval_clips, len(clips))):
+            clip = clips.clip(index)
+            frames = pipeline(clip.input_view, clip.orbit, num_steps=config.eval_steps, seed=config.seed)
+            if not torch.isfinite(frames).all():
+                warn(f"the model generated NaN or Inf frames for {clips.root / clips.entries[index]['path']}: no "
+                     "held-out PSNR")
+                return None
+            for k in range(clip.orbit.num_frames):
+                if k != clip.orbit.input_index:
+                    errors.append(float(((frames[k] - clip.frames[k]) ** 2).mean()))
+    finally:
+        pipeline.unet.train(was_training)
     return float(sum(-10 * math.log10(max(e, 1e-12)) for e in errors) / len(errors))
 
 
@@ -412,17 +505,54 @@ def _save_state(path: Path, step: int, losses: list[float], trainable, optimizer
     os.replace(tmp, path)
 
 
-def _load_state(path: Path, trainable, optimizer, ema) -> tuple[int, list[float]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if len(state["trainable"]) != len(trainable):
-        raise InputError(f"{path} was saved by a run with other trainable weights: resume with its own config")
+def _read_state(path: Path, config: FinetuneConfig) -> dict:
+    """The checkpoint at ``path`` (tensors memory-mapped: nothing is copied until used); InputError naming the file
+    for one that is damaged or foreign, or that is already past ``config.steps``."""
+    start_over = "delete it and run without --resume to start over"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a foreign pickle: refused below
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors and plain data
+    except Exception as error:  # torch.load raises what its zip reader or restricted unpickler met, of many types
+        raise InputError(f"{path} is not a readable fine-tuning checkpoint ({type(error).__name__}: truncated, "
+                         f"damaged or written by another program): {start_over}") from None
+    if not _is_state(state):
+        raise InputError(f"{path} is not a fine-tuning checkpoint (no step, losses, trainable weights, optimizer and "
+                         f"ema): {start_over}")
+    if state["step"] > config.steps:
+        raise InputError(f"{path} is at step {state['step']}, beyond steps {config.steps}: set steps to at least "
+                         f"{state['step']} to train it further")
+    return state
+
+
+def _load_state(state: dict, path: Path, trainable, optimizer, ema) -> tuple[int, list[float]]:
+    """(step, losses) of ``state`` (``_read_state``), its weights and optimizer state loaded; InputError naming
+    ``path`` for a checkpoint of a run with other trainable weights."""
+    start_over = "delete it and run without --resume to start over"
+    saved = state["trainable"]
+    if [t.shape for t in saved] != [p.shape for p in trainable]:
+        raise InputError(f"{path} was saved by a run with other trainable weights: resume with its own config, or "
+                         f"{start_over}")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state["ema"] is not None:
+            ema.load_state_dict(state["ema"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise InputError(f"{path}: its optimizer or EMA state does not fit this run ({type(error).__name__}): resume "
+                         f"with its own config, or {start_over}") from None
     with torch.no_grad():
-        for parameter, saved in zip(trainable, state["trainable"]):
-            parameter.copy_(saved)
-    optimizer.load_state_dict(state["optimizer"])
-    if ema is not None and state["ema"] is not None:
-        ema.load_state_dict(state["ema"])
-    return state["step"], list(state["losses"])
+        for parameter, tensor in zip(trainable, saved):
+            parameter.copy_(tensor)
+    return state["step"], [float(loss) for loss in state["losses"]]
+
+
+def _is_state(state: object) -> bool:
+    """Whether ``state`` has the form ``_save_state`` writes."""
+    return (isinstance(state, dict) and {"step", "losses", "trainable", "optimizer", "ema"} <= state.keys()
+            and isinstance(state["step"], int) and state["step"] >= 0 and isinstance(state["losses"], list)
+            and all(isinstance(loss, (int, float)) for loss in state["losses"])
+            and isinstance(state["trainable"], list) and all(isinstance(t, Tensor) for t in state["trainable"])
+            and isinstance(state["optimizer"], dict) and (state["ema"] is None or isinstance(state["ema"], dict)))
 
 
 def _export(pipeline: OrbitPipeline, unet, trainable, ema, config: FinetuneConfig, out: Path):

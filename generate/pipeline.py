@@ -54,7 +54,7 @@ class OrbitDefaults:
                                f"positive and elevation_deg {self.elevation_deg} in [-90, 90]")
 
     def orbit(self, num_frames: int | None = None, elevation_deg: float | None = None) -> Orbit:
-        return sv3d_orbit(num_frames or self.num_frames,
+        return sv3d_orbit(self.num_frames if num_frames is None else num_frames,
                           self.elevation_deg if elevation_deg is None else elevation_deg,
                           self.radius, self.fov_deg, self.image_size)  # fmt: skip
 
@@ -100,7 +100,9 @@ class OrbitPipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> OrbitPipeline:
         for module in (self.unet, self.vae, self.image_encoder):
-            module.to(device=device, dtype=dtype)
+            # diffusers' ModelMixin.to warns about "modules that should be kept in float32" whenever a dtype is passed
+            # (even None); these models keep none, so the plain nn.Module.to does the same without the noise
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         return self
 
     # --- the loop -------------------------------------------------------------------------------------------------

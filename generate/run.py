@@ -13,6 +13,7 @@ by construction, and the photo is sharper than any reproduction.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from generate.pipeline import OrbitPipeline
 from multiview.capture import Frame, write_transforms
 from multiview.console import console
 from multiview.errors import InputError
+from multiview.frames import to_8bit
 from multiview.outputs import staged_dir, write_json
 
 
@@ -57,10 +59,32 @@ class GenerateConfig:
     half: bool = False
     """fp16 on CUDA (bf16 when the GPU supports it); fp32 on CPU always."""
 
+    def validate(self) -> None:
+        """InputError naming the first setting (by its command-line option) that sampling cannot use."""
+        if self.num_frames is not None and self.num_frames < 2:
+            raise InputError(f"--frames {self.num_frames}: an orbit needs at least 2 frames (leave --frames out for "
+                             "the model's own count)")
+        if self.elevation_deg is not None and not -90 <= self.elevation_deg <= 90:  # NaN fails too
+            raise InputError(f"--elevation {self.elevation_deg}: use degrees from -90 to 90")
+        if self.steps < 1:
+            raise InputError(f"sampling steps {self.steps} (--steps of generate, --sample-steps of image-to-3d): "
+                             "use at least 1")
+        if self.sampler not in ("euler", "ddim"):
+            raise InputError(f"--sampler {self.sampler}: use euler or ddim")
+        for name, value in (("MIN", self.min_guidance), ("MAX", self.max_guidance)):
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"--guidance {self.min_guidance:g} {self.max_guidance:g}: {name} {value:g} must be a "
+                                 "finite number of at least 0 (1: no guidance; SV3D uses 1 2.5)")
+        if not (math.isfinite(self.cond_aug) and self.cond_aug >= 0):
+            raise InputError(f"cond_aug {self.cond_aug}: use a finite noise level of at least 0 (SV3D: 1e-5)")
+        if not 0 < self.object_ratio <= 1:  # NaN fails too
+            raise InputError(f"object_ratio {self.object_ratio}: use a share of the image side in (0, 1]")
+
 
 def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """Generate the orbit of the object in ``image_path`` into the capture folder ``out_dir``; return it."""
     tic = time.perf_counter()
+    config.validate()
     if config.weights is None:
         raise InputError("no --weights given: pass a model folder (model_index.json, unet/, vae/, image_encoder/); "
                          "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
@@ -141,7 +165,8 @@ def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarr
     try:
         with PIL.Image.open(path) as opened:
             opened.load()
-            image = opened.convert("RGBA") if "A" in opened.getbands() or opened.mode == "P" else opened.convert("RGB")
+            image = to_8bit(opened)  # PIL's convert clips 16-bit greyscale at 255: a white picture
+            image = image.convert("RGBA") if "A" in image.getbands() or image.mode == "P" else image.convert("RGB")
     except FileNotFoundError:
         raise InputError(f"{path} does not exist: give an image file (.png with transparency works best)") from None
     except (OSError, PIL.Image.DecompressionBombError, ValueError) as error:

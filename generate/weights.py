@@ -21,11 +21,28 @@ CONFIG_NAME = "config.json"
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """WeightsError naming the first missing, unexpected and mis-shaped keys when ``state`` does not fit ``model``."""
-    problems = state_dict_problems(model.state_dict(), state)
+    """WeightsError naming the first missing, unexpected and mis-shaped keys when ``state`` does not fit ``model``,
+    or the first tensor ``check_tensor`` refuses."""
+    expected = model.state_dict()
+    problems = state_dict_problems(expected, state)
     if problems:
         raise WeightsError(f"{source} does not fit {type(model).__name__} ({'; '.join(problems)}): "
                            "these weights are for another architecture or size; check the model's config.json")
+    for key, tensor in state.items():
+        check_tensor(tensor, expected[key], key, source)
+
+
+def check_tensor(tensor: torch.Tensor, expected: torch.Tensor, key: str, source: Path) -> None:
+    """WeightsError naming ``key`` and ``source`` for a tensor ``load_state_dict`` would take without a word but that
+    cannot be the weight meant for ``expected``: integers or booleans where floats belong (load_state_dict casts
+    them), or NaN / Inf values (every output would be NaN)."""
+    if expected.is_floating_point() and not tensor.is_floating_point():
+        raise WeightsError(f"{source}: tensor {key} is {str(tensor.dtype).removeprefix('torch.')}, not a floating "
+                           "type: these are not float weights (quantized or damaged); use a float16, bfloat16 or "
+                           "float32 file")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise WeightsError(f"{source}: tensor {key} holds NaN or Inf values: the file is damaged (or saved from a "
+                           "diverged run); download or train it again")
 
 
 def save_model(model, folder: Path) -> Path:

@@ -54,14 +54,19 @@ def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = 
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
-    if out_dir.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, trash / "old")
-        os.replace(staging, out_dir)
+    replace_dir(staging, out_dir)
+    os.chmod(out_dir, 0o755)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move the folder ``staging`` to ``target``, replacing what is there (two renames, the old copy removed after)."""
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, trash / "old")
+        os.replace(staging, target)
         shutil.rmtree(trash, ignore_errors=True)
     else:
-        os.replace(staging, out_dir)
-    os.chmod(out_dir, 0o755)
+        os.replace(staging, target)
 
 
 def write_json(path: Path, data: object) -> None:

@@ -18,12 +18,18 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from multiview.errors import InputError
 
 
-def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "euler",
-             max_clips: int | None = None) -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
-    """(metrics, [(ground truth [F, 3, S, S], generated [F, 3, S, S])]) over the first ``max_clips`` clips."""
+def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "euler", max_clips: int | None = None,
+             weights: object = "the model") -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
+    """(metrics, [(ground truth [F, 3, S, S], generated [F, 3, S, S])]) over the first ``max_clips`` clips.
+
+    InputError naming ``weights`` (where the model came from) when it generates NaN or Inf: no score to report."""
     from reconstruct import metrics as M
+
+    if steps < 1 or (max_clips is not None and max_clips < 1):
+        raise ValueError(f"steps {steps} and max_clips {max_clips} must be at least 1")
 
     by_azimuth: dict[int, list[tuple[float, float]]] = defaultdict(list)
     per_clip, pairs, lpips_values = [], [], []
@@ -32,6 +38,9 @@ def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "eu
     for index in range(count):
         clip = clips.clip(index)
         generated = pipeline(clip.input_view, clip.orbit, num_steps=steps, seed=seed, sampler=sampler)
+        if not torch.isfinite(generated).all():
+            where = clips.root / clips.entries[index]["path"]
+            raise InputError(f"{weights}: the model produced NaN or Inf frames for {where}; try other weights")
         scores = []
         for k in range(clip.orbit.num_frames):
             if k == clip.orbit.input_index:

@@ -71,10 +71,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_generate(args: argparse.Namespace) -> int:
     from generate.run import GenerateConfig, run
-    from multiview.errors import InputError
 
-    if args.steps < 1:
-        raise InputError(f"--steps {args.steps}: use at least 1")
     config = GenerateConfig(weights=args.weights, num_frames=args.frames, elevation_deg=args.elevation,
                             steps=args.steps, sampler=args.sampler, min_guidance=args.guidance[0],
                             max_guidance=args.guidance[1], seed=args.seed, device=args.device, half=args.half)  # fmt: skip
@@ -114,6 +111,10 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
     from multiview.outputs import staged_dir, write_json
     from orbit4d.eval_generator import contact_sheet, evaluate
 
+    if args.steps < 1:
+        raise InputError(f"--steps {args.steps}: use at least 1")
+    if args.max_clips is not None and args.max_clips < 1:
+        raise InputError(f"--max-clips {args.max_clips}: use at least 1 (leave it out to evaluate every held-out clip)")
     pipeline = OrbitPipeline.from_pretrained(args.weights)
     if not (args.data / DATASET_FILE).is_file():
         if args.assets is None:
@@ -122,11 +123,16 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
         build_orbit_dataset(DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius,
                                           fov_deg=d.fov_deg), args.assets, args.data)  # fmt: skip
     report, pairs = evaluate(pipeline, OrbitClips(args.data, "test"), args.steps, args.seed, args.sampler,
-                             args.max_clips)  # fmt: skip
+                             args.max_clips, weights=args.weights)  # fmt: skip
     with staged_dir(args.out, args.overwrite, inputs=[args.weights, args.data]) as stage:
         write_json(stage / "metrics.json", {**report, "weights": str(args.weights.absolute()),
                                             "data": str(args.data.absolute())})  # fmt: skip
         PIL.Image.fromarray(contact_sheet(pairs)).save(stage / "contact_sheet.png")
-    print(f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.4f} over {len(pairs)} held-out clips; "
-          f"written to {args.out}", file=sys.stderr)
+    print(f"PSNR {_shown(report['psnr'], '.2f')} dB, SSIM {_shown(report['ssim'], '.4f')} over {len(pairs)} held-out "
+          f"clips; written to {args.out}", file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _shown(value: float | None, form: str) -> str:
+    """A metric as printed: n/a where none could be measured (null in metrics.json)."""
+    return "n/a" if value is None else format(value, form)

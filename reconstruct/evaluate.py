@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -473,13 +472,3 @@ def write_turntable(
     return path
 
 
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move the folder ``staging`` to ``target``, replacing what is there (two renames, old copy removed after)."""
-    if target.exists():
-        trash = target.with_name(f".{target.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(target, trash)
-        os.replace(staging, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, target)

@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,7 +37,8 @@ from torch import Tensor
 
 from multiview.console import console, info, warn
 from multiview.errors import InputError, Orbit4dError, OutputExistsError
-from multiview.outputs import checked_out_dir, write_json
+from multiview.interrupts import deferred_interrupt
+from multiview.outputs import checked_out_dir, replace_dir, write_json
 from reconstruct import metrics as M
 from reconstruct.checkpoint import (
     TrainState,
@@ -66,7 +65,6 @@ from reconstruct.evaluate import (
     parse_background,
     per_view_json,
     render_tensors,
-    replace_dir,
     summarize,
     write_training_plot,
     write_turntable,
@@ -605,7 +603,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     between_steps = True
     if sample_steps and state.step == 0:
         state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
-    with _progress(config.steps, state.step) as progress, _deferred_sigint() as interrupted:
+    with _progress(config.steps, state.step) as progress, deferred_interrupt() as interrupted:
         try:
             while state.step < config.steps:
                 between_steps = False
@@ -840,26 +838,3 @@ def _progress(total: int, start: int) -> Iterator[Callable[[int, float, float, i
                      f"{gaussians:,} Gaussians")
 
         yield update
-
-
-@contextmanager
-def _deferred_sigint() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C (or SIGTERM, a scheduler's stop) finishes the current step, then a checkpoint is saved; a second one
-    stops at once."""
-    raised = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield raised.is_set
-        return
-
-    def handler(signum, frame):
-        if raised.is_set():
-            raise KeyboardInterrupt
-        raised.set()
-        console.print("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
-
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield raised.is_set
-    finally:
-        for number, old in previous.items():
-            signal.signal(number, old)

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 pytest.importorskip("bpy", reason="the orbit dataset is rendered with Blender: pip install 'orbit4d[render]'")
 
 from generate.dataset import DatasetConfig, OrbitClips, build_orbit_dataset  # noqa: E402
-from generate.finetune import FinetuneConfig, run  # noqa: E402
+from generate.finetune import FinetuneConfig, heldout_psnr, partial_folder, run  # noqa: E402
+from multiview.errors import InputError, OutputExistsError  # noqa: E402
 from generate.pipeline import OrbitDefaults, OrbitPipeline  # noqa: E402
 from generate.presets import ARCHITECTURES  # noqa: E402
 
@@ -64,7 +65,9 @@ def test_finetuning_lowers_the_loss_and_raises_heldout_psnr(dataset, tmp_path):
 def test_lora_trains_only_the_adapters(dataset, tmp_path):
     defaults = OrbitDefaults(num_frames=4, image_size=32, fov_deg=33.8, radius=2.0)
     base = ARCHITECTURES["tiny"].build(defaults, seed=3).save_pretrained(tmp_path / "base")
-    out = run(config(dataset, tmp_path / "lora", base=str(base), lora_rank=4, steps=20, eval_clips=0, vae_steps=None))
+    out = run(config(dataset, tmp_path / "lora", base=str(base), lora_rank=4, steps=20, eval_clips=1, eval_steps=2,
+                     vae_steps=None))  # fmt: skip
+    assert json.loads((out / "evaluation.json").read_text()).keys() >= {"start_psnr", "end_psnr"}
     adapters = load_file(str(out / "adapters.safetensors"))
     assert adapters and all("lora_" in key for key in adapters)
     saved = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
@@ -92,7 +95,9 @@ def test_resume_repeats_the_loss_curve(dataset, tmp_path):
     interrupted = config(dataset, tmp_path / "b", **settings)
     with pytest.raises(KeyboardInterrupt):
         run(interrupted, on_step=stop)
-    assert torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=True)["step"] == 4
+    assert not (tmp_path / "b").exists()  # out only ever holds a finished run
+    state = partial_folder(tmp_path / "b") / "checkpoint" / "state.pt"
+    assert torch.load(state, weights_only=True)["step"] == 6  # Ctrl-C saves after the step under way
     resumed = json.loads((run(interrupted, resume=True) / "losses.json").read_text())["losses"]
     assert resumed == reference
     a = load_file(str(tmp_path / "a" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
@@ -141,3 +146,81 @@ def test_eval_generator_reports_per_azimuth_and_a_contact_sheet(dataset, tmp_pat
     assert 0 < report["ssim"] <= 1 and report["lpips"] is None
     sheet = PIL.Image.open(tmp_path / "eval" / "contact_sheet.png")
     assert sheet.size == (4 * 32, 2 * 32)  # one held-out clip: ground truth above generated
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny model to start from: no VAE to fit, so runs take seconds."""
+    defaults = OrbitDefaults(num_frames=4, image_size=32, fov_deg=33.8, radius=2.0)
+    return ARCHITECTURES["tiny"].build(defaults, seed=3).save_pretrained(tmp_path_factory.mktemp("base") / "base")
+
+
+def test_a_finished_run_is_kept_until_trained_further(dataset, base, tmp_path):
+    settings = dict(base=str(base), eval_clips=0, vae_steps=None)
+    out = run(config(dataset, tmp_path / "run", steps=3, **settings))
+    with pytest.raises(OutputExistsError, match="pass --resume to train it further"):
+        run(config(dataset, out, steps=3, **settings))
+    with pytest.raises(InputError, match="beyond steps 2"):
+        run(config(dataset, out, steps=2, **settings), resume=True)
+    assert (out / "model").is_dir()  # refused before anything moved
+    run(config(dataset, out, steps=5, **settings), resume=True)
+    assert len(json.loads((out / "losses.json").read_text())["losses"]) == 5
+    assert not partial_folder(out).exists() and OrbitPipeline.from_pretrained(out / "model")
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 truncated", "pickle"])
+def test_a_damaged_checkpoint_is_one_line(dataset, base, tmp_path, damage):
+    import pickle
+
+    settings = config(dataset, tmp_path / "run", base=str(base), eval_clips=0, vae_steps=None, steps=3)
+    state = partial_folder(tmp_path / "run") / "checkpoint" / "state.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(pickle.dumps({"step": 1}) if damage == "pickle" else damage)
+    with pytest.raises(InputError, match=f"{state}.*delete it and run without --resume"):
+        run(settings, resume=True)
+
+
+def test_a_model_that_generates_nan_has_no_psnr(dataset, base, capsys):
+    pipeline = OrbitPipeline.from_pretrained(base)
+    with torch.no_grad():
+        next(pipeline.unet.parameters()).fill_(float("nan"))
+    assert heldout_psnr(pipeline, OrbitClips(dataset, "test"), config(dataset, Path("unused"), eval_steps=1)) is None
+    assert "NaN or Inf frames" in capsys.readouterr().err
+
+
+def _eval_generator(capsys, weights: Path, data: Path, out: Path, *argv) -> tuple[int, str]:
+    from orbit4d.cli import main
+
+    code = main(["eval-generator", "--weights", str(weights), "--data", str(data), "--out", str(out), *argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--steps", "0"], "--steps 0: use at least 1"),
+    (["--max-clips", "0"], "--max-clips 0: use at least 1"),
+    (["--max-clips", "-1"], "--max-clips -1: use at least 1"),
+])  # fmt: skip
+def test_eval_generator_settings_are_checked(dataset, base, tmp_path, capsys, argv, words):
+    code, err = _eval_generator(capsys, base, dataset, tmp_path / "eval", *argv)
+    assert code == 1 and words in err and "Traceback" not in err and not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize(("damage", "words"), [
+    ("{}", "has no list of clips"),
+    ('{"clips": [{"path": 3}]}', "clip 0 is not an object with path, asset and split strings"),
+    ("{", "is not readable JSON"),
+    ("png", "is not a readable image"),
+])  # fmt: skip
+def test_a_damaged_dataset_is_one_line(dataset, base, tmp_path, capsys, damage, words):
+    data = shutil.copytree(dataset, tmp_path / "data")
+    if damage == "png":
+        clip = json.loads((data / "dataset.json").read_text())["clips"]
+        test_clip = next(c for c in clip if c["split"] == "test")
+        image = sorted((data / test_clip["path"] / "images").iterdir())[0]
+        image.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    else:
+        (data / "dataset.json").write_text(damage)
+    code, err = _eval_generator(capsys, base, data, tmp_path / "eval", "--steps", "1")
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert code == 1 and len(lines) == 1 and words in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "eval").exists()

@@ -308,6 +308,66 @@ def test_missing_weights_folder(tmp_path, capsys):
     assert code != 0 and "nowhere" in error_line(err)
 
 
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--frames", "0"], "--frames 0: an orbit needs at least 2 frames"),
+    (["--frames", "1"], "--frames 1: an orbit needs at least 2 frames"),
+    (["--steps", "0"], "sampling steps 0"),
+    (["--guidance", "nan", "2.5"], "MIN nan must be a finite number"),
+    (["--guidance", "1", "-2"], "MAX -2 must be a finite number of at least 0"),
+    (["--elevation", "nan"], "--elevation nan: use degrees from -90 to 90"),
+])  # fmt: skip
+def test_settings_sampling_cannot_use_are_one_line(weights, tmp_path, capsys, argv, words):
+    code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", weights,
+                    *argv)  # fmt: skip
+    assert code == 1 and words in error_line(err) and not (tmp_path / "x").exists()
+
+
+def test_image_to_3d_refuses_zero_sample_steps(weights, tmp_path, capsys):
+    code, err = cli(capsys, "image-to-3d", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights",
+                    weights, "--sample-steps", 0)  # fmt: skip
+    assert code == 1 and "--sample-steps of image-to-3d" in error_line(err) and not (tmp_path / "x").exists()
+
+
+def test_sixteen_bit_greyscale_photo_keeps_its_tones(tmp_path):
+    from generate.run import prepare_image
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))  # black to white, left to right
+    PIL.Image.fromarray(ramp).save(tmp_path / "grey16.png")  # mode I;16
+    assert PIL.Image.open(tmp_path / "grey16.png").mode.startswith("I;16")
+    image = prepare_image(tmp_path / "grey16.png", 32).astype(float)
+    assert image[:, :4].mean() < 30 and image[:, -4:].mean() > 225 and 100 < image.mean() < 155  # not clipped white
+
+
+@pytest.mark.parametrize("damage", ["int32", "nan"])
+def test_weights_that_are_not_float_numbers_are_refused(weights, tmp_path, capsys, damage):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bad = shutil.copytree(weights, tmp_path / "bad")
+    path = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(path))
+    key = "conv_in.weight"
+    state[key] = state[key].to(torch.int32) if damage == "int32" else state[key].fill_(float("nan"))
+    save_file(state, str(path))
+    code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", bad)
+    line = error_line(err)
+    assert code == 1 and str(path) in line and key in line and not (tmp_path / "x").exists()
+    assert ("int32, not a floating type" if damage == "int32" else "NaN or Inf") in line
+
+
+def test_loading_a_model_prints_nothing(weights):
+    """diffusers warned "should be kept in float32: []" for each model (once per process: hence a fresh one)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from generate.pipeline import OrbitPipeline; "
+            "OrbitPipeline.from_pretrained(sys.argv[1]).to('cpu', torch.float32).to(device='cpu')")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code, str(weights)], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "" and done.stdout == "", done.stderr
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_samples_in_half_precision_on_cuda(weights):
