@@ -12,6 +12,7 @@ everything from start to exit (loading, training, evaluation, exports). The PSNR
     python bench/train_bench.py                  # both scenes, default steps
     python bench/train_bench.py fox --steps 2000 --out outputs/bench_train
     python bench/train_bench.py fox --appearance   # with a colour correction per training view
+    python bench/train_bench.py fox --pose-opt     # refining the training poses; held-out poses also aligned
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SHARED = REPO.parent / "shared" / "data"
 TARGETS = {"avocado": 30.0, "fox": 23.0}
 STEPS = {"avocado": 3000, "fox": 2000}
 TIME_LIMIT_S = 20 * 60
+OPTIONS = ("appearance", "pose-opt")  # train flags the benchmark can add
 
 
 def orbit4d(*args: object) -> float:
@@ -53,16 +55,16 @@ def prepare(scene: str, work: Path) -> tuple[Path, list[str], float]:
     return capture, ["--downscale", 8], seconds
 
 
-def run(scene: str, work: Path, steps: int, strategy: str, appearance: bool = False) -> dict:
-    """``strategy``: default, mcmc or absgrad (the default strategy with ``--absgrad``); ``appearance``: train with
-    ``--appearance`` (reported as strategy "...+appearance")."""
-    capture, options, capture_seconds = prepare(scene, work)
+def run(scene: str, work: Path, steps: int, strategy: str, options: tuple[str, ...] = ()) -> dict:
+    """``strategy``: default, mcmc or absgrad (the default strategy with ``--absgrad``); ``options``: more train
+    flags, of ``OPTIONS`` (reported as strategy "...+appearance+pose-opt")."""
+    capture, settings, capture_seconds = prepare(scene, work)
     flags = ["--strategy", "default", "--absgrad"] if strategy == "absgrad" else ["--strategy", strategy]
-    if appearance:
-        strategy, flags = f"{strategy}+appearance", [*flags, "--appearance"]
+    for option in options:
+        strategy, flags = f"{strategy}+{option}", [*flags, f"--{option}"]
     out = work / f"{scene}_{strategy}_{steps}"
     wall = orbit4d("train", capture, "--out", out, "--steps", steps, "--device", "cpu", *flags,
-                   *options, "--overwrite")  # fmt: skip
+                   *settings, "--overwrite")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     return {"scene": scene, "strategy": strategy, "steps": steps, "wall_seconds": wall,
             "capture_seconds": capture_seconds, "metrics": metrics}  # fmt: skip
@@ -88,6 +90,10 @@ def report(results: list[dict]) -> str:
             f"{'met' if met else 'MISSED'} |"
         )
     for r in results:
+        if aligned := r["metrics"].get("pose_aligned"):
+            lines += ["", f"{r['scene']} ({r['strategy']}), held-out poses aligned to the splats: {aligned['psnr']:.2f} dB, "
+                      f"SSIM {aligned['ssim']:.4f} (cameras turned {aligned['mean_rotation_deg']:.2f}° on average)"]
+    for r in results:
         curve = r["metrics"]["psnr_vs_time"]
         lines += ["", f"PSNR vs training time, {r['scene']} ({r['strategy']}): "
                   + ", ".join(f"{s['seconds']:.0f} s {s['psnr']:.2f} dB" for s in curve)]  # fmt: skip
@@ -109,13 +115,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="steps for every scene (default: per scene)")
     parser.add_argument("--strategy", choices=["default", "mcmc", "absgrad"], default="default",
                         help="absgrad: the default strategy growing by absolute gradients (--absgrad)")
-    parser.add_argument("--appearance", action="store_true", help="train with --appearance")
+    for option in OPTIONS:
+        parser.add_argument(f"--{option}", action="store_true", help=f"train with --{option}")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_train")
     args = parser.parse_args()
     if unknown := set(args.scenes) - set(TARGETS):
         parser.error(f"unknown scene {', '.join(sorted(unknown))}: choose from {', '.join(TARGETS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    results = [run(scene, args.out, args.steps or STEPS[scene], args.strategy, args.appearance)
+    options = tuple(option for option in OPTIONS if getattr(args, option.replace("-", "_")))
+    results = [run(scene, args.out, args.steps or STEPS[scene], args.strategy, options)
                for scene in args.scenes or TARGETS]  # fmt: skip
     text = report(results)
     (args.out / f"report_{results[0]['strategy']}.md").write_text(text + "\n")

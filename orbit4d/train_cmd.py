@@ -58,6 +58,9 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="black, white or #rrggbb (default: the scene's when fixed, else white)")
     p.add_argument("--antialiased", action="store_true", default=None,
                    help="rasterize antialiased (default: as the scene was trained)")
+    p.add_argument("--align-poses", action="store_true", default=None,
+                   help="also measure with each view's pose fitted to the splats (BARF's test-time pose optimisation; "
+                   "default: when the scene was trained with --pose-opt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.set_defaults(func=_run_eval)
@@ -82,7 +85,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     if out is None:
         raise InputError(f"{args.splats} is a file: pass --out for metrics.json and renders/")
     given = {"downscale": args.downscale, "test_every": args.test_every, "background": args.background,
-             "antialiased": args.antialiased}  # fmt: skip
+             "antialiased": args.antialiased, "align_poses": args.align_poses}  # fmt: skip
     config = replace(trained.config if trained else evaluate.EvalConfig(),
                      **{name: value for name, value in given.items() if value is not None})  # fmt: skip
     splats_path = scene_dir / "splats.ply" if scene_dir else args.splats
@@ -156,7 +159,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="grow Gaussians by their absolute screen gradients (AbsGS): finer detail from fewer "
                    "Gaussians (default strategy)")
     p.add_argument("--pose-opt", action="store_true", default=None,
-                   help="refine the training views' camera poses with the splats (for slightly-off SfM poses)")
+                   help="refine the training views' camera poses with the splats (for slightly-off SfM poses); "
+                   "held-out views are measured as posed and again with their poses fitted to the splats")
     p.add_argument("--appearance", action="store_true", default=None,
                    help="learn a colour correction per training view (for photos of differing exposure or white "
                    "balance: phones' auto exposure, photos from the internet)")

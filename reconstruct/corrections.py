@@ -2,8 +2,8 @@
 
 Each is a change per training view, zero at the start and kept zero-mean over the views while training (a change
 shared by every view belongs to the scene): a rigid motion of the world about the cameras' centre, and an affine map
-of what the splats contribute to a pixel. Held-out views keep their poses; their colours come from
-``held_out_colors``.
+of what the splats contribute to a pixel. Held-out views keep their poses (``evaluate.align_poses`` fits them to the
+splats for a second set of metrics); their colours come from ``held_out_colors``.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ def pose_centre(views: list[View], device: torch.device | str = "cpu") -> Tensor
     return torch.tensor(view_volume([view.camera for view in views])[0], dtype=torch.float32, device=device)
 
 
-def pose_report(corrections: Tensor, views: Sequence[View], scene_scale: float) -> dict:
-    """How far the pose ``corrections`` [V, 6] moved the cameras of ``views``: rotation (degrees) and camera-centre
-    shift (world units), mean and largest over the views, and per view (metrics.json's "pose_corrections")."""
-    centre = pose_centre(views)
+def pose_report(corrections: Tensor, views: Sequence[View], scene_scale: float, centre: Tensor | None = None) -> dict:
+    """How far the pose ``corrections`` [V, 6] (about ``centre``, by default ``pose_centre(views)``) moved the cameras
+    of ``views``: rotation (degrees) and camera-centre shift (world units), mean and largest over the views, and per
+    view (metrics.json's "pose_corrections")."""
+    centre = pose_centre(views) if centre is None else centre.cpu()
     per_view = []
     with torch.no_grad():
         for view, correction in zip(views, corrections.detach().cpu()):

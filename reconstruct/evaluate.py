@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,14 @@ from multiview.camera import Camera
 from multiview.console import console, info, warn
 from multiview.errors import InputError
 from multiview.outputs import write_json
-from reconstruct.corrections import corrected_colors, corrections_from_report, held_out_colors
+from reconstruct.corrections import (
+    corrected_colors,
+    corrected_viewmat,
+    corrections_from_report,
+    held_out_colors,
+    pose_centre,
+    pose_report,
+)
 from reconstruct.data import SceneData, View, load_scene
 from reconstruct.metrics import color_corrected, depth_abs_rel, lpips, lpips_status, psnr, ssim
 from reconstruct.rasterize import rasterize
@@ -42,6 +49,9 @@ class EvalConfig:
     """Rasterize antialiased, for splats trained so (``--antialiased``)."""
     backend: str = "auto"
     """Rasterizer (``rasterize``'s ``backend``)."""
+    align_poses: bool = False
+    """Also measure the views with their poses fitted to the splats (``align_poses``), as for splats trained with
+    ``pose_opt``: metrics.json's "pose_aligned", beside the plain metrics."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,8 @@ def read_trained_scene(scene_dir: Path) -> TrainedScene:
     settings = trained.get("config", {})
     config = EvalConfig(downscale=settings.get("downscale", 1), test_every=settings.get("test_every", 8),
                         background=evaluation_background(settings.get("background", "white")),
-                        antialiased=bool(settings.get("antialiased", False)))  # fmt: skip
+                        antialiased=bool(settings.get("antialiased", False)),
+                        align_poses=bool(settings.get("pose_opt", False)))  # fmt: skip
     colors = trained.get("color_corrections")
     corrections = corrections_from_report(colors) if colors else None
     capture = Path(trained["capture"]) if "capture" in trained else None
@@ -116,6 +127,8 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
         "per_view": per_view_json(per_view),
         "image_size": [views[0].camera.width, views[0].camera.height],
         "color_corrections": color_rule or None,
+        "pose_aligned": pose_aligned_metrics(splats.to(device), scene, views, background, config.backend,
+                                             config.antialiased, colors) if config.align_poses else None,
         "device": str(device),
         "splats": str(Path(splats_path).absolute()),
         "capture": str(scene.capture.root),
@@ -154,12 +167,21 @@ def print_summary(report: Mapping, out_dir: Path) -> None:
                   f"{psnr_text} / {report['ssim']:.4f}{corrected}")  # fmt: skip
     if report["lpips"] is not None:
         table.add_row("LPIPS", f"{report['lpips']:.4f}")
+    if report.get("pose_aligned"):
+        table.add_row(*pose_aligned_row(report["pose_aligned"]))
     if report["depth_abs_rel"] is not None:
         table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
     table.add_row("Gaussians", f"{report['num_gaussians']:,} (SH degree {report['sh_degree']})")
     table.add_row("views", f"{len(report['per_view'])} at {report['image_size'][0]}×{report['image_size'][1]}")
     table.add_row("outputs", "metrics.json, renders/ (photo | render | depth)")
     console.print(table)
+
+
+def pose_aligned_row(aligned: Mapping) -> tuple[str, str]:
+    """The summary tables' row for metrics.json's "pose_aligned"."""
+    psnr = "n/a" if aligned["psnr"] is None else f"{aligned['psnr']:.2f} dB"
+    return ("PSNR / SSIM, poses aligned", f"{psnr} / {aligned['ssim']:.4f} (cameras turned "
+            f"{aligned['mean_rotation_deg']:.2f}° and moved {aligned['mean_shift']:.3g} on average)")
 
 
 def render_tensors(
@@ -270,6 +292,76 @@ def evaluate_views(
             name = view.name.replace("/", "_").rsplit(".", 1)[0] + ".png"
             PIL.Image.fromarray(to_uint8(torch.cat([target, image, panel], dim=1))).save(renders_dir / name)
     return results
+
+
+POSE_ALIGN_STEPS = 100
+"""Adam steps per held-out view of ``align_poses``."""
+
+
+def align_poses(splats: Splats, views: Sequence[View], background: Tensor, centre: Tensor, scale: float,
+                backend: str = "auto", antialiased: bool = False, colors: Sequence[Tensor] | None = None,
+                steps: int = POSE_ALIGN_STEPS, lr: float = 1e-2) -> tuple[list[View], Tensor]:  # fmt: skip
+    """(``views`` with each camera moved to where the splats, frozen, match its photo best; the motions [V, 6]).
+
+    BARF's test-time pose optimisation, for splats trained with ``pose_opt``: their world has moved a little from the
+    SfM poses the held-out views keep, and a held-out photo should not be scored for that. Each motion is a rigid one
+    about ``centre`` [3] (``corrected_viewmat``, translations in units of ``scale``), fitted by Adam on the mean
+    squared error for ``steps`` steps (learning rate decaying to a hundredth); the best one met is kept, so a view
+    whose pose no motion improves keeps it. The photos are looked at: metrics on the aligned views measure the splats,
+    not the poses, and are reported beside the plain ones, never instead. ``colors``: the views' colour corrections.
+    """
+    tensors = {name: value.detach() for name, value in splats.tensors().items()}
+    device, decay = splats.device, 0.01 ** (1.0 / max(steps - 1, 1))
+    centre, background = centre.to(device), background.to(device)
+    aligned, motions = [], []
+    for i, view in enumerate(views):
+        viewmat, K, target = view.viewmat().to(device), view.K().to(device), composite(view, background, device)
+        motion = torch.zeros(6, device=device, requires_grad=True)
+        optimizer = torch.optim.Adam([motion], lr=lr)
+        best, best_error = motion.detach().clone(), math.inf
+        for step in range(steps + 1):
+            image, alpha, _ = render_tensors(tensors, corrected_viewmat(viewmat, motion, centre, scale), K,
+                                             view.camera.width, view.camera.height, splats.sh_degree, background,
+                                             backend, check_finite=False, antialiased=antialiased)  # fmt: skip
+            if colors is not None:
+                image = corrected_colors(image, alpha, background, colors[i].to(image))
+            error = ((image.clamp(0.0, 1.0) - target) ** 2).mean()
+            if error.item() < best_error:
+                best, best_error = motion.detach().clone(), error.item()
+            if step == steps:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            error.backward()
+            optimizer.step()
+            optimizer.param_groups[0]["lr"] *= decay
+        moved = corrected_viewmat(viewmat, best, centre, scale).detach().cpu().double().numpy()
+        aligned.append(replace(view, camera=view.camera.replace(cam_from_world=moved)))
+        motions.append(best)
+    return aligned, torch.stack(motions).cpu()
+
+
+def pose_aligned_metrics(splats: Splats, scene: SceneData, views: Sequence[View], background: Tensor,
+                         backend: str = "auto", antialiased: bool = False,
+                         colors: Sequence[Tensor] | None = None) -> dict:  # fmt: skip
+    """metrics.json's "pose_aligned": PSNR, SSIM and cc_psnr of ``views`` after ``align_poses`` (about the training
+    cameras' centre, in units of their mean distance from it), the steps and seconds it took, how far the cameras
+    moved, and per view."""
+    centre = pose_centre(scene.train)
+    scale = float(np.mean([np.linalg.norm(view.camera.center - centre.numpy()) for view in scene.train]))
+    info(f"aligning the poses of {len(views)} views to the splats ({POSE_ALIGN_STEPS} steps each)")
+    tic = time.perf_counter()
+    aligned, motions = align_poses(splats, views, background, centre, scale, backend, antialiased, colors)
+    results = evaluate_views(splats, aligned, background, backend, antialiased=antialiased, colors=colors)
+    moved = pose_report(motions, views, scale, centre)
+    summary = summarize(results)
+    return {
+        **{key: summary[key] for key in ("psnr", "ssim", "cc_psnr")},
+        "steps": POSE_ALIGN_STEPS,
+        "seconds": round(time.perf_counter() - tic, 3),
+        **{key: value for key, value in moved.items() if key != "per_view"},
+        "per_view": per_view_json([{**{k: r[k] for k in ("name", "psnr", "ssim")}, **{k: m[k] for k in
+                                    ("rotation_deg", "shift")}} for r, m in zip(results, moved["per_view"])]),
+    }  # fmt: skip
 
 
 def parse_background(text: str) -> torch.Tensor | None:

@@ -64,6 +64,8 @@ from reconstruct.evaluate import (
     finite_or_none,
     parse_background,
     per_view_json,
+    pose_aligned_metrics,
+    pose_aligned_row,
     render_tensors,
     summarize,
     write_training_plot,
@@ -756,6 +758,8 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
                                                                          state.strategy_state["scene_scale"]),
         "color_corrections": None if state.appearance is None else color_report(state.appearance, scene.train,
                                                                                    color_rule),
+        "pose_aligned": pose_aligned_metrics(splats, scene, views, background, config.backend, config.antialiased,
+                                             colors) if state.poses is not None and scene.test else None,
         "image_size": [views[0].camera.width, views[0].camera.height],
         "device": str(device),
         "capture": str(scene.capture.root),
@@ -780,6 +784,8 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     psnr = "n/a" if report["psnr"] is None else f"{report['psnr']:.2f} dB"
     corrected = "" if report.get("cc_psnr") is None else f" ({report['cc_psnr']:.2f} dB colour-corrected)"
     table.add_row(f"PSNR / SSIM ({report['evaluated_on'].split(' ')[0]})", f"{psnr} / {report['ssim']:.4f}{corrected}")
+    if report.get("pose_aligned"):
+        table.add_row(*pose_aligned_row(report["pose_aligned"]))
     if report.get("depth_abs_rel") is not None:
         table.add_row("depth error (AbsRel)", f"{100 * report['depth_abs_rel']:.2f}% against the capture's depth maps")
     config, pose = report["config"], report.get("pose_corrections")
