@@ -122,8 +122,8 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
         "num_gaussians": len(splats),
         "sh_degree": splats.sh_degree,
         "evaluation_seconds": round(time.perf_counter() - tic, 3),
-        "evaluated_on": evaluated_on(scene),
-        "test_views": [view.name for view in scene.test],
+        "evaluated_on": evaluated_on(scene, every_view=config.test_every == 1),
+        "test_views": [view.name for view in views] if config.test_every == 1 else [view.name for view in scene.test],
         "per_view": per_view_json(per_view),
         "image_size": [views[0].camera.width, views[0].camera.height],
         "color_corrections": color_rule or None,
@@ -380,8 +380,11 @@ def evaluation_background(text: str) -> str:
     return "white" if text == "random" else text
 
 
-def evaluated_on(scene: SceneData) -> str:
-    """metrics.json's "evaluated_on": "test", or "train (...)" when the scene holds no views out."""
+def evaluated_on(scene: SceneData, every_view: bool = False) -> str:
+    """metrics.json's "evaluated_on": "test", "train (...)" when the scene holds no views out, or "all (...)" for
+    ``orbit4d eval --test-every 1`` (``every_view``: any view may be scored, none is a training view)."""
+    if every_view:
+        return "all (every view of the capture, --test-every 1)"
     return "test" if scene.test else "train (no views held out)"
 
 

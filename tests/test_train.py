@@ -962,7 +962,9 @@ def test_eval_measures_a_scene_as_training_did_and_any_ply(capture, reference_sc
     assert code == 1 and "metrics.json is not a scene's metrics" in error_line(err)
     code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture, "--out", tmp_path / "all",
                     "--test-every", "1", "--downscale", "4")  # fmt: skip
-    assert code == 0 and len(json.loads((tmp_path / "all" / "metrics.json").read_text())["per_view"]) == 12, err
+    every = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert code == 0 and len(every["per_view"]) == len(every["test_views"]) == 12, err
+    assert every["evaluated_on"].startswith("all") and "PSNR / SSIM (all)" in err
 
 
 def test_eval_applies_the_colour_corrections_a_scene_was_trained_with(tmp_path, capsys):
