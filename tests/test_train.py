@@ -1061,10 +1061,12 @@ def test_trains_on_cuda_with_gsplat(capture, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_training_options_run_on_cuda(capture, tmp_path):
     """--antialiased, --absgrad, --pose-opt and --appearance through gsplat's kernels (its compensation, its absgrad,
-    its gradients to viewmats and to the colours): the run trains, the cameras move and the colours are corrected."""
+    its gradients to viewmats and to the colours): the run trains, the cameras move, the colours are corrected and the
+    held-out poses are aligned."""
     config = train.TrainConfig(steps=300, sh_degree=1, random_init_points=500, background="black", device="cuda",
                                psnr_samples=0, turntable_frames=0, antialiased=True, absgrad=True, pose_opt=True,
                                appearance=True)  # fmt: skip
     report = json.loads((train.run(config, capture, tmp_path / "scene") / "metrics.json").read_text())
     assert report["psnr"] > 20.0 and report["pose_corrections"]["mean_rotation_deg"] > 0, report["psnr"]
     assert report["color_corrections"]["max_gain"] > report["color_corrections"]["min_gain"]
+    assert report["pose_aligned"]["psnr"] >= report["psnr"]  # held-out poses fitted through gsplat's viewmat gradients
