@@ -16,6 +16,7 @@ augmentation) and goes last; the others follow it round the ring.
 from __future__ import annotations
 
 import json
+import shutil
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,7 +98,8 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
         sun = (rng.uniform(0, 360), rng.uniform(10, 80), rng.uniform(1.0, 4.0)) if rng.random() < 0.5 else None
         folder = out_dir / "clips" / f"{asset.stem}_{k}"
         if not (folder / "transforms.json").is_file():
-            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)  # what an interrupted render left
+            folder.mkdir(parents=True)
             render = RenderConfig(num_views=config.num_frames, elevations_deg=(elevation,), radius=config.radius,
                                   fov_deg=config.fov_deg, width=config.image_size, height=config.image_size,
                                   background=background, world_strength=world, sun=sun, samples=config.samples,
@@ -138,7 +140,9 @@ class OrbitClips:
                              "renders it from `assets`)")
         self.entries = [c for c in _read_listing(listing) if c["split"] == split]
         if not self.entries:
-            raise InputError(f"{listing} has no {split} clips")
+            fix = "set eval_clips to 0, or render the dataset with held-out clips (holdout)" if split == "test" else \
+                "render the dataset again"
+            raise InputError(f"{listing} has no {split} clips: {fix}")
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -30,6 +30,8 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from generate.schedulers import Denoiser
 from multiview.console import console, info, warn
 from multiview.errors import InputError, OutputExistsError
 from multiview.interrupts import deferred_interrupt
-from multiview.outputs import replace_dir, write_json
+from multiview.outputs import checked_out_dir, replace_dir, write_json
 from multiview.settings import dataclass_from_json
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -178,20 +180,21 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
     if main:
         _prepare_work(work, resume_from, out, config)
     accelerator.wait_for_everyone()
-    state_path = work / "checkpoint" / "state.pt"
-    pipeline = _starting_pipeline(config, train_clips).to(accelerator.device)
-    _prepare_vae(pipeline, train_clips, config, work / "checkpoint" / "vae", resume)
-    test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips and main else None
-    if test_clips is not None and not resume:
-        write_json(work / "evaluation.json", {"start_psnr": heldout_psnr(pipeline, test_clips, config)})
-    unet, trainable = _trainable_unet(pipeline, config)
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema = _ema(trainable, config)
-    step, losses = 0, []
-    if saved is not None:
-        step, losses = _load_state(saved, state_path, trainable, optimizer, ema)
-        info(f"resuming {out} at step {step} of {config.steps}")
+    with _moved_back_on_failure(work, out, main and resume_from == out):  # nothing trained yet
+        state_path = work / "checkpoint" / "state.pt"
+        pipeline = _starting_pipeline(config, train_clips).to(accelerator.device)
+        _prepare_vae(pipeline, train_clips, config, work / "checkpoint" / "vae", resume)
+        test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips and main else None
+        if test_clips is not None and not resume:
+            write_json(work / "evaluation.json", {"start_psnr": heldout_psnr(pipeline, test_clips, config)})
+        unet, trainable = _trainable_unet(pipeline, config)
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        ema = _ema(trainable, config)
+        step, losses = 0, []
+        if saved is not None:
+            step, losses = _load_state(saved, state_path, trainable, optimizer, ema)
+            info(f"resuming {out} at step {step} of {config.steps}")
     tic = time.perf_counter()
     losses = _train(config, accelerator, pipeline, unet, optimizer, trainable, ema, train_clips, step, losses,
                     state_path, on_step)  # fmt: skip
@@ -221,13 +224,7 @@ def _run_folders(config: FinetuneConfig, resume: bool) -> tuple[Path, Path | Non
     changes nothing (every process of a multi-GPU run asks)."""
     out = Path(config.out)
     partial = partial_folder(out)
-    for name in ("data", "base", "assets"):
-        given = None if getattr(config, name) is None else Path(getattr(config, name)).resolve()
-        if given is not None and (given == out.resolve() or out.resolve() in given.parents):
-            raise InputError(f"out {out} is or holds {name} {given}: a finished run replaces out; choose an out "
-                             "outside it")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"out {out} is a file: choose another out")
+    checked_out_dir(out, [Path(p) for p in (config.data, config.base, config.assets) if p is not None])
     if resume:  # an interrupted run first: it is newer than a finished one it would replace
         for folder in (partial, out):
             if _state_path(folder).is_file():
@@ -239,11 +236,26 @@ def _run_folders(config: FinetuneConfig, resume: bool) -> tuple[Path, Path | Non
             raise OutputExistsError(f"{out} already exists: pass --resume to train it further or choose another out")
         if not {entry.name for entry in out.iterdir()} <= RUN_ENTRIES:
             raise OutputExistsError(f"{out} already exists and is not a finetune run folder: choose another out")
+        if (out / "model").exists():  # a finished run whose checkpoint was deleted: its model stays
+            raise OutputExistsError(f"{out} holds a finished model ({out / 'model'}): choose another out, or delete it "
+                                    "to train again")
         # a run that failed before any checkpoint (an earlier orbit4d wrote runs in place): nothing to lose
     if _state_path(partial).is_file():
         raise OutputExistsError(f"{partial} holds an interrupted run: pass --resume to continue it, or delete that "
                                 "folder to start over")
     return partial, None  # a partial folder without a checkpoint (a run that stopped early) holds nothing to lose
+
+
+@contextmanager
+def _moved_back_on_failure(work: Path, out: Path, moved: bool) -> Iterator[None]:
+    """A finished run ``moved`` to ``work`` to be trained further goes back to ``out`` when the block fails (a config
+    that does not fit its checkpoint, a base model gone, Ctrl-C)."""
+    try:
+        yield
+    except BaseException:
+        if moved and work.is_dir() and not out.exists():
+            os.replace(work, out)
+        raise
 
 
 def _state_path(folder: Path) -> Path:
@@ -314,11 +326,10 @@ def _train(config: FinetuneConfig, accelerator, pipeline: OrbitPipeline, unet, o
 
 
 def _diverged(step: int, loss: float, state_path: Path) -> InputError:
-    if state_path.is_file():
-        return InputError(f"fine-tuning diverged at step {step} (loss {loss}): lower learning_rate, then rerun with "
-                          f"--resume to continue from the last checkpoint or delete {state_path.parent.parent} to "
-                          "start over")
-    return InputError(f"fine-tuning diverged at step {step} (loss {loss}): lower learning_rate and rerun")
+    """The error for a non-finite loss: start over, as the last checkpoint may already hold weights on their way out."""
+    folder = state_path.parent.parent
+    return InputError(f"fine-tuning diverged at step {step} (loss {loss}): lower learning_rate and start over (delete "
+                      f"{folder} first: its checkpoint may already be diverging)")
 
 
 def _ensure_dataset(config: FinetuneConfig) -> None:
@@ -549,7 +560,8 @@ def _load_state(state: dict, path: Path, trainable, optimizer, ema) -> tuple[int
 def _is_state(state: object) -> bool:
     """Whether ``state`` has the form ``_save_state`` writes."""
     return (isinstance(state, dict) and {"step", "losses", "trainable", "optimizer", "ema"} <= state.keys()
-            and isinstance(state["step"], int) and state["step"] >= 0 and isinstance(state["losses"], list)
+            and type(state["step"]) is int and state["step"] >= 0 and isinstance(state["losses"], list)
+            and len(state["losses"]) == state["step"]
             and all(isinstance(loss, (int, float)) for loss in state["losses"])
             and isinstance(state["trainable"], list) and all(isinstance(t, Tensor) for t in state["trainable"])
             and isinstance(state["optimizer"], dict) and (state["ema"] is None or isinstance(state["ema"], dict)))

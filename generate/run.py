@@ -27,7 +27,10 @@ from multiview.capture import Frame, write_transforms
 from multiview.console import console
 from multiview.errors import InputError
 from multiview.frames import to_8bit
-from multiview.outputs import staged_dir, write_json
+from multiview.outputs import staged_dir, writable_out_dir, write_json
+
+
+MAX_GUIDANCE = 100.0  # classifier-free guidance scales beyond this only amplify noise (SV3D: 2.5; images: 3-15)
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,9 @@ class GenerateConfig:
         if self.sampler not in ("euler", "ddim"):
             raise InputError(f"--sampler {self.sampler}: use euler or ddim")
         for name, value in (("MIN", self.min_guidance), ("MAX", self.max_guidance)):
-            if not (math.isfinite(value) and value >= 0):
+            if not 0 <= value <= MAX_GUIDANCE:  # NaN fails too
                 raise InputError(f"--guidance {self.min_guidance:g} {self.max_guidance:g}: {name} {value:g} must be a "
-                                 "finite number of at least 0 (1: no guidance; SV3D uses 1 2.5)")
+                                 f"number from 0 to {MAX_GUIDANCE:g} (1: no guidance; SV3D uses 1 2.5)")
         if not (math.isfinite(self.cond_aug) and self.cond_aug >= 0):
             raise InputError(f"cond_aug {self.cond_aug}: use a finite noise level of at least 0 (SV3D: 1e-5)")
         if not 0 < self.object_ratio <= 1:  # NaN fails too
@@ -88,6 +91,7 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
     if config.weights is None:
         raise InputError("no --weights given: pass a model folder (model_index.json, unet/, vae/, image_encoder/); "
                          "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
+    writable_out_dir(out_dir, overwrite, inputs=[image_path, config.weights])  # before minutes of sampling
     device = _device(config.device)
     dtype = _dtype(device, config.half)
     pipeline = load_pipeline(Path(config.weights), dtype).to(device)

@@ -32,6 +32,15 @@ def checked_out_dir(out_dir: Path, inputs: Iterable[Path] = ()) -> Path:
     return out_dir
 
 
+def writable_out_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Path:
+    """``checked_out_dir``, and OutputExistsError for an existing, non-empty ``out_dir`` unless ``overwrite``: what
+    ``staged_dir`` checks first, for commands to check before long work."""
+    out_dir = checked_out_dir(out_dir, inputs)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another --out")
+    return out_dir
+
+
 @contextmanager
 def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Iterator[Path]:
     """Yield an empty sibling folder of ``out_dir``; on success it replaces ``out_dir`` in one rename.
@@ -40,9 +49,7 @@ def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = 
     non-empty ``out_dir`` unless ``overwrite``, and an ``out_dir`` that is or holds one of ``inputs``
     (``checked_out_dir``).
     """
-    out_dir = checked_out_dir(out_dir, inputs)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another --out")
+    out_dir = writable_out_dir(out_dir, overwrite, inputs)
     created = [folder for folder in reversed(out_dir.parents) if not folder.exists()]  # outermost first
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))

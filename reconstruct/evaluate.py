@@ -111,7 +111,8 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
     scene = load_scene(capture_dir, config.downscale, 0 if config.test_every == 1 else config.test_every)
     device = torch.device("cuda" if torch.cuda.is_available() and config.backend in ("auto", "gsplat") else "cpu")
     views = scene.test or scene.train
-    info(f"evaluating {len(splats):,} Gaussians on {len(views)} {'held-out' if scene.test else 'training'} views")
+    which = "" if config.test_every == 1 else " held-out" if scene.test else " training"
+    info(f"evaluating {len(splats):,} Gaussians on {len(views)}{which} views")
     tic = time.perf_counter()
     colors, color_rule = eval_colors(color_corrections, scene, views)
     per_view = evaluate_views(splats.to(device), views, background, config.backend, with_lpips=True, with_depth=True,
@@ -296,6 +297,8 @@ def evaluate_views(
 
 POSE_ALIGN_STEPS = 100
 """Adam steps per held-out view of ``align_poses``."""
+MAX_ALIGN_TURN_DEG, MAX_ALIGN_SHIFT = 3.0, 0.05
+"""How far ``align_poses`` may move a camera: degrees, and a share of ``scale`` (the cameras' distance)."""
 
 
 def align_poses(splats: Splats, views: Sequence[View], background: Tensor, centre: Tensor, scale: float,
@@ -306,8 +309,10 @@ def align_poses(splats: Splats, views: Sequence[View], background: Tensor, centr
     BARF's test-time pose optimisation, for splats trained with ``pose_opt``: their world has moved a little from the
     SfM poses the held-out views keep, and a held-out photo should not be scored for that. Each motion is a rigid one
     about ``centre`` [3] (``corrected_viewmat``, translations in units of ``scale``), fitted by Adam on the mean
-    squared error for ``steps`` steps (learning rate decaying to a hundredth); the best one met is kept, so a view
-    whose pose no motion improves keeps it. The photos are looked at: metrics on the aligned views measure the splats,
+    squared error for ``steps`` steps (learning rate decaying to a hundredth), within ``MAX_ALIGN_TURN_DEG`` and
+    ``MAX_ALIGN_SHIFT``: the errors of a pose are small, and an unbounded motion can score by turning the splats out
+    of view or backing away from blurry ones. The best motion met is kept, so a view whose pose no motion improves
+    keeps it. The photos are looked at: metrics on the aligned views measure the splats,
     not the poses, and are reported beside the plain ones, never instead. ``colors``: the views' colour corrections.
     """
     tensors = {name: value.detach() for name, value in splats.tensors().items()}
@@ -334,6 +339,9 @@ def align_poses(splats: Splats, views: Sequence[View], background: Tensor, centr
             error.backward()
             optimizer.step()
             optimizer.param_groups[0]["lr"] *= decay
+            with torch.no_grad():
+                for part, bound in ((motion[:3], math.radians(MAX_ALIGN_TURN_DEG)), (motion[3:], MAX_ALIGN_SHIFT)):
+                    part.mul_(torch.clamp(bound / part.norm().clamp_min(1e-12), max=1.0))
         moved = corrected_viewmat(viewmat, best, centre, scale).detach().cpu().double().numpy()
         aligned.append(replace(view, camera=view.camera.replace(cam_from_world=moved)))
         motions.append(best)

@@ -105,6 +105,9 @@ def read_ply(path: Path) -> Splats:
     )
     if not all(torch.isfinite(t).all() for t in splats.tensors().values()):
         raise InputError(f"{path} has non-finite splat values (NaN or Inf): the file is corrupt; re-export it")
+    if not torch.isfinite(splats.scales.exp()).all():  # a log-scale past ~88: no float32 can hold the size
+        raise InputError(f"{path} has Gaussians of infinite size (log-scale {float(splats.scales.max()):g}): the file "
+                         "is corrupt, or not in the 3DGS layout (log-scales); re-export it")
     return splats
 
 

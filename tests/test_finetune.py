@@ -163,9 +163,30 @@ def test_a_finished_run_is_kept_until_trained_further(dataset, base, tmp_path):
     with pytest.raises(InputError, match="beyond steps 2"):
         run(config(dataset, out, steps=2, **settings), resume=True)
     assert (out / "model").is_dir()  # refused before anything moved
+    with pytest.raises(InputError, match="other trainable weights"):  # found once the run was moved to train in
+        run(config(dataset, out, steps=5, lora_rank=4, **settings), resume=True)
+    assert (out / "model").is_dir() and not partial_folder(out).exists()  # so it is moved back
     run(config(dataset, out, steps=5, **settings), resume=True)
     assert len(json.loads((out / "losses.json").read_text())["losses"]) == 5
     assert not partial_folder(out).exists() and OrbitPipeline.from_pretrained(out / "model")
+    shutil.rmtree(out / "checkpoint")  # to save space: the model is still a finished run's
+    with pytest.raises(OutputExistsError, match="holds a finished model"):
+        run(config(dataset, out, steps=3, **settings))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputExistsError, match="afile is a file"):
+        run(config(dataset, tmp_path / "afile" / "run", steps=3, **settings))
+
+
+def test_an_interrupted_dataset_render_is_rendered_again(shared_data, tmp_path):
+    """Ctrl-C during a clip's render leaves its folders without transforms.json: the next run renders it anew."""
+    (tmp_path / "assets").mkdir()
+    shutil.copy(shared_data / "models" / "Duck.glb", tmp_path / "assets")
+    clip = tmp_path / "data" / "clips" / "Duck_0"
+    (clip / "images").mkdir(parents=True)  # what the interrupted render left
+    settings = DatasetConfig(num_frames=2, image_size=16, clips_per_asset=1, holdout="assets", holdout_assets=0,
+                             samples=1)  # fmt: skip
+    data = build_orbit_dataset(settings, tmp_path / "assets", tmp_path / "data")
+    assert len(list((clip / "images").iterdir())) == 2 and OrbitClips(data, "train").clip(0).frames.shape[0] == 2
 
 
 @pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 truncated", "pickle"])

@@ -312,14 +312,26 @@ def test_missing_weights_folder(tmp_path, capsys):
     (["--frames", "0"], "--frames 0: an orbit needs at least 2 frames"),
     (["--frames", "1"], "--frames 1: an orbit needs at least 2 frames"),
     (["--steps", "0"], "sampling steps 0"),
-    (["--guidance", "nan", "2.5"], "MIN nan must be a finite number"),
-    (["--guidance", "1", "-2"], "MAX -2 must be a finite number of at least 0"),
+    (["--guidance", "nan", "2.5"], "MIN nan must be a number from 0 to 100"),
+    (["--guidance", "1", "-2"], "MAX -2 must be a number from 0 to 100"),
+    (["--guidance", "1", "1e300"], "MAX 1e+300 must be a number from 0 to 100"),
     (["--elevation", "nan"], "--elevation nan: use degrees from -90 to 90"),
 ])  # fmt: skip
 def test_settings_sampling_cannot_use_are_one_line(weights, tmp_path, capsys, argv, words):
     code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", weights,
                     *argv)  # fmt: skip
     assert code == 1 and words in error_line(err) and not (tmp_path / "x").exists()
+
+
+def test_an_existing_out_is_refused_before_sampling(weights, tmp_path, capsys, monkeypatch):
+    def sampled(*args, **kwargs):
+        raise AssertionError("sampled before --out was checked")
+
+    monkeypatch.setattr(OrbitPipeline, "__call__", sampled)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", weights)
+    assert code == 1 and "--overwrite" in error_line(err) and (tmp_path / "x" / "keep.txt").read_text() == "mine"
 
 
 def test_image_to_3d_refuses_zero_sample_steps(weights, tmp_path, capsys):

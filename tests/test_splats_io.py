@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 
@@ -129,7 +130,11 @@ def test_ply_reader_rejects_bad_files(tmp_path):
     body_start = data.index(b"end_header\n") + len(b"end_header\n")
     (tmp_path / "nan.ply").write_bytes(data[:body_start] + struct.pack("<f", math.nan) + data[body_start + 4 :])
     write_points_ply(tmp_path / "points.ply", np.zeros((3, 3), np.float32), np.zeros((3, 3), np.uint8))
+    huge = random_splats_of_degree(10, 1)
+    huge = dataclasses.replace(huge, scales=huge.scales.index_fill(0, torch.tensor([3]), 100.0))  # exp: inf in float32
+    write_ply(tmp_path / "huge.ply", huge)
     cases = {
+        "huge.ply": "infinite size (log-scale 100)",
         "truncated.ply": "truncated",
         "text.ply": "not a PLY",
         "nan.ply": "non-finite",

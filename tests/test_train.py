@@ -307,7 +307,8 @@ def test_pose_opt_corrects_training_poses_that_are_off(tmp_path):
 def test_align_poses_finds_where_a_held_out_camera_really_was(tmp_path, capsys):
     """The Gaussians a capture was rendered from, its held-out cameras turned by 1.5 degrees: alignment finds the
     cameras' true poses again (the renders match the photos as they do at the true poses) and says how far it turned
-    them; `orbit4d eval --align-poses` reports both sets of metrics."""
+    them; it moves no camera beyond its bounds (3 degrees, 5% of the distance) to flatter a poor scene; `orbit4d eval
+    --align-poses` reports both sets of metrics."""
     from reconstruct.evaluate import pose_aligned_metrics
 
     capture = make_capture(tmp_path / "capture", size=64, num_views=16, depth=False)
@@ -315,12 +316,17 @@ def test_align_poses_finds_where_a_held_out_camera_really_was(tmp_path, capsys):
     perturb_poses(capture, 1.5, held_out=True)
     scene = load_scene(capture)
     means, quats, scales, opacities, colors = truth_gaussians()
-    truth = Splats(means, quats, scales.log(), torch.logit(opacities), rgb_to_sh0(colors)[:, None], torch.zeros(40, 0, 3))
+    sh0, shN = rgb_to_sh0(colors)[:, None], torch.zeros(len(means), 0, 3)
+    truth = Splats(means, quats, scales.log(), torch.logit(opacities), sh0, shN)
     at_truth, off = (evaluate_views(truth, views, torch.zeros(3)) for views in (exact, scene.test))
     aligned = pose_aligned_metrics(truth, scene, scene.test, torch.zeros(3))
     for before, after, best in zip(off, aligned["per_view"], at_truth):
         assert before["psnr"] < 35 and after["psnr"] > best["psnr"] - 2.5, (before, after, best)
         assert after["rotation_deg"] == pytest.approx(1.5, abs=0.2)
+    blurred = replace(truth, scales=truth.scales + math.log(3.0))  # a poor scene: backing away would make it sharper
+    bounded = pose_aligned_metrics(blurred, scene, scene.test, torch.zeros(3))
+    turned_by = 2.5 * math.radians(3.0)  # a turn about the rig's centre moves the camera too
+    assert bounded["max_rotation_deg"] <= 3.0 + 1e-4 and bounded["max_shift"] <= 1.01 * (0.05 * 2.5 + turned_by)
     write_ply(tmp_path / "truth.ply", truth)
     code, err = cli(capsys, "eval", tmp_path / "truth.ply", "--capture", capture, "--out", tmp_path / "eval",
                     "--background", "black", "--align-poses")  # fmt: skip
