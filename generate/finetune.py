@@ -465,14 +465,28 @@ def heldout_psnr(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneCon
 
 
 def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeline:
-    if config.base is not None:
-        return OrbitPipeline.from_pretrained(Path(config.base))
+    """The model to fine-tune: ``config.base``, or a fresh one of ``config.architecture``. Either way its defaults
+    (frames, image size, field of view, radius) become the dataset's: what the fine-tuned model was taught to make.
+    InputError when the base model cannot make the dataset's clips."""
     sample = clips.clip(0)
     camera = sample.orbit.cameras[0]
     fov = math.degrees(2 * math.atan(camera.width / (2 * camera.K[0, 0])))
-    defaults = OrbitDefaults(num_frames=sample.orbit.num_frames, image_size=camera.width, fov_deg=round(fov, 4),
-                             radius=float(round(sum(camera.center**2) ** 0.5, 4)), elevation_deg=10.0)  # fmt: skip
-    return ARCHITECTURES[config.architecture].build(defaults, seed=config.seed)
+    data = OrbitDefaults(num_frames=sample.orbit.num_frames, image_size=camera.width, fov_deg=round(fov, 4),
+                         radius=float(round(sum(camera.center**2) ** 0.5, 4)), elevation_deg=10.0)  # fmt: skip
+    if config.base is None:
+        return ARCHITECTURES[config.architecture].build(data, seed=config.seed)
+    pipeline = OrbitPipeline.from_pretrained(Path(config.base))
+    limit, scale = pipeline.unet.config.num_frames, pipeline.vae_scale
+    if data.num_frames > limit or data.image_size % scale:
+        raise InputError(f"base {config.base} makes 2 to {limit} frames of a size divisible by {scale}, and the clips "
+                         f"of {config.data} have {data.num_frames} frames of {data.image_size} px: render the dataset "
+                         "to fit (num_frames, image_size) or choose another base")
+    base = pipeline.defaults
+    if (base.num_frames, base.image_size) != (data.num_frames, data.image_size):
+        info(f"the fine-tuned model makes what the dataset holds, {data.num_frames} frames at {data.image_size} px "
+             f"(the base model: {base.num_frames} at {base.image_size} px)")
+    pipeline.defaults = replace(data, elevation_deg=base.elevation_deg)
+    return pipeline
 
 
 def _trainable_unet(pipeline: OrbitPipeline, config: FinetuneConfig):
