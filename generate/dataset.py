@@ -16,8 +16,8 @@ augmentation) and goes last; the others follow it round the ring.
 from __future__ import annotations
 
 import json
-import shutil
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -312,8 +312,8 @@ def align_poses(splats: Splats, views: Sequence[View], background: Tensor, centr
     squared error for ``steps`` steps (learning rate decaying to a hundredth), within ``MAX_ALIGN_TURN_DEG`` and
     ``MAX_ALIGN_SHIFT``: the errors of a pose are small, and an unbounded motion can score by turning the splats out
     of view or backing away from blurry ones. The best motion met is kept, so a view whose pose no motion improves
-    keeps it. The photos are looked at: metrics on the aligned views measure the splats,
-    not the poses, and are reported beside the plain ones, never instead. ``colors``: the views' colour corrections.
+    keeps it. The photos are looked at: metrics on the aligned views measure the splats, not the poses, and are
+    reported beside the plain ones, never instead. ``colors``: the views' colour corrections.
     """
     tensors = {name: value.detach() for name, value in splats.tensors().items()}
     device, decay = splats.device, 0.01 ** (1.0 / max(steps - 1, 1))
@@ -573,5 +573,3 @@ def write_turntable(
     write_video(tmp, frames, fps=fps)
     os.replace(tmp, path)
     return path
-
-
