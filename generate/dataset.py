@@ -31,7 +31,7 @@ from multiview.capture import read_capture
 from multiview.console import info, track
 from multiview.errors import InputError
 from multiview.frames import to_8bit
-from multiview.outputs import write_json
+from multiview.outputs import output_lock, write_json
 
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj")
 DATASET_FILE = "dataset.json"
@@ -76,8 +76,6 @@ def find_assets(folder: Path) -> list[Path]:
 
 def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) -> Path:
     """Render the orbit clips of every asset in ``assets_dir`` into ``out_dir`` (created); return ``out_dir``."""
-    from multiview.render_asset import RenderConfig, render_asset
-
     assets = find_assets(assets_dir)
     if config.holdout not in ("assets", "orbits"):
         raise InputError(f"holdout {config.holdout!r}: use assets or orbits")
@@ -86,8 +84,19 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
     if config.holdout == "assets" and config.holdout_assets >= len(assets) and config.holdout_assets > 0:
         raise InputError(f"{assets_dir} has {len(assets)} assets: holding out {config.holdout_assets} leaves none to "
                          "train on; add assets or hold out fewer")
-    rng = random.Random(config.seed)
     out_dir = Path(out_dir)
+    with output_lock(out_dir):  # one writer per dataset folder (finetune and eval-generator both render into it)
+        clips = _render_clips(config, assets, out_dir)
+        write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
+    info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")
+    return out_dir
+
+
+def _render_clips(config: DatasetConfig, assets: list[Path], out_dir: Path) -> list[dict]:
+    """Render every asset's clips into ``out_dir``/clips (a clip already there is kept); return dataset.json's list."""
+    from multiview.render_asset import RenderConfig, render_asset
+
+    rng = random.Random(config.seed)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     clips = []
     jobs = [(asset, k) for asset in assets for k in range(config.clips_per_asset)]
@@ -112,9 +121,7 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
         clips.append({"path": folder.relative_to(out_dir).as_posix(), "asset": asset.name,
                       "elevation_deg": elevation, "background": background, "world_light": world, "sun": sun,
                       "split": "test" if held_out else "train"})  # fmt: skip
-    write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
-    info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")
-    return out_dir
+    return clips
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from multiview.conventions import (
 )
 from multiview.errors import InputError
 from multiview.outputs import write_json
+from multiview.paths import exists, inside_folder
 
 if TYPE_CHECKING:
     import pycolmap
@@ -186,17 +187,18 @@ def _relative_name(path: Path, root: Path) -> str:
 # --- transforms.json: reading ----------------------------------------------------------------------------------
 
 
-def read_transforms(path: Path) -> list[Frame]:
+def read_transforms(path: Path, allow_outside: bool = False) -> list[Frame]:
     """Frames of a nerfstudio or instant-ngp ``transforms.json`` whose images exist (one warning for the rest).
 
-    Raises InputError when the file is unreadable or none of its images exist.
+    Raises InputError when the file is unreadable or none of its images exist. ``allow_outside``: see
+    ``load_transforms``.
     """
-    listing = load_transforms(path)
+    listing = load_transforms(path, allow_outside)
     warn_skipped(listing.missing, len(listing.frames) + len(listing.missing), Path(path))
     return listing.frames
 
 
-def load_transforms(path: Path) -> TransformsListing:
+def load_transforms(path: Path, allow_outside: bool = False) -> TransformsListing:
     """Parse a nerfstudio / instant-ngp ``transforms.json``; missing images are returned, not warned about.
 
     Understood: top-level or per-frame intrinsics (``fl_x``/``fl_y`` or ``camera_angle_x``/``camera_angle_y``, ``cx``,
@@ -204,21 +206,29 @@ def load_transforms(path: Path) -> TransformsListing:
     ``transform_matrix`` 4x4 or 3x4, ``time``, ``camera_id``, ``mask_path``, ``depth_file_path``,
     ``normal_file_path``, ``ply_file_path``. Ignored:
     ``aabb_scale``, ``scale``, ``offset``, ``sharpness``, ``applied_transform`` and other keys.
+
+    Every file it names must lie in its folder (``multiview.paths.inside_folder``: InputError for ``..``, absolute
+    paths and links that lead out) unless ``allow_outside``; two frames naming one image are refused.
     """
     path = Path(path).absolute()
     meta = _load_transforms_json(path)
     frames: list[Frame] = []
     missing: list[str] = []
     missing_masks = 0
+    first_use: dict[Path, int] = {}
     for index, entry in enumerate(meta["frames"]):
         if not isinstance(entry, dict) or "file_path" not in entry:
             raise InputError(f"{path}: frame {index} has no file_path: every frame needs one")
-        image_path = _find_image(path.parent, str(entry["file_path"]))
+        image_path = _listed_file(path, entry["file_path"], f"frame {index}'s file_path", allow_outside)
         if image_path is None:
-            missing.append(str(entry["file_path"]))
+            missing.append(entry["file_path"])
             continue
-        extras = {field: _find_image(path.parent, str(entry[key])) for key, field in _OPTIONAL_FILES.items()
-                  if entry.get(key)}
+        if image_path in first_use:
+            raise InputError(f"{path}: frames {first_use[image_path]} and {index} both name the image "
+                             f"{entry['file_path']!r}: remove the duplicate frame (each frame is its own photo)")
+        first_use[image_path] = index
+        extras = {field: _listed_file(path, entry[key], f"frame {index}'s {key}", allow_outside)
+                  for key, field in _OPTIONAL_FILES.items() if entry.get(key)}  # fmt: skip
         missing_masks += "mask_path" in extras and extras["mask_path"] is None
         camera = _camera_from_entry(meta, entry, image_path, f"{path} (frame {index}, {entry['file_path']})")
         frames.append(Frame(image_path, camera, **extras))
@@ -229,7 +239,7 @@ def load_transforms(path: Path) -> TransformsListing:
         )
     if missing_masks:
         warn(f"{missing_masks} mask(s) listed in {path} are missing: those frames are used without a mask")
-    return TransformsListing(frames, missing, _find_points(path, meta))
+    return TransformsListing(frames, missing, _find_points(path, meta, allow_outside))
 
 
 def warn_skipped(names: Sequence[str], total: int, source: Path) -> None:
@@ -252,24 +262,23 @@ def _load_transforms_json(path: Path) -> dict:
     return meta
 
 
-def _find_image(base: Path, name: str) -> Path | None:
-    """``name`` resolved against ``base``; tries common extensions when the file itself is absent."""
-    path = Path(os.path.normpath(base / name))
-    if path.is_file():
-        return path
-    for extension in IMAGE_EXTENSIONS:
-        candidate = path.with_name(path.name + extension)
-        if candidate.is_file():
-            return candidate
+def _listed_file(transforms: Path, name: object, what: str, allow_outside: bool) -> Path | None:
+    """The file ``name`` (an entry ``what`` of ``transforms``) names, inside the file's folder unless
+    ``allow_outside``; tries common extensions when the file itself is absent; None when there is none."""
+    inside_folder(transforms.parent, name, transforms, what, allow_outside)
+    for candidate in (name, *(f"{name}{extension}" for extension in IMAGE_EXTENSIONS)):
+        path = inside_folder(transforms.parent, candidate, transforms, what, allow_outside)
+        if exists(path):
+            return path
     return None
 
 
-def _find_points(path: Path, meta: dict) -> Path | None:
+def _find_points(path: Path, meta: dict, allow_outside: bool) -> Path | None:
     name = meta.get("ply_file_path")
     if not name:
         return None
-    ply = Path(os.path.normpath(path.parent / str(name)))
-    if not ply.is_file():
+    ply = inside_folder(path.parent, name, path, "ply_file_path", allow_outside)
+    if not exists(ply):
         warn(f"{path} names ply_file_path {name}, which does not exist: continuing without points")
         return None
     return ply
@@ -533,9 +542,10 @@ def _read_ply_ascii(body: bytes, skip_lines: int, count: int, properties: list, 
 # --- whole captures --------------------------------------------------------------------------------------------
 
 
-def read_capture(root: Path) -> Capture:
+def read_capture(root: Path, allow_outside: bool = False) -> Capture:
     """Read a capture folder (or its ``transforms.json``): frames from ``transforms.json``, points from its
-    ``ply_file_path`` (or points3D.ply)."""
+    ``ply_file_path`` (or points3D.ply). ``allow_outside``: read files it names outside its folder (``load_transforms``
+    refuses them otherwise)."""
     root = Path(root).absolute()
     if root.name == TRANSFORMS_FILE and root.is_file():
         root = root.parent
@@ -544,7 +554,7 @@ def read_capture(root: Path) -> Capture:
         raise InputError(f"{root} does not exist: give a capture folder (orbit4d capture or import makes one)")
     if not transforms.is_file():
         raise InputError(f"{root} has no {TRANSFORMS_FILE}: not a capture folder; make one with `orbit4d import`")
-    listing = load_transforms(transforms)
+    listing = load_transforms(transforms, allow_outside)
     warn_skipped(listing.missing, len(listing.frames) + len(listing.missing), transforms)
     ply = listing.ply_path or (root / POINTS_FILE if (root / POINTS_FILE).is_file() else None)
     points, colors = read_points_ply(ply) if ply is not None else (None, None)

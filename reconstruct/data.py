@@ -101,11 +101,12 @@ class SceneData:
         return any(view.mask is not None for view in self.train + self.test)
 
 
-def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8) -> SceneData:
-    """Read the capture at ``capture_dir`` and load its images, resized once by 1 / ``downscale``."""
+def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8, allow_outside: bool = False) -> SceneData:
+    """Read the capture at ``capture_dir`` and load its images, resized once by 1 / ``downscale``. ``allow_outside``:
+    read files its transforms.json names outside its folder (refused otherwise)."""
     if downscale < 1:
         raise InputError(f"--downscale {downscale}: use an integer of at least 1 (2 halves each image side)")
-    capture = read_capture(Path(capture_dir))
+    capture = read_capture(Path(capture_dir), allow_outside)
     frames = sorted(capture.frames, key=lambda frame: _name(frame, capture.root))
     distorted = [f for f in frames if not f.camera.is_pinhole]
     if distorted:
