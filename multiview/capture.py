@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from multiview.camera import Camera
+from multiview.colmap_files import check_binary_model
 from multiview.console import info, warn
 from multiview.conventions import (
     cam_from_world_from_opengl_c2w,
@@ -621,6 +622,7 @@ def read_colmap_model(model_dir: Path) -> "pycolmap.Reconstruction":
     model_dir = Path(model_dir)
     if not any((model_dir / f"{name}{ext}").is_file() for name in ("cameras", "images") for ext in (".bin", ".txt")):
         raise InputError(f"{model_dir} holds no COLMAP model (cameras.bin/.txt): pass the model folder, e.g. sparse/0")
+    check_binary_model(model_dir)  # pycolmap trusts the counts in the files: a lying one costs gigabytes
     try:
         return pycolmap.Reconstruction(model_dir)
     except Exception as error:  # pycolmap raises assorted types (ValueError, RuntimeError) for corrupt models

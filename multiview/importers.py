@@ -39,6 +39,7 @@ from multiview.capture import (
 from multiview.console import track, warn
 from multiview.conventions import cam_from_world_from_llff, opencv_K_from_colmap_K
 from multiview.errors import InputError, OutputExistsError
+from multiview.npy import load_npy
 from multiview.outputs import write_json
 from multiview.paths import check_relative, destination_names, exists, inside_folder, is_within
 
@@ -338,7 +339,7 @@ def _import_llff(path: Path, out_dir: Path, image_dir: Path | None, allow_outsid
 
 def _load_poses_bounds(path: Path) -> np.ndarray:
     try:
-        poses_bounds = np.load(path, allow_pickle=False)
+        poses_bounds = load_npy(path)
     except (OSError, ValueError) as error:
         raise InputError(f"{path} is not a readable .npy array ({error}): re-export it with imgs2poses") from None
     if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17 or len(poses_bounds) == 0:

@@ -169,6 +169,7 @@ def _run_import(args: argparse.Namespace) -> int:
 
 def _run_render_asset(args: argparse.Namespace) -> int:
     from multiview import blender, render_asset
+    from multiview.asset_files import check_asset_references
     from multiview.errors import InputError
     from multiview.outputs import staged_dir
 
@@ -188,8 +189,10 @@ def _run_render_asset(args: argparse.Namespace) -> int:
         time_steps=args.time_steps,
         samples=args.samples,
         seed=args.seed,
+        allow_outside_paths=args.allow_outside_paths,
     )
     blender.check_asset_path(args.model)  # before the staging folder: a missing file, a folder, a .fbx
+    check_asset_references(args.model, args.allow_outside_paths)  # and files it names outside its folder
     with staged_dir(args.out, args.overwrite, inputs=[args.model]) as stage:
         render_asset.render_asset(config, args.model, stage)
     print(f"capture written to {args.out}", file=sys.stderr)

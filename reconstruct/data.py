@@ -28,6 +28,7 @@ from multiview.capture import Capture, Frame, read_capture
 from multiview.console import track, warn
 from multiview.errors import InputError
 from multiview.frames import to_8bit
+from multiview.npy import load_npy
 
 
 MIN_IMAGE_SIDE = 8  # pixels, after --downscale: smaller images leave nothing to learn from (and no turntable)
@@ -60,7 +61,7 @@ class View:
         if self.depth_path is None:
             return None
         try:
-            depth = np.load(self.depth_path, allow_pickle=False)
+            depth = load_npy(self.depth_path)
         except (OSError, ValueError) as error:
             raise InputError(f"{self.depth_path} is not a readable .npy depth map ({error}): re-render the capture "
                              "or remove depth_file_path from transforms.json") from None
