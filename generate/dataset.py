@@ -74,8 +74,9 @@ def find_assets(folder: Path) -> list[Path]:
     return assets
 
 
-def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) -> Path:
-    """Render the orbit clips of every asset in ``assets_dir`` into ``out_dir`` (created); return ``out_dir``."""
+def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path, option: str = "--data") -> Path:
+    """Render the orbit clips of every asset in ``assets_dir`` into ``out_dir`` (created); return ``out_dir``.
+    ``option``: what the user calls ``out_dir`` in messages (another run writing it is refused)."""
     assets = find_assets(assets_dir)
     if config.holdout not in ("assets", "orbits"):
         raise InputError(f"holdout {config.holdout!r}: use assets or orbits")
@@ -85,7 +86,7 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
         raise InputError(f"{assets_dir} has {len(assets)} assets: holding out {config.holdout_assets} leaves none to "
                          "train on; add assets or hold out fewer")
     out_dir = Path(out_dir)
-    with output_lock(out_dir):  # one writer per dataset folder (finetune and eval-generator both render into it)
+    with output_lock(out_dir, option):  # one writer per dataset folder (finetune and eval-generator render into it)
         clips = _render_clips(config, assets, out_dir)
         write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
     info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")

@@ -172,7 +172,7 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
     config.validate()
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    with output_lock(config.out) if main else contextlib.nullcontext():  # one run per out; the main process holds it
+    with output_lock(config.out, "out") if main else contextlib.nullcontext():  # one run per out; main holds it
         work, resume_from = _run_folders(config, resume)  # every process looks before anything moves or renders
         try:
             return _run_in(config, accelerator, work, resume_from, resume, on_step)
@@ -239,7 +239,7 @@ def _run_folders(config: FinetuneConfig, resume: bool) -> tuple[Path, Path | Non
     changes nothing (every process of a multi-GPU run asks)."""
     out = Path(config.out)
     partial = partial_folder(out)
-    checked_out_dir(out, [Path(p) for p in (config.data, config.base, config.assets) if p is not None])
+    checked_out_dir(out, [Path(p) for p in (config.data, config.base, config.assets) if p is not None], "out")
     if resume:  # an interrupted run first: it is newer than a finished one it would replace
         for folder in (partial, out):
             if _state_path(folder).is_file():
@@ -356,7 +356,7 @@ def _ensure_dataset(config: FinetuneConfig) -> None:
     dataset = DatasetConfig(num_frames=config.frames, image_size=config.image_size,
                             clips_per_asset=config.clips_per_asset, holdout=config.holdout,
                             holdout_assets=config.holdout_assets, seed=config.seed)  # fmt: skip
-    build_orbit_dataset(dataset, Path(config.assets), Path(config.data))
+    build_orbit_dataset(dataset, Path(config.assets), Path(config.data), option="data")
 
 
 def _print_summary(out: Path, losses: list[float], seconds: float) -> None:

@@ -91,6 +91,7 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
         raise InputError("no --weights given: pass a model folder (model_index.json, unet/, vae/, image_encoder/); "
                          "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
     writable_out_dir(out_dir, overwrite, inputs=[image_path, config.weights])  # before minutes of sampling
+    _check_image(image_path)  # before loading the model
     with output_lock(out_dir):  # held from before sampling: a second run on out_dir is refused at once
         return _run_locked(config, image_path, out_dir, overwrite)
 
@@ -165,6 +166,12 @@ def load_pipeline(weights: Path, dtype: torch.dtype) -> OrbitPipeline:
 
         return load_sv3d(weights, dtype=dtype)
     return OrbitPipeline.from_pretrained(weights, dtype)
+
+
+def _check_image(path: Path) -> None:
+    """InputError when ``path`` is missing or does not decode (what ``prepare_image`` refuses, said before the model
+    loads)."""
+    prepare_image(path, 8)
 
 
 def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarray:

@@ -63,6 +63,8 @@ _INTRINSIC_KEYS = (
 )  # fmt: skip
 _SUPPORTED_MODELS = {None, "PINHOLE", "SIMPLE_PINHOLE", "OPENCV"}  # nerfstudio names; fisheye / 360 are not
 _ROTATION_TOLERANCE = 1e-3  # instant-ngp files are orthonormal to ~1e-6; anything worse is not a pose
+MAX_FOCAL_PER_SIDE = 1e4  # focal length / image side: a 0.006 degree field of view; beyond it a number is broken
+MAX_COORDINATE = 1e15  # camera positions beyond this leave float32 no room for the scene's squared distances
 _REQUIRED = object()
 
 
@@ -297,6 +299,9 @@ def _camera_from_entry(meta: dict, entry: dict, image_path: Path, where: str) ->
     fx, fy = _focal_lengths(params, width, height, where)
     cx = _number(params, "cx", where, default=width / 2)
     cy = _number(params, "cy", where, default=height / 2)
+    if max(abs(cx) / width, abs(cy) / height) > MAX_FOCAL_PER_SIDE:
+        raise InputError(f"{where}: principal point ({cx:g}, {cy:g}) lies far outside the {width}x{height} image: fix "
+                         "cx and cy in the file")  # fmt: skip
     K = opencv_K_from_colmap_K(np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
     camera_id = _number(entry, "camera_id", where, default=None)
     return Camera(
@@ -354,8 +359,9 @@ def _focal_lengths(params: dict, width: int, height: int, where: str) -> tuple[f
         fy = 0.5 * height / math.tan(0.5 * _field_of_view(params, "camera_angle_y", where))
     else:
         fy = fx
-    if fx <= 0 or fy <= 0:
-        raise InputError(f"{where}: focal lengths must be positive, got {fx}, {fy}: fix the file")
+    if not (0 < fx <= MAX_FOCAL_PER_SIDE * max(width, height) and 0 < fy <= MAX_FOCAL_PER_SIDE * max(width, height)):
+        raise InputError(f"{where}: focal lengths (fl_x, fl_y) {fx:g}, {fy:g} px for a {width}x{height} image: they "
+                         f"must be positive and at most {MAX_FOCAL_PER_SIDE:g} times the image size: fix the file")
     return fx, fy
 
 
@@ -388,13 +394,17 @@ def _pose(entry: dict, where: str) -> np.ndarray:
     if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
         raise InputError(f"{where}: transform_matrix must be a finite 4x4 (or 3x4) matrix: fix the file")
     R = c2w[:3, :3]
-    is_rigid = (
-        np.abs(R @ R.T - np.eye(3)).max() < _ROTATION_TOLERANCE
-        and np.linalg.det(R) > 0
-        and np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0])
-    )
+    with np.errstate(all="ignore"):  # a rotation of 1e300s overflows: not a rotation, said below in one line
+        is_rigid = (
+            np.abs(R @ R.T - np.eye(3)).max() < _ROTATION_TOLERANCE
+            and np.linalg.det(R) > 0
+            and np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0])
+        )
     if not is_rigid:
         raise InputError(f"{where}: transform_matrix is not a rigid camera-to-world transform: fix the file")
+    if np.abs(c2w[:3, 3]).max() > MAX_COORDINATE:
+        raise InputError(f"{where}: transform_matrix puts the camera at {np.abs(c2w[:3, 3]).max():.3g}, beyond "
+                         f"{MAX_COORDINATE:g} from the origin: fix the file")  # fmt: skip
     return cam_from_world_from_opengl_c2w(c2w)
 
 

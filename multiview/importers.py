@@ -8,6 +8,7 @@ sources are undistorted to pinhole with pycolmap, as the capture format asks.
 from __future__ import annotations
 
 import PIL.Image  # isort: skip  (before pycolmap; see multiview.capture)
+import PIL.ExifTags  # isort: skip
 
 import json
 import os
@@ -21,6 +22,8 @@ import numpy as np
 
 from multiview.camera import Camera
 from multiview.capture import (
+    MAX_COORDINATE,
+    MAX_FOCAL_PER_SIDE,
     IMAGES_DIR,
     POINTS_FILE,
     REPORT_FILE,
@@ -201,14 +204,18 @@ def check_colmap_model(reconstruction: "pycolmap.Reconstruction", model_dir: Pat
         if not np.isfinite(params).all():
             raise InputError(f"{where} has non-finite camera parameters {params.tolist()}: re-export the model")
         focal = params[list(camera.focal_length_idxs())]
-        if (focal <= 0).any() or camera.width < 1 or camera.height < 1:
+        largest = MAX_FOCAL_PER_SIDE * max(camera.width, camera.height)
+        if (focal <= 0).any() or (focal > largest).any() or camera.width < 1 or camera.height < 1:
             raise InputError(
                 f"{where} has focal length {focal.tolist()} and size {camera.width}x{camera.height}: both must be "
-                "positive: re-export the model"
+                f"positive, the focal length at most {MAX_FOCAL_PER_SIDE:g} times the size: re-export the model"
             )
         pose = np.asarray(image.cam_from_world().matrix(), dtype=np.float64)
         if not _is_rotation(pose[:3, :3], ROTATION_TOLERANCE) or not np.isfinite(pose).all():
             raise InputError(f"{where}: its pose is not a finite rigid transform: re-export the model")
+        if np.abs(pose[:3, 3]).max() > MAX_COORDINATE:
+            raise InputError(f"{where}: its pose is {np.abs(pose[:3, 3]).max():.3g} from the origin, beyond "
+                             f"{MAX_COORDINATE:g}: re-export the model")  # fmt: skip
 
 
 # --- nerfstudio / instant-ngp ----------------------------------------------------------------------------------
@@ -224,6 +231,7 @@ def _import_transforms(path: Path, out_dir: Path, undistort: bool, allow_outside
     readable = [frame for frame in listing.frames if frame.image_path not in unreadable]
     if not readable:
         raise _no_readable_images(path, total)
+    _check_sizes(readable, path)
     distorted = any(not frame.camera.is_pinhole for frame in readable)
     if distorted and undistort:
         frames = _undistorted(readable, path.parent, out_dir)
@@ -239,6 +247,21 @@ def _import_transforms(path: Path, out_dir: Path, undistort: bool, allow_outside
     skipped = listing.missing + [_relative_name(image, path.parent) for image in unreadable]
     write_report(out_dir, "transforms", path, total, len(frames), skipped, seconds, undistorted=distorted and undistort)
     return out_dir
+
+
+def _check_sizes(frames: Sequence[Frame], path: Path) -> None:
+    """InputError naming the first image whose size (as stored, or as its EXIF orientation turns it) is not the one
+    ``path`` gives its camera: training would refuse it, and undistortion would work at the wrong size."""
+    for frame in frames:
+        expected = (frame.camera.width, frame.camera.height)
+        with PIL.Image.open(frame.image_path) as image:
+            sizes = {image.size}
+            if image.getexif().get(PIL.ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # stored on its side
+                sizes.add(image.size[::-1])
+        if expected not in sizes:
+            raise InputError(f"{path}: {frame.image_path.name} is {image.size[0]}x{image.size[1]} but the file says "
+                             f"{expected[0]}x{expected[1]}: fix w and h (or remove them), or use the images the "
+                             "cameras were made for")  # fmt: skip
 
 
 def _undistorted(frames: Sequence[Frame], folder: Path, out_dir: Path) -> list[Frame]:
@@ -357,16 +380,20 @@ def check_poses_bounds(poses_bounds: np.ndarray, path: Path, image_names: Sequen
     for index, pose in enumerate(poses):
         row = f"{path}: row {index}" + (f" ({image_names[index]})" if index < len(image_names) else "")
         height, width, focal = pose[:, 4]
-        if min(height, width, focal) <= 0:
+        if min(height, width, focal) <= 0 or focal > MAX_FOCAL_PER_SIDE * max(height, width):
             raise InputError(
-                f"{row} has height {height:g}, width {width:g}, focal length {focal:g}: all three must be positive "
-                "(LLFF rows are [R | t | h w f], near, far): fix the file or re-export it with imgs2poses"
+                f"{row} has height {height:g}, width {width:g}, focal length {focal:g}: all three must be positive, "
+                f"the focal length at most {MAX_FOCAL_PER_SIDE:g} times the size (LLFF rows are [R | t | h w f], "
+                "near, far): fix the file or re-export it with imgs2poses"
             )
         if not _is_rotation(pose[:, :3], ROTATION_TOLERANCE):
             raise InputError(
                 f"{row}: its 3x3 rotation is not orthonormal with determinant +1 (a scaled, mirrored or empty pose): "
                 "fix the file or re-export it with imgs2poses"
             )
+        if np.abs(pose[:, 3]).max() > MAX_COORDINATE:
+            raise InputError(f"{row}: its camera is {np.abs(pose[:, 3]).max():.3g} from the origin, beyond "
+                             f"{MAX_COORDINATE:g}: fix the file or re-export it with imgs2poses")  # fmt: skip
 
 
 def _llff_images(image_dir: Path, count: int, path: Path) -> list[Path]:
@@ -398,7 +425,8 @@ def _is_rotation(matrix: np.ndarray, tolerance: float) -> bool:
     """Whether the finite [3, 3] ``matrix`` is orthonormal within ``tolerance`` with determinant +1."""
     if not np.isfinite(matrix).all():
         return False
-    return bool(np.abs(matrix @ matrix.T - np.eye(3)).max() < tolerance and np.linalg.det(matrix) > 0)
+    with np.errstate(all="ignore"):  # entries of 1e300 overflow: not a rotation, which the caller says in one line
+        return bool(np.abs(matrix @ matrix.T - np.eye(3)).max() < tolerance and np.linalg.det(matrix) > 0)
 
 
 def _undecodable(paths: Iterable[Path]) -> dict[Path, str]:

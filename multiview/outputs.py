@@ -30,21 +30,22 @@ except ImportError:  # not POSIX: outputs are written without a lock
     fcntl = None
 
 
-def checked_out_dir(out_dir: Path, inputs: Iterable[Path] = ()) -> Path:
+def checked_out_dir(out_dir: Path, inputs: Iterable[Path] = (), option: str = "--out") -> Path:
     """``out_dir`` made absolute, once it is known that replacing it cannot destroy one of ``inputs`` (it is none of
     them and holds none of them) and that no file stands where it or a folder above it would be.
-    OutputExistsError naming both otherwise."""
+    OutputExistsError naming both otherwise; ``option``: what the user calls the output (a config file's "out")."""
     out_dir = Path(out_dir).absolute()
     resolved = out_dir.resolve()
     for source in inputs:
         source_resolved = Path(source).resolve()
         if resolved == source_resolved or resolved in source_resolved.parents:
-            raise OutputExistsError(f"--out {out_dir} would replace the input {source}: choose an --out outside it")
+            raise OutputExistsError(f"{option} {out_dir} would replace the input {source}: choose an {option} "
+                                    "outside it")  # fmt: skip
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another --out")
+        raise OutputExistsError(f"{out_dir} exists and is not a folder: choose another {option}")
     blocking = next((folder for folder in out_dir.parents if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
-        raise OutputExistsError(f"--out {out_dir}: {blocking} is a file, not a folder: choose another --out")
+        raise OutputExistsError(f"{option} {out_dir}: {blocking} is a file, not a folder: choose another {option}")
     return out_dir
 
 
@@ -100,7 +101,7 @@ def lock_path(out_dir: Path) -> Path:
 
 
 @contextmanager
-def output_lock(out_dir: Path) -> Iterator[Path]:
+def output_lock(out_dir: Path, option: str = "--out") -> Iterator[Path]:
     """Hold the one-writer lock of ``out_dir`` for the block; yield ``out_dir`` (absolute).
 
     The lock is the kernel's (``flock`` on ``.<name>.lock`` beside ``out_dir``), so a run killed by SIGKILL or a crash
@@ -108,7 +109,7 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
     command, start time), which a refused run names: OutputBusyError, raised at once. Nested blocks of one process on
     the same output share the lock. Creates the folders above ``out_dir`` as needed (removed again when the block
     ends with them empty); OutputError naming the folder when it cannot be written (permissions, /proc, a read-only
-    disk).
+    disk). ``option``: what the user calls the output in messages (a config file's "out").
     """
     out_dir = Path(out_dir).absolute()
     path = lock_path(out_dir)
@@ -126,9 +127,9 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
             with _held_guard:
                 _held[key] -= 1
         return
-    created = _make_parents(out_dir, path.parent)
+    created = _make_parents(out_dir, path.parent, option)
     try:
-        fd = _acquire(path, out_dir)
+        fd = _acquire(path, out_dir, option)
         with _held_guard:
             _held[key] = 1
         try:
@@ -143,33 +144,33 @@ def output_lock(out_dir: Path) -> Iterator[Path]:
                 folder.rmdir()
 
 
-def unwritable(out_dir: Path, folder: Path, error: OSError) -> OutputError:
+def unwritable(out_dir: Path, folder: Path, error: OSError, option: str = "--out") -> OutputError:
     """The one-line error for an output that cannot be written in ``folder`` (``error``: what the system said)."""
     reason = error.strerror or type(error).__name__
-    return OutputError(f"--out {out_dir}: cannot write in {folder} ({reason}): choose a folder you can write to")
+    return OutputError(f"{option} {out_dir}: cannot write in {folder} ({reason}): choose a folder you can write to")
 
 
-def _make_parents(out_dir: Path, parent: Path) -> list[Path]:
+def _make_parents(out_dir: Path, parent: Path, option: str) -> list[Path]:
     """Create ``parent`` and the folders above it that are missing; return those created, outermost first."""
     missing = [folder for folder in reversed([parent, *parent.parents]) if not folder.exists()]
     blocking = next((folder for folder in [parent, *parent.parents] if folder.exists() and not folder.is_dir()), None)
     if blocking is not None:
-        raise OutputExistsError(f"--out {out_dir}: {blocking} is a file, not a folder: choose another --out")
+        raise OutputExistsError(f"{option} {out_dir}: {blocking} is a file, not a folder: choose another {option}")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         first = missing[0] if missing else parent
-        raise unwritable(out_dir, first.parent if missing else first, error) from None
+        raise unwritable(out_dir, first.parent if missing else first, error, option) from None
     return missing
 
 
-def _acquire(path: Path, out_dir: Path) -> int | None:
+def _acquire(path: Path, out_dir: Path, option: str) -> int | None:
     """An open descriptor of ``path`` holding its exclusive lock (None where the file system has no locks)."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as error:
-            raise unwritable(out_dir, path.parent, error) from None
+            raise unwritable(out_dir, path.parent, error, option) from None
         if fcntl is None:
             return fd
         try:
@@ -178,7 +179,7 @@ def _acquire(path: Path, out_dir: Path) -> int | None:
             holder = _read_holder(fd)
             os.close(fd)
             raise OutputBusyError(f"{out_dir} is being written by {_describe(holder)}: wait for it to finish, or "
-                                  "choose another --out") from None
+                                  f"choose another {option}") from None
         except OSError:  # a file system without locks (some network mounts): write as before, unguarded
             return fd
         try:  # a holder that finished between our open and our lock has removed the file: lock the new one

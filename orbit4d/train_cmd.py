@@ -77,7 +77,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if not args.splats.exists():
         raise InputError(f"{args.splats} does not exist: give a scene folder (orbit4d train --out) or a .ply file")
-    scene_dir = args.splats if args.splats.is_dir() else None
+    scene_dir = args.splats if args.splats.is_dir() else _scene_of(args.splats)
     trained = evaluate.read_trained_scene(scene_dir) if scene_dir else None
     capture = args.capture or (trained.capture if trained else None)
     if capture is None:
@@ -90,11 +90,23 @@ def _run_eval(args: argparse.Namespace) -> int:
              "allow_outside_paths": args.allow_outside_paths}  # fmt: skip
     config = replace(trained.config if trained else evaluate.EvalConfig(),
                      **{name: value for name, value in given.items() if value is not None})  # fmt: skip
-    splats_path = scene_dir / "splats.ply" if scene_dir else args.splats
+    splats_path = args.splats if args.splats.is_file() else scene_dir / "splats.ply"
     with staged_dir(out, args.overwrite, inputs=[args.splats, capture]) as stage:
         evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
     evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
     return 0
+
+
+def _scene_of(ply: Path) -> Path | None:
+    """The scene folder a ``.ply`` lies in (orbit4d train's: a metrics.json beside it that names its capture), whose
+    settings evaluating it takes; None for splats from elsewhere."""
+    import json
+
+    try:
+        metrics = json.loads((ply.parent / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ply.parent if isinstance(metrics, dict) and "capture" in metrics else None
 
 
 def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
