@@ -95,14 +95,15 @@ def _check_obj(path: Path, allow_outside: bool) -> None:
         for name in _names(match.group(1).decode("utf-8", errors="replace")):
             library = inside_folder(path.parent, name, path, "mtllib", allow_outside)
             if exists(library):
-                _check_mtl(library, allow_outside)
+                _check_mtl(library, path.parent, allow_outside)
 
 
-def _check_mtl(path: Path, allow_outside: bool) -> None:
+def _check_mtl(path: Path, folder: Path, allow_outside: bool) -> None:
+    """The texture maps of the material library ``path`` (names relative to it) stay inside the asset's ``folder``."""
     for match in _MAP.finditer(_read(path)):
         statement = match.group(1).decode("ascii", errors="replace")
         for name in _map_file_names(match.group(2).decode("utf-8", errors="replace")):
-            inside_folder(path.parent, name, path, statement, allow_outside)
+            inside_folder(path.parent, name, path, statement, allow_outside, within=folder)
 
 
 def _names(text: str) -> list[str]:

@@ -22,19 +22,19 @@ _HINT = f"pass {ALLOW_OPTION} to read it where it is"
 
 
 def inside_folder(base: Path, name: object, source: Path, what: str = "file_path", allow_outside: bool = False,
-                  hint: str = _HINT) -> Path:  # fmt: skip
+                  hint: str = _HINT, within: Path | None = None) -> Path:  # fmt: skip
     """``name``, as written in ``source``, resolved against the folder ``base``: absolute and normalised.
 
     InputError naming ``source``, ``what`` (the key or role of the entry) and ``name`` when ``name`` is not a
-    usable file name (``check_name``) or, unless ``allow_outside``, when it leads outside ``base``: an absolute path
-    elsewhere, ``..`` climbing out, or a link inside ``base`` that points out of it. ``hint``: what the user can do
-    to read such a file anyway (the end of the message).
+    usable file name (``check_name``) or, unless ``allow_outside``, when it leads outside ``within`` (default
+    ``base``): an absolute path elsewhere, ``..`` climbing out, or a link inside it that points out of it. ``hint``:
+    what the user can do to read such a file anyway (the end of the message).
     """
     check_name(name, source, what)
-    base = Path(os.path.normpath(Path(base).absolute()))
-    path = Path(os.path.normpath(base / name))  # an absolute name replaces base here
+    path = Path(os.path.normpath(Path(base).absolute() / name))  # an absolute name replaces base here
     if allow_outside:
         return path
+    base = Path(os.path.normpath(Path(within if within is not None else base).absolute()))
     if not is_within(path, base):
         raise InputError(f"{source}: {what} {name!r} leads outside {base}: copy the file into that folder and name "
                          f"it relative to it, or {hint}")  # fmt: skip
