@@ -126,6 +126,10 @@ SURVEY = [
     row("finetune-out-is-data", "finetune {ft_out_is_data}", "would replace the input"),
     row("eval-generator-out-is-data", "eval-generator --weights {weights_empty} --data {dataset} --out {dataset} "
         "--overwrite", "would replace the input"),
+    # an existing output is refused before any work (loading the empty model folder would fail first otherwise)
+    row("generate-out-exists", "generate {photo} --weights {weights_empty} --out {capture}", "already exists"),
+    row("eval-generator-out-exists", "eval-generator --weights {weights_empty} --data {dataset} --out {capture}",
+        "already exists"),
     # outputs that cannot be written
     *[row(f"{command}-unwritable-out", f"{command} {inputs} --out {UNWRITABLE}", "cannot write in /proc",
           "choose a folder you can write to")
@@ -227,3 +231,35 @@ def test_hostile_input(survey_row, corpus, tmp_path, capsys, request):
 def _options(command: str) -> set[str]:
     parser = build_parser()._subparsers._group_actions[0].choices[command]  # noqa: SLF001
     return {option for action in parser._actions for option in action.option_strings}  # noqa: SLF001
+
+
+def test_a_library_warning_is_one_line_and_disk_errors_are_not_bugs(tmp_path, capsys, monkeypatch):
+    """A numpy RuntimeWarning printed its source line before the one-line error; a full or read-only disk was an
+    internal error (exit 2)."""
+    import errno
+    import warnings
+
+    import numpy as np
+
+    from orbit4d import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["import", str(tmp_path / "src"), "--out", str(tmp_path / "out")])
+
+    def overflowing(_args):
+        np.float32(3e38) * np.float32(10)  # overflow encountered in scalar multiply
+        warnings.warn("a second line\nof the same warning", UserWarning, stacklevel=1)
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "images" / "a.png"))
+
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(args, "func", overflowing, raising=False)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        code = main(["import"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == EXIT_USER_ERROR and len(lines) == 3, err
+    assert lines[0].startswith("warning: overflow encountered") and lines[1] == "warning: a second line of the same warning"
+    assert lines[2] == (f"orbit4d import: error: {tmp_path / 'out' / 'images' / 'a.png'}: No space left on device: "
+                        "the disk is full: free some space or choose another --out")  # fmt: skip
