@@ -32,6 +32,7 @@ from multiview.console import info, track
 from multiview.errors import InputError
 from multiview.frames import to_8bit
 from multiview.outputs import output_lock, write_json
+from multiview.paths import inside_folder
 
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj")
 DATASET_FILE = "dataset.json"
@@ -198,6 +199,8 @@ def _read_listing(listing: Path) -> list[dict]:
         if not (isinstance(clip, dict) and all(isinstance(clip.get(key), str) for key in ("path", "asset", "split"))):
             raise InputError(f"{listing}: clip {number} is not an object with path, asset and split strings; "
                              "delete the file to render the dataset again")
+        inside_folder(listing.parent, clip["path"], listing, f"clip {number}'s path", hint="delete the file to "
+                      "render the dataset again")  # a dataset's clips lie in its folder  # fmt: skip
     return clips
 
 

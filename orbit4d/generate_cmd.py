@@ -120,13 +120,15 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
     inputs = [args.weights, args.data, *([args.assets] if args.assets else [])]
     writable_out_dir(args.out, args.overwrite, inputs)  # before loading, rendering or generating anything
     with output_lock(args.out):
+        clips = OrbitClips(args.data, "test") if (args.data / DATASET_FILE).is_file() else None  # checked first
         pipeline = OrbitPipeline.from_pretrained(args.weights)
-        if not (args.data / DATASET_FILE).is_file():
+        if clips is None:
             d = pipeline.defaults
             build_orbit_dataset(DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius,
                                               fov_deg=d.fov_deg), args.assets, args.data)  # fmt: skip
-        report, pairs = evaluate(pipeline, OrbitClips(args.data, "test"), args.steps, args.seed, args.sampler,
-                                 args.max_clips, weights=args.weights)  # fmt: skip
+            clips = OrbitClips(args.data, "test")
+        report, pairs = evaluate(pipeline, clips, args.steps, args.seed, args.sampler, args.max_clips,
+                                 weights=args.weights)  # fmt: skip
         with staged_dir(args.out, args.overwrite, inputs=inputs) as stage:
             write_json(stage / "metrics.json", {**report, "weights": str(args.weights.absolute()),
                                                 "data": str(args.data.absolute())})  # fmt: skip

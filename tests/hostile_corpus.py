@@ -235,10 +235,13 @@ def _generator_inputs(root: Path, corpus: dict) -> dict[str, Path]:
     (folder / "lying.safetensors").write_bytes(struct.pack("<Q", 10**15) + b'{"a": {}}')
     (folder / "empty_model").mkdir()
     data = folder / "dataset"
-    _write_json(data / "dataset.json", {"config": {}, "clips": []})
+    _write_json(data / "dataset.json", {"config": {}, "clips": [{"path": "clips/a_0", "asset": "a.glb",
+                                                                 "split": "test"}]})  # fmt: skip
+    clip = {"path": "../../capture", "asset": "a.glb", "split": "test"}  # a capture outside the dataset's folder
+    _write_json(folder / "dataset_escape" / "dataset.json", {"config": {}, "clips": [clip]})
     return {"photo": photo, "photo_zero": folder / "zero.png", "weights_pickle": folder / "pickle.safetensors",
             "weights_lying": folder / "lying.safetensors", "weights_empty": folder / "empty_model",
-            "dataset": data}  # fmt: skip
+            "dataset": data, "dataset_escape": folder / "dataset_escape"}  # fmt: skip
 
 
 def _videos(root: Path, corpus: dict) -> dict[str, Path]:

@@ -82,6 +82,8 @@ SURVEY = [
     row("render-asset-image-out", "render-asset {asset_image_escape} --out {out}", "images[0].uri", "leads outside"),
     row("render-asset-mtllib-out", "render-asset {asset_obj_mtllib} --out {out}", "mtllib", "leads outside"),
     row("render-asset-texture-out", "render-asset {asset_obj_map} --out {out}", "map_Kd", "leads outside"),
+    row("eval-generator-clip-out", "eval-generator --weights {weights_empty} --data {dataset_escape} --out {out}",
+        "clip 0's path", "leads outside"),
     # wrong types, repeated entries, numbers out of range
     row("import-duplicate-frames", "import {ns_duplicate} --out {out}", "frames 0 and 2", "images/a.png"),
     row("import-number-as-path", "import {ns_number_path} --out {out}", "42", "not a file name"),
