@@ -164,8 +164,9 @@ def _make_parents(out_dir: Path, parent: Path, option: str) -> list[Path]:
     return missing
 
 
-def _acquire(path: Path, out_dir: Path, option: str) -> int | None:
-    """An open descriptor of ``path`` holding its exclusive lock (None where the file system has no locks)."""
+def _acquire(path: Path, out_dir: Path, option: str) -> int:
+    """An open descriptor of ``path`` holding its exclusive lock (holding nothing where the file system has no
+    locks: some network mounts). OutputBusyError naming the holder when another process holds it."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -68,11 +68,12 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     from dataclasses import replace
 
     from multiview.errors import InputError
-    from multiview.outputs import staged_dir
+    from multiview.outputs import output_lock, staged_dir
     from reconstruct import evaluate
 
     if not args.splats.exists():
@@ -91,8 +92,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     config = replace(trained.config if trained else evaluate.EvalConfig(),
                      **{name: value for name, value in given.items() if value is not None})  # fmt: skip
     splats_path = args.splats if args.splats.is_file() else scene_dir / "splats.ply"
-    with staged_dir(out, args.overwrite, inputs=[args.splats, capture]) as stage:
-        evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
+    inside_scene = scene_dir is not None and Path(scene_dir).absolute() in Path(out).absolute().parents
+    with output_lock(scene_dir) if inside_scene else contextlib.nullcontext():  # SCENE/eval: not while it trains
+        with staged_dir(out, args.overwrite, inputs=[args.splats, capture]) as stage:
+            evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
     evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
     return 0
 

@@ -176,8 +176,12 @@ def _splat_files(root: Path, corpus: dict) -> dict[str, Path]:
     scene.mkdir()
     (scene / "splats.ply").write_bytes(data)
     (scene / "metrics.json").write_text("[1, 2, 3]")
+    good_scene = folder / "good_scene"
+    good_scene.mkdir()
+    (good_scene / "splats.ply").write_bytes(data)
+    _write_json(good_scene / "metrics.json", {"capture": str(corpus["capture"]), "config": {"test_every": 2}})
     return {"splats": good, "splats_lying": folder / "lying.ply", "splats_zero": folder / "zero.ply",
-            "scene_bad_metrics": scene}  # fmt: skip
+            "scene_bad_metrics": scene, "scene": good_scene}  # fmt: skip
 
 
 def _gltf(triangles: np.ndarray, **extra) -> dict:

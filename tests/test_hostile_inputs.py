@@ -11,6 +11,7 @@ covered by adding its rows (its argv, with ``{name}`` for a corpus input and ``{
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import signal
@@ -149,6 +150,7 @@ SURVEY = [
                               ("generate", "{photo} --weights {weights_empty}"), ("render-asset", "{asset}"),
                               ("eval-generator", "--weights {weights_empty} --data {dataset}")]],
     row("finetune-busy-out", "finetune {ft_busy}", BUSY),
+    row("eval-scene-busy-out", "eval {scene}", BUSY),  # SCENE/eval while SCENE is being trained
 ]  # fmt: skip
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
@@ -170,7 +172,11 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def holder(corpus, tmp_path_factory):
-    """A separate process that holds the output lock of every busy row's output, as a running command would."""
+    """A separate process that holds the output lock of every busy row's output, as a running command would. The
+    commands' modules are imported first, so that a row's seconds are its own work, not a first import of torch."""
+    for module in ("generate.run", "generate.finetune", "reconstruct.train", "reconstruct.evaluate",
+                   "multiview.render_asset", "multiview.process", "orbit4d.eval_generator"):  # fmt: skip
+        importlib.import_module(module)
     busy = [_busy_out(corpus, r) for r in SURVEY if r.id.endswith("-busy-out")]
     script = ("import sys, time; from contextlib import ExitStack; from multiview.outputs import output_lock\n"
               "with ExitStack() as stack:\n"
@@ -185,7 +191,9 @@ def holder(corpus, tmp_path_factory):
 
 
 def _busy_out(corpus: dict, r: Row) -> Path:
-    return corpus["ft_busy_out"] if r.argv[0] == "finetune" else corpus["root"].parent / "busy" / r.argv[0] / "out"
+    """The output the ``holder`` holds for a busy row (the scene itself for an evaluation into SCENE/eval)."""
+    special = {"finetune-busy-out": corpus["ft_busy_out"], "eval-scene-busy-out": corpus["scene"]}
+    return special.get(r.id, corpus["root"].parent / "busy" / r.argv[0] / "out")
 
 
 def _digest(root: Path) -> dict[str, str]:
