@@ -14,7 +14,7 @@ Paste the printed lines into bench/RESULTS.md with the date, the machine and ``u
 
 from __future__ import annotations
 
-import PIL.Image  # isort: skip  (before pycolmap)
+import PIL.Image  # noqa: F401  # isort: skip  (before pycolmap: it breaks PIL's PNG encoder when loaded first)
 
 import argparse
 import os

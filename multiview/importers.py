@@ -22,9 +22,9 @@ import numpy as np
 
 from multiview.camera import Camera
 from multiview.capture import (
+    IMAGES_DIR,
     MAX_COORDINATE,
     MAX_FOCAL_PER_SIDE,
-    IMAGES_DIR,
     POINTS_FILE,
     REPORT_FILE,
     TRANSFORMS_FILE,

@@ -14,7 +14,6 @@ import hashlib
 import importlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
