@@ -181,7 +181,11 @@ def _acquire(path: Path, out_dir: Path, option: str) -> int:
             os.close(fd)
             raise OutputBusyError(f"{out_dir} is being written by {_describe(holder)}: wait for it to finish, or "
                                   f"choose another {option}") from None
-        except OSError:  # a file system without locks (some network mounts): write as before, unguarded
+        except OSError as error:  # a file system without locks (some network mounts): write as before, unguarded
+            from multiview.console import warn
+
+            warn(f"{path.parent} does not support file locks ({error.strerror}): a second run writing {out_dir} at "
+                 "the same time would not be refused")  # fmt: skip
             return fd
         try:  # a holder that finished between our open and our lock has removed the file: lock the new one
             same = os.path.samestat(os.stat(path), os.fstat(fd))
