@@ -185,3 +185,37 @@ def test_training_status_line():
     text = training_status(120, 3000, 12345, curve, history)
     assert "step 120 / 3,000" in text and "12,345 Gaussians" in text
     assert "loss 0.0500, PSNR 21.50 dB" in text and "held-out PSNR 24.25 dB at step 100" in text
+
+
+def test_viewer_serves_only_its_client(scene_dir):
+    """The live server answers with viser's page and nothing else: no scene file, no path outside its client, however
+    the path is spelled; and it listens on 127.0.0.1 only."""
+    import http.client
+
+    from viewers.server import Viewer, ViewerConfig
+
+    viewer = Viewer(load_view_scene(scene_dir), ViewerConfig(port=0))
+    try:
+        port = viewer.server.get_port()
+
+        def get(path: str) -> tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.putrequest("GET", path, skip_host=True)  # sent exactly as written, no normalisation
+            connection.putheader("Host", f"127.0.0.1:{port}")
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, response.read()
+
+        status, page = get("/")
+        assert status == 200 and b"<html" in page.lower()
+        for path in ["/../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2f..%2fetc/passwd",
+                     "/splats.ply", f"/{scene_dir.name}/splats.ply", f"/{scene_dir}/metrics.json",
+                     "/..\\..\\etc\\passwd", "//etc/passwd"]:
+            status, body = get(path)
+            assert status == 404 and b"root:" not in body, path
+        with socket.socket() as probe:  # nothing answers on the machine's other addresses
+            outside = socket.gethostbyname(socket.gethostname())
+            if not outside.startswith("127."):
+                assert probe.connect_ex((outside, port)) != 0
+    finally:
+        viewer.stop()

@@ -16,7 +16,6 @@ import html
 import json
 import shutil
 from pathlib import Path
-from urllib.parse import urlencode
 
 import numpy as np
 
@@ -75,13 +74,14 @@ def view_parameters(scene: ViewScene) -> dict[str, str]:
 
 
 def index_html(scene: ViewScene) -> str:
-    """viser's client page with a first script that, when the address names no recording, points it at
-    ``scene.viser`` and the opening view (replaceState: no reload, nothing fetched)."""
+    """viser's client page with a first script that, when the address names no recording, adds ``scene.viser`` and
+    the opening view to the address's parameters (replaceState: no reload, nothing fetched)."""
     page = (_viser_dir() / "client" / "build" / "index.html").read_text()
-    query = json.dumps("?" + urlencode(view_parameters(scene)))
+    defaults = json.dumps(view_parameters(scene))
     title = html.escape(scene.source.name)
-    script = ("<script>if (!new URLSearchParams(location.search).has('playbackPath')) "
-              f"history.replaceState(null, '', location.pathname + {query} + location.hash);</script>"
+    script = ("<script>(() => { const p = new URLSearchParams(location.search); if (p.has('playbackPath')) return; "
+              f"for (const [k, v] of Object.entries({defaults})) if (!p.has(k)) p.set(k, v); "
+              "history.replaceState(null, '', location.pathname + '?' + p + location.hash); })();</script>"
               f"<title>{title} (orbit4d)</title>")  # fmt: skip
     head = page.index("<head>") + len("<head>")
     return page[:head] + script + page[head:].replace("<title>Viser</title>", "", 1)
