@@ -266,3 +266,46 @@ def test_static_export_of_a_sequence_plays(browser, tmp_path, static_server):
         assert tab.unexpected_errors() == [] and tab.outside == []
     finally:
         tab.close()
+
+
+def test_train_view_shows_training_live(browser, tmp_path):
+    """orbit4d train --view: the page shows the splats and the loss and PSNR while training runs, the final splats at
+    the end, and Ctrl-C closes the viewer with exit 0 once the scene is written."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    capture = write_scene(tmp_path, ball_splats(2000)).parent / "capture"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "orbit4d", "train", str(capture), "--out", str(tmp_path / "trained"), "--view",
+               "--port", str(port), "--device", "cpu", "--steps", "100", "--test-every", "3"]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    tab = Tab(browser)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("watch training at" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        tab.page.goto(f"http://127.0.0.1:{port}/{FIXED_PIXELS}")
+        while not any("scene written" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        status = tab.page.get_by_text("step 100 / 100")
+        status.wait_for(timeout=30_000)
+        assert "PSNR" in status.inner_text() and "loss" in status.inner_text()
+        tab.first_picture(min_coverage=0.01)
+        assert tab.unexpected_errors() == [] and tab.outside == []
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert (tmp_path / "trained" / "splats.ply").is_file()
+    finally:
+        tab.close()
+        if process.poll() is None:
+            process.kill()

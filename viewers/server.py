@@ -39,6 +39,8 @@ class ViewerConfig:
     """TCP port; 0 picks a free one (tests)."""
     video_dir: Path | None = None
     """Folder the render button writes videos into (default: the scene's folder, or the file's)."""
+    render_button: bool = True
+    """Offer the render-video controls (not while training: the splats are still changing)."""
 
 
 def check_port(host: str, port: int) -> None:
@@ -86,7 +88,8 @@ class Viewer:
         self._layer_controls()
         if len(frames) > 1:
             self._time_controls()
-        self._render_controls()
+        if config.render_button:
+            self._render_controls()
 
     @property
     def url(self) -> str:
@@ -242,3 +245,26 @@ def training_status(step: int, total: int, gaussians: int, curve: list[dict], hi
     if held_out:
         parts.append(f"held-out PSNR {held_out[-1]['psnr']:.2f} dB at step {held_out[-1]['step']:,}")
     return " · ".join(parts)
+
+
+def training_viewer(capture_dir: Path, total_steps: int, host: str = "127.0.0.1",
+                    port: int = 8080) -> tuple[Viewer, TrainingView]:  # fmt: skip
+    """A viewer of the capture at ``capture_dir`` (its cameras and photos, and splats from its points until the
+    first refresh) and the ``on_step`` that refreshes it from training."""
+    from multiview.capture import read_capture
+    from reconstruct.splats import random_splats, splats_from_points
+    from viewers.scene import StillTimeline
+
+    check_port(host, port)
+    capture = read_capture(Path(capture_dir))
+    frames = sorted(capture.frames, key=lambda frame: frame.image_path.name)
+    cameras = tuple(frame.camera for frame in frames)
+    if capture.points is not None and len(capture.points):
+        start = splats_from_points(capture.points, capture.colors, sh_degree=0)
+    else:
+        start = random_splats(list(cameras), 2000, sh_degree=0)
+    scene = ViewScene(Path(capture_dir), StillTimeline(start), cameras, tuple(f.image_path for f in frames),
+                      capture.points, capture.colors)  # fmt: skip
+    viewer = Viewer(scene, ViewerConfig(host=host, port=port, render_button=False))
+    viewer.set_status(f"**training** starting ({total_steps:,} steps)")
+    return viewer, TrainingView(viewer, total_steps)
