@@ -162,6 +162,16 @@ def test_live_viewer_draws_what_orbit4d_renders(browser, tmp_path):
         tab.page.get_by_role("checkbox", name="Splats", exact=True).uncheck()  # the toggle hides them in the browser
         time.sleep(1.5)
         assert (tab.canvas()[..., 3] > 0.5).sum() < 0.2 * (rgba[..., 3] > 0.5).sum()
+        frames = tab.page.get_by_role("textbox", name="Frames")
+        frames.fill("6")
+        frames.press("Tab")
+        tab.page.get_by_role("button", name="Render video").click()  # a video of the path, by orbit4d's renderer
+        video = scene.source / f"{scene.source.name}_orbit.mp4"
+        tab.page.get_by_text(f"written to {video}").wait_for(timeout=60_000)
+        import av
+
+        with av.open(str(video)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 6
         assert tab.unexpected_errors() == [] and tab.outside == []
     finally:
         tab.close()
