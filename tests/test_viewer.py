@@ -244,3 +244,26 @@ def test_a_4d_scene_plays_through_reconstruct_splats4d(tmp_path, monkeypatch):
     assert read == [tmp_path / "splats4d.ply"] and scene.num_frames == 3
     shifts = [float(frame.means[:, 0].mean()) for frame in scene.frames()]
     assert np.allclose(np.diff(shifts), 0.5, atol=1e-5)
+
+
+def test_mesh_glb_is_put_back_in_the_scene_frame():
+    """orbit4d's mesh.glb is +Y up (a similarity of the scene recorded in asset.extras.orbit4d): the viewer undoes it,
+    so that the mesh lies on the splats."""
+    import json
+    import struct
+
+    from multiview.conventions import rotmat_from_qvec
+    from viewers.viser_scene import mesh_placement
+
+    R = rotmat_from_qvec(np.array([0.3, -0.5, 0.2, 0.7]))
+    file_from_scene = np.eye(4)
+    file_from_scene[:3, :3], file_from_scene[:3, 3] = 2.5 * R, [0.4, -1.0, 3.0]
+    document = json.dumps({"asset": {"version": "2.0", "extras": {"orbit4d": {
+        "file_from_scene": file_from_scene.tolist()}}}}).encode()
+    document += b" " * (-len(document) % 4)
+    glb = struct.pack("<4sII", b"glTF", 2, 20 + len(document)) + struct.pack("<II", len(document), 0x4E4F534A) + document
+    wxyz, position, scale = mesh_placement(glb)
+    scene_point = np.array([0.3, 0.1, -0.7])
+    file_point = file_from_scene[:3, :3] @ scene_point + file_from_scene[:3, 3]
+    assert np.allclose(position + rotmat_from_qvec(wxyz) @ (scale * file_point), scene_point)
+    assert mesh_placement(b"glTF" + bytes(30))[2] == 1.0  # a .glb from elsewhere stands as it is

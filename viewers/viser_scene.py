@@ -11,7 +11,9 @@ visible (a few bytes per frame, nothing re-sent).
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,8 +134,32 @@ def draw_scene(server: "viser.ViserServer", frames: list[Splats], cameras: tuple
                                                     colors.astype(np.uint8), point_size=0.004 * extent,
                                                     visible=False)  # fmt: skip
     if mesh is not None:
-        nodes.mesh = server.scene.add_glb("/mesh", mesh.read_bytes(), visible=False)
+        data = mesh.read_bytes()
+        wxyz, position, scale = mesh_placement(data)
+        nodes.mesh = server.scene.add_glb("/mesh", data, scale=scale, wxyz=wxyz, position=position, visible=False)
     return nodes
+
+
+def mesh_placement(glb: bytes) -> tuple[np.ndarray, np.ndarray, float]:
+    """(wxyz, position, scale) that put a ``.glb`` back into the scene's world: the inverse of the similarity
+    ``file_from_scene`` that orbit4d's mesh export records in ``asset.extras.orbit4d`` (glTF is +Y up, the scene
+    is the capture's frame); identity for a ``.glb`` without it."""
+    identity = (np.array([1.0, 0.0, 0.0, 0.0]), np.zeros(3), 1.0)
+    try:
+        length, kind = struct.unpack_from("<II", glb, 12)
+        document = json.loads(glb[20 : 20 + length]) if kind == 0x4E4F534A else {}  # "JSON"
+        file_from_scene = np.asarray(document["asset"]["extras"]["orbit4d"]["file_from_scene"], dtype=np.float64)
+    except (struct.error, ValueError, KeyError, TypeError):
+        return identity
+    if file_from_scene.shape != (4, 4) or not np.isfinite(file_from_scene).all():
+        return identity
+    linear = file_from_scene[:3, :3]
+    scale = float(np.cbrt(abs(np.linalg.det(linear))))
+    if scale <= 0:
+        return identity
+    scene_rotation = (linear / scale).T  # scene_from_file = [R^T / s | -R^T t / s]
+    position = -scene_rotation @ file_from_scene[:3, 3] / scale
+    return qvec_from_rotmat(scene_rotation), position, 1.0 / scale
 
 
 def _thumbnail(path: Path) -> np.ndarray | None:
