@@ -173,7 +173,7 @@ def test_static_export_writes_a_self_contained_folder(scene_dir, tmp_path):
     assert main(["view", str(scene_dir), "--export", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["LICENSE-viser.txt", "index.html", "scene.viser"]
     page = (out / "index.html").read_text()
-    assert "playbackPath=scene.viser" in page and "initialCameraPosition" in page
+    assert '"playbackPath": "scene.viser"' in page and "initialCameraPosition" in page
     assert (out / "scene.viser").stat().st_size > 800 * 30  # the splats are in the recording
     assert main(["view", str(scene_dir), "--export", str(out)]) == 1  # an existing export is kept
     assert main(["view", str(scene_dir), "--export", str(scene_dir.parent), "--overwrite"]) == 1  # holds the scene
