@@ -96,12 +96,19 @@ def camera_from_viser(wxyz: np.ndarray, position: np.ndarray, fov: float, width:
     return Camera(K=K, cam_from_world=np.linalg.inv(world_from_cam), width=width, height=height)
 
 
+def frustum_scale(cameras: tuple[Camera, ...]) -> float:
+    """Depth of the camera frustums drawn: 6% of the cameras' spread (``camera_extent``)."""
+    return 0.06 * camera_extent(list(cameras)) if cameras else 0.06
+
+
 def home_view(splats: Splats, cameras: tuple[Camera, ...], up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position, look_at) to open on: the first training camera looking at what the cameras see, or, without
-    cameras, a point 2.5 radii behind the splats' middle (down the world's z, the way COLMAP's cameras look)."""
+    """(position, look_at) to open on: just ahead of the first training camera (past its own frustum and photo,
+    which would fill the view from where it stands), looking at what the cameras see; or, without cameras, a point
+    2.5 radii behind the splats' middle (down the world's z, the way COLMAP's cameras look)."""
     if cameras:
         center, _ = view_volume(list(cameras))
-        return cameras[0].center.copy(), center
+        forward = cameras[0].world_from_cam[:3, 2]
+        return cameras[0].center + 1.5 * frustum_scale(cameras) * forward, center
     means = splats.means.detach().cpu().double().numpy()
     if len(means) == 0:
         return np.array([0.0, 0.0, -3.0]), np.zeros(3)
@@ -119,19 +126,19 @@ def draw_scene(server: "viser.ViserServer", frames: list[Splats], cameras: tuple
     for index, splats in enumerate(frames):
         nodes.frames.append(server.scene.add_gaussian_splats(f"/splats/t{index:04d}", **splat_arrays(splats),
                                                              visible=index == 0))  # fmt: skip
-    extent = camera_extent(list(cameras)) if cameras else 1.0
+    depth = frustum_scale(cameras)
     for index, camera in enumerate(cameras):
         wxyz, position = viser_pose(camera)
         image = _thumbnail(images[index]) if index < len(images) else None
         nodes.cameras.append(server.scene.add_camera_frustum(
             f"/cameras/c{index:04d}", fov=vertical_fov(camera), aspect=camera.width / camera.height,
-            scale=0.06 * extent, thickness=0.002 * extent, image=image, format="jpeg", wxyz=wxyz,
+            scale=depth, thickness=depth / 30, image=image, format="jpeg", wxyz=wxyz,
             position=position, color=(40, 110, 220)))  # fmt: skip
     if points is not None and len(points):
         step = max(1, len(points) // MAX_POINTS)
         colors = point_colors[::step] if point_colors is not None else np.full((len(points[::step]), 3), 128)
         nodes.points = server.scene.add_point_cloud("/points", points[::step].astype(np.float32),
-                                                    colors.astype(np.uint8), point_size=0.004 * extent,
+                                                    colors.astype(np.uint8), point_size=depth / 15,
                                                     visible=False)  # fmt: skip
     if mesh is not None:
         data = mesh.read_bytes()
