@@ -130,7 +130,7 @@ def test_export_splats_formats_and_refusals(tmp_path):
     (b"not gzip at all", "not gzip-compressed"),
     (gzip.compress(b"NGSP" + bytes(20)), "not a .spz file of version 2 or 3"),
     (gzip.compress(b"NGSP"), "too short"),
-])  # fmt: skip
+], ids=["not-gzip", "wrong-version", "short"])  # fmt: skip
 def test_damaged_spz_is_one_clear_error(tmp_path, payload, message):
     path = tmp_path / "bad.spz"
     path.write_bytes(payload)
