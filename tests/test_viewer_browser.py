@@ -138,7 +138,11 @@ def connected_client(viewer: Viewer, timeout: float = 30.0):
 
 
 def test_live_viewer_draws_what_orbit4d_renders(browser, tmp_path):
-    scene = load_view_scene(write_scene(tmp_path, ball_splats(3000)))
+    import trimesh
+
+    scene_dir = write_scene(tmp_path, ball_splats(3000))
+    trimesh.creation.box(extents=(0.4, 0.4, 0.4)).export(scene_dir / "mesh.glb")  # a mesh from elsewhere
+    scene = load_view_scene(scene_dir)
     viewer = Viewer(scene, ViewerConfig(port=0))
     tab = Tab(browser)
     try:
@@ -158,10 +162,16 @@ def test_live_viewer_draws_what_orbit4d_renders(browser, tmp_path):
         assert np.allclose(viewed_from.center, camera.center, atol=1e-3)
         iou, color_error = compare_with_render(rgba, scene.timeline.at(0.0), viewed_from)
         assert iou >= 0.8 and color_error <= 0.1, (iou, color_error)
-        assert tab.page.get_by_role("checkbox", name="Points", exact=True).count() == 1
         tab.page.get_by_role("checkbox", name="Splats", exact=True).uncheck()  # the toggle hides them in the browser
         time.sleep(1.5)
-        assert (tab.canvas()[..., 3] > 0.5).sum() < 0.2 * (rgba[..., 3] > 0.5).sum()
+        hidden = (tab.canvas()[..., 3] > 0.5).sum()
+        assert hidden < 0.2 * (rgba[..., 3] > 0.5).sum()
+        for layer in ("Points", "Mesh"):  # off at first; each shows something where the splats were
+            box = tab.page.get_by_role("checkbox", name=layer, exact=True)
+            box.check()
+            time.sleep(1.5)
+            assert (tab.canvas()[..., 3] > 0.5).sum() > hidden + 200, layer
+            box.uncheck()
         frames = tab.page.get_by_role("textbox", name="Frames")
         frames.fill("6")
         frames.press("Tab")
