@@ -168,7 +168,7 @@ def test_view_command_bad_input_is_one_line(tmp_path, capsys):
         assert f"port {port}" in err and "--port" in err and len(err.strip().splitlines()) == 1
 
 
-def test_static_export_writes_a_self_contained_folder(scene_dir, tmp_path):
+def test_static_export_writes_a_self_contained_folder(scene_dir, tmp_path, capsys):
     out = tmp_path / "site"
     assert main(["view", str(scene_dir), "--export", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["LICENSE-viser.txt", "index.html", "scene.viser"]
@@ -176,7 +176,9 @@ def test_static_export_writes_a_self_contained_folder(scene_dir, tmp_path):
     assert '"playbackPath": "scene.viser"' in page and "initialCameraPosition" in page
     assert (out / "scene.viser").stat().st_size > 800 * 30  # the splats are in the recording
     assert main(["view", str(scene_dir), "--export", str(out)]) == 1  # an existing export is kept
+    assert "pass --overwrite or choose another --export folder" in capsys.readouterr().err
     assert main(["view", str(scene_dir), "--export", str(scene_dir.parent), "--overwrite"]) == 1  # holds the scene
+    assert "would replace the scene" in capsys.readouterr().err
 
 
 def test_training_status_line():

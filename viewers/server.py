@@ -23,7 +23,7 @@ from multiview.errors import InputError
 from reconstruct.splats import Splats
 from viewers.render import PATHS, RenderConfig, render_video
 from viewers.scene import ViewScene
-from viewers.viser_scene import SceneNodes, draw_scene, home_view, splat_arrays, vertical_fov
+from viewers.viser_scene import SceneNodes, draw_scene, home_view, quiet, splat_arrays, vertical_fov
 
 SPEEDS = ("0.25x", "0.5x", "1x", "2x", "4x")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -74,16 +74,17 @@ class Viewer:
         if config.host not in LOCAL_HOSTS:
             warn(f"the viewer listens on {config.host}: other machines on the network can see this scene")
         self.scene, self.config = scene, config
-        self.server = viser.ViserServer(host=config.host, port=config.port, verbose=False)
+        self._stopped = threading.Event()
+        with quiet():
+            self.server = viser.ViserServer(host=config.host, port=config.port, verbose=False)
         if config.port and self.server.get_port() != config.port:  # taken between the check and the start
-            self.server.stop()
+            self.stop()
             raise InputError(f"port {config.port} on {config.host} is in use: pass --port with another number")
         self.server.gui.configure_theme(show_share_button=False, control_width="medium")  # no tunnel off the machine
         frames = scene.frames()
         self._set_view(frames[0])
         self.nodes: SceneNodes = draw_scene(self.server, frames, scene.cameras, scene.images, scene.points,
                                             scene.point_colors, scene.mesh)  # fmt: skip
-        self._stopped = threading.Event()
         self._status = self.server.gui.add_markdown("")
         self._layer_controls()
         if len(frames) > 1:
@@ -116,7 +117,8 @@ class Viewer:
 
     def stop(self) -> None:
         self._stopped.set()
-        self.server.stop()
+        with quiet():
+            self.server.stop()
 
     # --- setup ---------------------------------------------------------------------------------------------------
 

@@ -19,16 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
+from multiview.errors import OutputExistsError
 from multiview.outputs import staged_dir
 from viewers.scene import ViewScene
-from viewers.viser_scene import draw_scene, home_view, vertical_fov
+from viewers.viser_scene import draw_scene, home_view, quiet, vertical_fov
 
 RECORDING = "scene.viser"
 DEFAULT_FOV = 0.9  # radians of vertical view without a training camera to copy
 
 
 def run(scene: ViewScene, out_dir: Path, overwrite: bool = False) -> Path:
-    """Write the static viewer of ``scene`` into ``out_dir`` (staged, then renamed into place); return ``out_dir``."""
+    """Write the static viewer of ``scene`` into ``out_dir`` (staged, then renamed into place); return ``out_dir``.
+    OutputExistsError, naming ``--export``, for a folder that is or holds the scene, a file, or (without
+    ``overwrite``) a folder with something in it."""
+    _check_export_dir(Path(out_dir), scene.source, overwrite)
     recording = record(scene)
     with staged_dir(out_dir, overwrite, inputs=[scene.source]) as stage:
         (stage / RECORDING).write_bytes(recording)
@@ -37,12 +41,24 @@ def run(scene: ViewScene, out_dir: Path, overwrite: bool = False) -> Path:
     return Path(out_dir)
 
 
+def _check_export_dir(out_dir: Path, source: Path, overwrite: bool) -> None:
+    resolved, source = out_dir.resolve(), source.resolve()
+    if resolved == source or resolved in source.parents:
+        raise OutputExistsError(f"--export {out_dir} would replace the scene {source}: choose a folder outside it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"--export {out_dir} is a file: give a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another "
+                                "--export folder")
+
+
 def record(scene: ViewScene) -> bytes:
     """``scene`` drawn into a viser server that no browser sees (an ephemeral port on 127.0.0.1), serialized as a
     ``.viser`` recording: the scene, then for a sequence one visibility switch per time step."""
     import viser
 
-    server = viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
+    with quiet():
+        server = viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
     try:
         frames = scene.frames()
         server.scene.set_up_direction(tuple(float(v) for v in scene.up()))
@@ -56,7 +72,8 @@ def record(scene: ViewScene) -> bytes:
                 serializer.insert_sleep(float(step))
         return serializer.serialize()
     finally:
-        server.stop()
+        with quiet():
+            server.stop()
 
 
 def view_parameters(scene: ViewScene) -> dict[str, str]:

@@ -11,6 +11,8 @@ visible (a few bytes per frame, nothing re-sent).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import struct
@@ -54,6 +56,11 @@ class SceneNodes:
     def show_splats(self, visible: bool) -> None:
         self.splats_visible = visible
         self.frames[self.shown_frame].visible = visible
+
+
+def quiet() -> contextlib.AbstractContextManager:
+    """Keep viser's own banner and "Server stopped" off stdout (orbit4d says where the viewer is, on stderr)."""
+    return contextlib.redirect_stdout(io.StringIO())
 
 
 def splat_arrays(splats: Splats) -> dict[str, np.ndarray]:
