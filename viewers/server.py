@@ -80,16 +80,23 @@ class Viewer:
         if config.port and self.server.get_port() != config.port:  # taken between the check and the start
             self.stop()
             raise InputError(f"port {config.port} on {config.host} is in use: pass --port with another number")
+        try:
+            self._build()
+        except BaseException:  # a scene that fails to draw leaves no server behind
+            self.stop()
+            raise
+
+    def _build(self) -> None:
         self.server.gui.configure_theme(show_share_button=False, control_width="medium")  # no tunnel off the machine
-        frames = scene.frames()
+        frames = self.scene.frames()
         self._set_view(frames[0])
-        self.nodes: SceneNodes = draw_scene(self.server, frames, scene.cameras, scene.images, scene.points,
-                                            scene.point_colors, scene.mesh)  # fmt: skip
+        self.nodes: SceneNodes = draw_scene(self.server, frames, self.scene.cameras, self.scene.images,
+                                            self.scene.points, self.scene.point_colors, self.scene.mesh)  # fmt: skip
         self._status = self.server.gui.add_markdown("")
         self._layer_controls()
         if len(frames) > 1:
             self._time_controls()
-        if config.render_button:
+        if self.config.render_button:
             self._render_controls()
 
     @property
