@@ -109,6 +109,13 @@ class Tab:
             time.sleep(0.25)
         raise AssertionError(f"no splats drawn within {timeout} s")
 
+    def wait_for(self, condition, what: str, timeout: float = 60.0) -> None:
+        """Poll ``condition()`` every 0.5 s until it holds; AssertionError naming ``what`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+            time.sleep(0.5)
+
     def close(self) -> None:
         self.page.close()
 
@@ -141,7 +148,7 @@ def test_live_viewer_draws_what_orbit4d_renders(browser, tmp_path):
     import trimesh
 
     scene_dir = write_scene(tmp_path, ball_splats(3000))
-    trimesh.creation.box(extents=(0.4, 0.4, 0.4)).export(scene_dir / "mesh.glb")  # a mesh from elsewhere
+    trimesh.creation.box(extents=(0.4, 0.4, 0.4)).export(scene_dir / "mesh.glb")  # the Mesh toggle is offered
     scene = load_view_scene(scene_dir)
     viewer = Viewer(scene, ViewerConfig(port=0))
     tab = Tab(browser)
@@ -153,25 +160,20 @@ def test_live_viewer_draws_what_orbit4d_renders(browser, tmp_path):
         client.camera.fov = vertical_fov(camera)
         client.camera.wxyz, client.camera.position = wxyz, position
         with_cameras = tab.settled_canvas()
-        tab.page.get_by_role("checkbox", name="Cameras", exact=True).uncheck()  # the other cameras' frustums and photos: not splats
-        time.sleep(1.0)
+        tab.page.get_by_role("checkbox", name="Cameras", exact=True).click()  # the other cameras' frustums and photos
+        covered = (with_cameras[..., 3] > 0.5).sum()
+        tab.wait_for(lambda: (tab.canvas()[..., 3] > 0.5).sum() < covered, "cameras hidden")
         rgba = tab.settled_canvas()
-        assert (rgba[..., 3] > 0.5).sum() < (with_cameras[..., 3] > 0.5).sum()
         seen = client.camera
         viewed_from = camera_from_viser(seen.wxyz, seen.position, seen.fov, seen.image_width, seen.image_height)
         assert np.allclose(viewed_from.center, camera.center, atol=1e-3)
         iou, color_error = compare_with_render(rgba, scene.timeline.at(0.0), viewed_from)
         assert iou >= 0.8 and color_error <= 0.1, (iou, color_error)
-        tab.page.get_by_role("checkbox", name="Splats", exact=True).uncheck()  # the toggle hides them in the browser
-        time.sleep(1.5)
+        tab.page.get_by_role("checkbox", name="Splats", exact=True).click()  # the toggle hides them in the browser
+        tab.wait_for(lambda: (tab.canvas()[..., 3] > 0.5).sum() < 0.2 * (rgba[..., 3] > 0.5).sum(), "splats hidden")
         hidden = (tab.canvas()[..., 3] > 0.5).sum()
-        assert hidden < 0.2 * (rgba[..., 3] > 0.5).sum()
-        for layer in ("Points", "Mesh"):  # off at first; each shows something where the splats were
-            box = tab.page.get_by_role("checkbox", name=layer, exact=True)
-            box.check()
-            time.sleep(1.5)
-            assert (tab.canvas()[..., 3] > 0.5).sum() > hidden + 200, layer
-            box.uncheck()
+        show_layer(tab, "Points", hidden)  # off at first; shows the sparse points where the splats were
+        assert not tab.page.get_by_role("checkbox", name="Mesh", exact=True).is_checked()  # shown: the slow test
         frames = tab.page.get_by_role("textbox", name="Frames")
         frames.fill("6")
         frames.press("Tab")
@@ -182,6 +184,38 @@ def test_live_viewer_draws_what_orbit4d_renders(browser, tmp_path):
 
         with av.open(str(video)) as container:
             assert sum(1 for _ in container.decode(video=0)) == 6
+        assert tab.unexpected_errors() == [] and tab.outside == []
+    finally:
+        tab.close()
+        viewer.stop()
+
+
+def show_layer(tab: Tab, layer: str, hidden: int) -> None:
+    """Tick ``layer``'s box: more of the canvas is drawn than the ``hidden`` pixels; untick it: back to them."""
+    box = tab.page.get_by_role("checkbox", name=layer, exact=True)
+    box.click()
+    tab.wait_for(lambda: (tab.canvas()[..., 3] > 0.5).sum() > hidden + 200, f"{layer} shown", timeout=120)
+    box.click()
+    tab.wait_for(lambda: (tab.canvas()[..., 3] > 0.5).sum() <= hidden + 200, f"{layer} hidden")
+
+
+@pytest.mark.slow
+def test_mesh_toggle_shows_the_mesh(browser, tmp_path):
+    """A mesh.glb in the scene folder shows when ticked (slow in software GL: its first showing prepares the PBR
+    shaders and environment map, about 40 s here)."""
+    import trimesh
+
+    scene_dir = write_scene(tmp_path, ball_splats(500))
+    trimesh.creation.box(extents=(0.4, 0.4, 0.4)).export(scene_dir / "mesh.glb")  # a mesh from elsewhere
+    viewer = Viewer(load_view_scene(scene_dir), ViewerConfig(port=0))
+    tab = Tab(browser)
+    try:
+        tab.page.goto(viewer.url + FIXED_PIXELS)
+        tab.settled_canvas()
+        for layer in ("Splats", "Cameras"):
+            tab.page.get_by_role("checkbox", name=layer, exact=True).click()
+        tab.wait_for(lambda: (tab.canvas()[..., 3] > 0.5).sum() < 50, "the scene emptied")
+        show_layer(tab, "Mesh", int((tab.canvas()[..., 3] > 0.5).sum()))
         assert tab.unexpected_errors() == [] and tab.outside == []
     finally:
         tab.close()
@@ -205,8 +239,8 @@ def test_time_slider_and_play_move_a_sequence(browser, tmp_path):
         while viewer._frame.value != 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert viewer._frame.value == 1
-        second = tab.settled_canvas()
-        assert _centroid_x(second) > _centroid_x(first) + 0.05 * VIEWPORT["width"]  # the ball moved right
+        start = _centroid_x(first)
+        tab.wait_for(lambda: _centroid_x(tab.canvas()) > start + 0.05 * VIEWPORT["width"], "the ball moved right")
         tab.page.get_by_role("checkbox", name="Play", exact=True).check()
         seen, places, deadline = {int(viewer._frame.value)}, set(), time.monotonic() + 30
         while (len(seen) < 3 or len(places) < 3) and time.monotonic() < deadline:
@@ -223,8 +257,9 @@ def test_time_slider_and_play_move_a_sequence(browser, tmp_path):
 
 
 def _centroid_x(rgba: np.ndarray) -> float:
+    """Mean column of the drawn pixels (NaN when none are)."""
     columns = np.nonzero(rgba[..., 3] > 0.5)[1]
-    return float(columns.mean())
+    return float(columns.mean()) if len(columns) else float("nan")
 
 
 @pytest.fixture

@@ -140,7 +140,7 @@ def draw_scene(server: "viser.ViserServer", frames: list[Splats], cameras: tuple
         nodes.cameras.append(server.scene.add_camera_frustum(
             f"/cameras/c{index:04d}", fov=vertical_fov(camera), aspect=camera.width / camera.height,
             scale=depth, thickness=depth / 30, image=image, format="jpeg", wxyz=wxyz,
-            position=position, color=(40, 110, 220)))  # fmt: skip
+            position=position, color=(40, 110, 220), cast_shadow=False, receive_shadow=False))  # fmt: skip
     if points is not None and len(points):
         step = max(1, len(points) // MAX_POINTS)
         colors = point_colors[::step] if point_colors is not None else np.full((len(points[::step]), 3), 128)
@@ -150,7 +150,8 @@ def draw_scene(server: "viser.ViserServer", frames: list[Splats], cameras: tuple
     if mesh is not None:
         data = mesh.read_bytes()
         wxyz, position, scale = mesh_placement(data)
-        nodes.mesh = server.scene.add_glb("/mesh", data, scale=scale, wxyz=wxyz, position=position, visible=False)
+        nodes.mesh = server.scene.add_glb("/mesh", data, scale=scale, wxyz=wxyz, position=position, visible=False,
+                                          cast_shadow=False, receive_shadow=False)  # shadows: slow, no use here
     return nodes
 
 
