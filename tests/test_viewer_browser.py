@@ -87,16 +87,19 @@ class Tab:
         data = base64.b64decode(max(urls, key=len).split(",", 1)[1])
         return np.asarray(PIL.Image.open(io.BytesIO(data)).convert("RGBA"), dtype=np.float64) / 255.0
 
-    def settled_canvas(self, timeout: float = 60.0, min_coverage: float = 0.005) -> np.ndarray:
-        """The canvas once splats cover ``min_coverage`` of it and two reads 1 s apart agree (sorting done)."""
-        deadline, previous = time.monotonic() + timeout, None
+    def settled_canvas(self, timeout: float = 90.0, min_coverage: float = 0.005, still_for: float = 3.0) -> np.ndarray:
+        """The canvas once splats cover ``min_coverage`` of it and it has not changed for ``still_for`` seconds (read
+        every 0.5 s): sorting done, and the opening view in place (a page may show a moment from elsewhere first)."""
+        deadline, previous, since = time.monotonic() + timeout, None, time.monotonic()
         while time.monotonic() < deadline:
             current = self.canvas()
-            if (current[..., 3] > 0.5).mean() >= min_coverage and previous is not None \
-                    and previous.shape == current.shape and np.abs(current - previous).mean() < 0.002:  # fmt: skip
+            if previous is None or previous.shape != current.shape or np.abs(current - previous).mean() >= 0.002 \
+                    or (current[..., 3] > 0.5).mean() < min_coverage:  # fmt: skip
+                since = time.monotonic()
+            elif time.monotonic() - since >= still_for:
                 return current
             previous = current
-            time.sleep(1.0)
+            time.sleep(0.5)
         raise AssertionError(f"no settled picture of splats within {timeout} s")
 
     def first_picture(self, timeout: float = 60.0, min_coverage: float = 0.001) -> np.ndarray:
