@@ -370,3 +370,5 @@ def test_train_view_shows_training_live(browser, tmp_path):
         tab.close()
         if process.poll() is None:
             process.kill()
+            process.wait()
+        process.stderr.close()
