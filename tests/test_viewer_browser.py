@@ -347,7 +347,8 @@ def test_train_view_shows_training_live(browser, tmp_path):
     process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
     tab = Tab(browser)
     try:
         deadline = time.monotonic() + 120
@@ -371,4 +372,5 @@ def test_train_view_shows_training_live(browser, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+        reader.join(timeout=10)
         process.stderr.close()
