@@ -100,16 +100,16 @@ def _run_render(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: name the video .mp4 (H.264)")
     if out.is_dir() or (out.exists() and not args.overwrite):
         raise OutputExistsError(f"{out} already exists: pass --overwrite or choose another --out")
-    if not out.parent.is_dir():
-        raise OutputExistsError(f"--out {out}: its folder {out.parent} does not exist")
-    scene = load_view_scene(args.scene, fps=args.sequence_fps)
-    if scene.source.resolve() == out.resolve():
-        raise OutputExistsError(f"--out {out} is the input itself: choose another --out")
     from multiview.console import track
+    from multiview.outputs import output_lock
 
-    bar = iter(track(range(config.frames), "rendering"))
-    render_video(scene, config, out, progress=lambda done, total: next(bar, None))
-    for _ in bar:  # closes the progress bar
-        pass
+    with output_lock(out):  # one writer per video (and its folder made, or an unwritable one said, here)
+        scene = load_view_scene(args.scene, fps=args.sequence_fps)
+        if scene.source.resolve() == out.resolve():
+            raise OutputExistsError(f"--out {out} is the input itself: choose another --out")
+        bar = iter(track(range(config.frames), "rendering"))
+        render_video(scene, config, out, progress=lambda done, total: next(bar, None))
+        for _ in bar:  # closes the progress bar
+            pass
     print(f"video written to {out} ({config.frames} frames, path {config.path})", file=sys.stderr)
     return 0

@@ -34,7 +34,7 @@ def run(scene: ViewScene, out_dir: Path, overwrite: bool = False) -> Path:
     ``overwrite``) a folder with something in it."""
     _check_export_dir(Path(out_dir), scene.source, overwrite)
     recording = record(scene)
-    with staged_dir(out_dir, overwrite, inputs=[scene.source]) as stage:
+    with staged_dir(out_dir, overwrite, inputs=[scene.source], option="--export") as stage:
         (stage / RECORDING).write_bytes(recording)
         (stage / "index.html").write_text(index_html(scene))
         shutil.copyfile(_viser_licence(), stage / "LICENSE-viser.txt")
