@@ -69,9 +69,11 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="a COLMAP project or model folder, a transforms.json (or its folder), "
                    "or a folder with poses_bounds.npy")
-    p.add_argument("--triangulate", action="store_true",
+    p.add_argument("--triangulate", action=argparse.BooleanOptionalAction, default=None,
                    help="when the source has no sparse points (instant-ngp, LLFF), triangulate them from its known "
-                   "cameras with COLMAP (better splat initialisation; about a minute per 50 photos)")
+                   "cameras with COLMAP: splats start from them (default; about a minute per 50 photos; a source "
+                   "where none can be found is imported without, with a warning, unless --triangulate is given); "
+                   "--no-triangulate: no points, training starts from random Gaussians")
     _add_common(p)
     p.set_defaults(func=_run_import)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from orbit4d import options
@@ -135,17 +136,26 @@ def _image_to_3d_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                   help="default: 3DGS's 30k steps, SH degree 3; fast: 7k steps; preview: 2k steps, SH degree 1, "
-                   "at most 200k Gaussians (CPU)")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (overrides the preset)")
+                   help="default: chosen for the device (CUDA: 3DGS's 30k steps; CPU: a 12-minute plan, see "
+                   "--minutes); fast: 7k steps; preview: 2k steps, SH degree 1, at most 200k Gaussians")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="optimisation steps (default: 30,000 on CUDA; on the CPU as many as fit in the time "
+                   "budget); with --minutes, the most steps the budget may plan")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="time budget of the whole run: the number of steps, and the schedule with it (learning "
+                   "rate decay, densification, opacity resets, SH warm-up), is planned and re-planned from the "
+                   "measured pace so that the scene is written within M minutes (default on the CPU: 12)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="auto: CUDA (gsplat kernels) when available, else CPU (numba-compiled rasterizer)")
     p.add_argument("--downscale", type=int, default=None, metavar="K",
-                   help="divide image width and height by K once at load")
+                   help="divide image width and height by K once at load (default: 1 on CUDA; on the CPU the "
+                   "smallest K that brings the images to 0.5 megapixels or less)")
     p.add_argument("--strategy", choices=["default", "mcmc"], default=None,
                    help="default: 3DGS's clone / split / prune; mcmc: 3DGS-MCMC relocation within a fixed budget "
-                   "(--max-gaussians, 1M when unset)")
-    p.add_argument("--max-gaussians", type=int, default=None, metavar="N", help="cap on the number of Gaussians")
+                   "(--max-gaussians)")
+    p.add_argument("--max-gaussians", type=int, default=None, metavar="N",
+                   help="cap on the number of Gaussians (mcmc's budget); 0: none (default: none on CUDA, 1M for "
+                   "mcmc; on the CPU sized from the images and the time budget)")
     p.add_argument("--init-points", type=int, default=None, metavar="N",
                    help="random Gaussians to start from when the capture has no points3D.ply "
                    "(default 100,000 on CUDA, 10,000 on the CPU)")
@@ -179,6 +189,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 _OPTION_FIELDS = {
     "steps": "steps",
+    "minutes": "minutes",
     "device": "device",
     "downscale": "downscale",
     "max_gaussians": "max_gaussians",
@@ -213,8 +224,9 @@ def _train_config(args: argparse.Namespace, scene_dir: Path):
 def _run_train(args: argparse.Namespace) -> int:
     from reconstruct import train
 
+    started = time.monotonic()  # --minutes counts from here
     config = _train_config(args, args.out)
-    train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite)
+    train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite, started=started)
     print(f"scene written to {args.out}", file=sys.stderr)
     return 0
 
@@ -258,6 +270,7 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
     from multiview.outputs import checked_out_dir
     from reconstruct import train
 
+    started = time.monotonic()  # --minutes counts from here: the capture is part of the run
     capture_dir, scene_dir = args.out / "capture", args.out / "scene"
     for folder in (capture_dir, scene_dir):
         checked_out_dir(folder, inputs)
@@ -269,7 +282,7 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
              "to redo it)")
     else:
         capture(capture_dir)
-    train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+    train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite, started=started)
     print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
     return 0
 

@@ -20,13 +20,17 @@ of Gaussians, dead ones (opacity below 0.005) teleported onto live ones sampled 
 up to the cap, and noise on the positions of transparent Gaussians. gsplat's version calls two CUDA kernels (the
 relocation formula and the covariance for the noise); here both are PyTorch, so it trains on the CPU too.
 
+Both place their events where a ``schedule.Schedule`` puts them (``follow``): the start and end of refinement and
+the opacity resets are fractions of the run, taken from the step-based schedule built for the planned number of
+steps, and moved when a time budget re-plans that number. Refinement stays every ``refine_every`` steps.
+
 All parameter surgery goes through ``gsplat.strategy.ops``, which runs on CPU tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from gsplat.strategy import DefaultStrategy
@@ -34,6 +38,9 @@ from gsplat.strategy.ops import _update_param_with_optimizer, remove, reset_opa
 from torch import Tensor
 
 from reconstruct._torch_rasterizer import quat_to_rotmat
+
+if TYPE_CHECKING:
+    from reconstruct.schedule import Schedule
 
 REFERENCE_STEPS = 30_000
 
@@ -56,6 +63,34 @@ class Densifier:
 
     strategy: DefaultStrategy
     max_gaussians: int | None = None
+    refine_stop_fraction: float | None = None
+    """Where refinement ends, as a fraction of the run (set by ``follow`` from the strategy's steps)."""
+    fractions: tuple[float, tuple[float, ...]] | None = None
+    """(refinement start, opacity resets) as fractions of the run, set by the first ``follow``."""
+    reset_steps: frozenset[int] | None = None
+    """Steps of the opacity resets under the schedule followed; None: every ``reset_every`` steps."""
+
+    @property
+    def grow_until(self) -> float:
+        """The fraction of the run until which the Gaussian count may grow."""
+        return 0.5 if self.refine_stop_fraction is None else self.refine_stop_fraction
+
+    def follow(self, schedule: Schedule) -> None:
+        """Place the start and end of refinement and the opacity resets where ``schedule`` puts their fractions of
+        the run; the first call reads those fractions off the strategy's steps, as set for ``schedule.steps``."""
+        s = self.strategy
+        if self.fractions is None:
+            total = max(schedule.steps, 1)
+            stop = s.refine_stop_iter / total if self.refine_stop_fraction is None else self.refine_stop_fraction
+            resets = tuple(k * s.reset_every / total for k in range(1, s.refine_stop_iter // s.reset_every + 1)
+                           if k * s.reset_every < s.refine_stop_iter)  # fmt: skip
+            self.refine_stop_fraction, self.fractions = stop, (s.refine_start_iter / total, resets)
+        start, resets = self.fractions
+        s.refine_start_iter = round(schedule.step_at(start))
+        s.refine_stop_iter = round(schedule.step_at(self.refine_stop_fraction)) if self.refine_stop_fraction else 0
+        self.reset_steps = frozenset(round(schedule.step_at(f)) for f in resets)  # past ones stay in the past
+        # gsplat prunes Gaussians too large for the scene only after the first reset ("step > reset_every")
+        s.reset_every = max(1, round(schedule.step_at(resets[0]))) if resets else max(s.refine_stop_iter, 1)
 
     def initialize_state(self, scene_scale: float) -> dict[str, Any]:
         return self.strategy.initialize_state(scene_scale=scene_scale)
@@ -70,7 +105,7 @@ class Densifier:
         self.strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
         if step >= s.refine_stop_iter:
             return
-        if step > 0 and step % s.reset_every == 0:
+        if self._resets_at(step):
             reset_opa(params=params, optimizers=optimizers, state=state, value=s.prune_opa * 2.0)
         if self.max_gaussians is not None and len(params["means"]) > self.max_gaussians:
             excess = len(params["means"]) - self.max_gaussians
@@ -78,6 +113,11 @@ class Densifier:
             drop = torch.zeros(len(params["means"]), dtype=torch.bool, device=params["means"].device)
             drop[weakest] = True
             remove(params=params, optimizers=optimizers, state=state, mask=drop)
+
+    def _resets_at(self, step: int) -> bool:
+        if self.reset_steps is None:
+            return step > 0 and step % self.strategy.reset_every == 0
+        return step in self.reset_steps
 
 
 # --- 3DGS-MCMC ---------------------------------------------------------------------------------------------------
@@ -118,6 +158,23 @@ class Relocator:
     refine_every: int = 100
     min_opacity: float = 0.005
     growth: float = 0.05
+    refine_stop_fraction: float | None = None
+    """Where relocation and growth end, as a fraction of the run (set by ``follow``)."""
+    refine_start_fraction: float | None = None
+
+    @property
+    def grow_until(self) -> float:
+        return 25_000 / REFERENCE_STEPS if self.refine_stop_fraction is None else self.refine_stop_fraction
+
+    def follow(self, schedule: Schedule) -> None:
+        """As ``Densifier.follow``: refinement's start and end where ``schedule`` puts their fractions of the run."""
+        total = max(schedule.steps, 1)
+        if self.refine_start_fraction is None:
+            self.refine_start_fraction = self.refine_start_iter / total
+        if self.refine_stop_fraction is None:
+            self.refine_stop_fraction = self.refine_stop_iter / total
+        self.refine_start_iter = round(schedule.step_at(self.refine_start_fraction))
+        self.refine_stop_iter = round(schedule.step_at(self.refine_stop_fraction)) if self.refine_stop_fraction else 0
 
     @classmethod
     def for_steps(cls, steps: int, cap_max: int) -> Relocator:
