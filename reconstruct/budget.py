@@ -87,7 +87,9 @@ class Plan:
     downscale: int
     image_size: tuple[int, int]
     seconds: float
-    """Estimated wall seconds of the whole run."""
+    """Estimated wall seconds of the whole run, from the command's start."""
+    elapsed: float
+    """Seconds the command had run when the plan was made."""
     chosen: tuple[str, ...]
     source_size: tuple[int, int]
     run: RunCost
@@ -112,7 +114,7 @@ class Plan:
         size = f"images {width}x{height}"
         if self.downscale > 1:
             size += f" (--downscale {self.downscale} of {self.source_size[0]}x{self.source_size[1]})"
-        ends = time.strftime("%H:%M", time.localtime(time.time() + self.seconds))
+        ends = time.strftime("%H:%M", time.localtime(time.time() + self.seconds - self.elapsed))
         tail = f"; ends about {ends}"
         own = [option for option, name in (("--minutes", "minutes"), ("--steps", "steps"),
                                            ("--max-gaussians", "max_gaussians"), ("--downscale", "downscale"))
@@ -183,8 +185,8 @@ def resolve(config: TrainConfig, capture: Capture, device: str, train_views: int
         steps = max_steps
         seconds = elapsed + run.seconds(steps, cap, start)
     resolved = replace(config, steps=max_steps, minutes=minutes, max_gaussians=max_gaussians, downscale=downscale)
-    plan = Plan(device, steps, max_steps, minutes, cap, downscale,
-                (round(width / downscale), round(height / downscale)), seconds, tuple(chosen), (width, height), run)
+    plan = Plan(device, steps, max_steps, minutes, cap, downscale, (round(width / downscale), round(height / downscale)),
+                seconds, elapsed, tuple(chosen), (width, height), run)
     return resolved, plan
 
 

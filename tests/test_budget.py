@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -81,6 +82,35 @@ def test_densification_events_move_with_a_replanned_schedule_and_fire_once():
     assert fired == [round(schedule.step_at(k / 7)) for k in (1, 2, 3)]
 
 
+@pytest.mark.parametrize("slowdown", [(1.0, 1.0), (3.0, 3.0), (0.5, 0.5), (2.0, 6.0)])
+def test_the_pace_ends_on_the_deadline_whatever_the_machine_does(monkeypatch, slowdown):
+    """A simulated clock: steps cost the model's time times ``slowdown[0]`` for the first 100 s, then times
+    ``slowdown[1]`` (another job started), while the Gaussians grow toward the cap over the first half. The run
+    plus what comes after it (the model's 20 s, at the same slowdown) ends within 2% of the deadline."""
+    from reconstruct import schedule as schedule_module
+    from reconstruct.schedule import Pace
+
+    clock = [0.0]
+    monkeypatch.setattr(schedule_module.time, "monotonic", lambda: clock[0])
+    model = budget.StepCost(a=0.02, b=1e-6, c=0.0, d=0.0)
+    pace = Pace(deadline=600.0, step_cost=lambda n: model.seconds(n, 0), after=lambda n: 20.0, max_steps=10**6,
+                cap=200_000, grow_until=0.5)  # fmt: skip
+    schedule, step, gaussians = Schedule(1000), 0, 10_000
+    pace.replan(schedule, step, gaussians)
+    while step < schedule.steps:
+        factor = slowdown[0] if clock[0] < 100 else slowdown[1]
+        clock[0] += model.seconds(gaussians, 0) * factor
+        step += 1
+        if schedule.done(step) < 0.5:
+            gaussians = min(200_000, int(gaussians * 1.002) + 1)
+        pace.stepped(gaussians)
+        if pace.due():
+            pace.replan(schedule, step, gaussians)
+    end = clock[0] + 20.0 * slowdown[1]
+    assert end == pytest.approx(600.0, rel=0.02), (end, step)
+    assert schedule.done(step) == 1.0
+
+
 # --- the plan: defaults per device -----------------------------------------------------------------------------
 
 
@@ -135,11 +165,22 @@ def test_the_default_cpu_run_says_its_plan_on_the_first_line(capture, tmp_path, 
 # --- the time budget -------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def warm(capture, tmp_path_factory) -> None:
+    """One short run first, so that the timed ones do not pay for first imports (matplotlib, torch's optimizers)
+    and the compiled kernels' cache."""
+    config = train.TrainConfig(steps=2, device="cpu", max_gaussians=100, turntable_frames=2, psnr_samples=1)
+    train.run(config, capture, tmp_path_factory.mktemp("warm") / "scene")
+
+
 @pytest.mark.parametrize("model_error", [1.0, 0.05])
-def test_a_time_budget_ends_on_time_and_scales_the_whole_schedule(capture, tmp_path, monkeypatch, model_error):
+def test_a_time_budget_ends_on_time_and_scales_the_whole_schedule(capture, warm, tmp_path, monkeypatch, model_error):
     """--minutes on a tiny scene: the scene is written on time, whatever the step time model says (0.05: it thinks
     steps 20x cheaper than they are, so only the measured pace can end the run on time), and the schedule's
     parts land where the re-planned number of steps puts them."""
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if load > 4:
+        pytest.skip(f"the machine is overloaded ({load:.1f} runnable jobs per core): a 20-second run cannot be timed")
     cost = budget.CPU_STEP_COST
     monkeypatch.setattr(budget, "CPU_STEP_COST", budget.StepCost(*(model_error * v for v in vars(cost).values())))
     seconds = 20.0
