@@ -30,8 +30,9 @@ CPU_MINUTES = 12.0
 CPU_MAX_PIXELS = 250_000
 """Largest image (width x height) the CPU trains on by default (LLFF's 504x378, a 640x360 video; 1080p is divided by
 3): larger captures are downscaled by the smallest whole factor that fits, which buys the steps a scene needs."""
-CPU_STEPS_PER_BUDGET = 6_000
-"""The CPU's Gaussian cap is sized so that this many steps at the cap fit in the budget's training time."""
+CPU_STEPS_PER_BUDGET = 3_000
+"""The CPU's Gaussian cap is sized so that this many steps at the cap fit in the budget's training time (about 70
+epochs of a 40-photo capture, where 3DGS's 7k-step results sit within a dB or two of its 30k)."""
 CPU_MIN_CAP, CPU_GAUSSIANS_PER_PIXEL = 20_000, 0.05
 """Bounds of the CPU's Gaussian cap: at least this many; at most this many per training pixel (all views)."""
 RENDER_SHARE = 0.45
@@ -64,8 +65,9 @@ class StepCost:
         return max(int((seconds - self.a - self.c * pixels) / per_gaussian), 0)
 
 
-# 2-core x86_64 VM, numba rasterizer, SH degree 3 (bench/step_cost_bench.py, bench/RESULTS.md, issue 17)
-CPU_STEP_COST = StepCost(a=0.012, b=6.0e-7, c=1.5e-7, d=1.5e-12)
+# The project's 2-core x86_64 VM, numba rasterizer, SH degree 3, one thread's CPU seconds (bench/step_cost_bench.py
+# --threads 1, bench/RESULTS.md): what a step costs there while another job holds the other core, as it usually does
+CPU_STEP_COST = StepCost(a=0.0, b=1.5e-6, c=4.0e-7, d=1.2e-12)
 # gsplat on one data-centre GPU: a few milliseconds a step at a million Gaussians (bench/RESULTS.md's H100 figures)
 CUDA_STEP_COST = StepCost(a=0.004, b=2.0e-9, c=2.0e-9, d=0.0)
 
@@ -194,7 +196,7 @@ def cpu_cap(run: RunCost, minutes: float | None, steps: int, elapsed: float) -> 
     """The CPU's Gaussian cap: the most Gaussians at which ``CPU_STEPS_PER_BUDGET`` steps (or ``steps`` when fewer)
     fit in the budget's training time, within [CPU_MIN_CAP, CPU_GAUSSIANS_PER_PIXEL x training pixels]."""
     seconds = (minutes or CPU_MINUTES) * 60.0 - elapsed - run.fixed_seconds()
-    per_step = seconds / min(steps, CPU_STEPS_PER_BUDGET) * 0.8  # room for the outputs, which grow with the cap
+    per_step = seconds / min(steps, CPU_STEPS_PER_BUDGET) * 0.85  # room for samples and outputs
     by_time = run.cost.gaussians_within(per_step, run.pixels)
     by_content = int(CPU_GAUSSIANS_PER_PIXEL * run.pixels * run.train_views)
     return max(CPU_MIN_CAP, min(by_time, by_content))

@@ -134,14 +134,14 @@ class Pace:
         return wall / model if model > 0 else 1.0
 
     def final_gaussians(self, done: float, gaussians: int) -> int:
-        """Gaussians expected when densification ends: the growth so far continued (per fraction of the run), at most
-        the cap; the cap itself while nothing has grown yet."""
+        """Gaussians expected when densification ends: the cap until 5% of the run has shown how the count moves,
+        then the growth so far (per fraction of the run) continued, at most to the cap."""
         if self.cap is None or done >= self.grow_until or gaussians >= self.cap:
             return gaussians
         first_done, first_count = self._first or (done, gaussians)
-        if done - first_done < 0.05 or gaussians <= first_count:
+        if done - first_done < 0.05:
             return self.cap
-        rate = (gaussians - first_count) / (done - first_done)
+        rate = max(gaussians - first_count, 0) / (done - first_done)
         return int(min(self.cap, gaussians + rate * (self.grow_until - done)))
 
     def mean_step_cost(self, done: float, gaussians: int, end: int) -> float:
