@@ -178,17 +178,18 @@ def resolve(config: TrainConfig, capture: Capture, device: str, train_views: int
     if minutes is not None:
         steps = run.steps_within(minutes * 60.0 - elapsed, cap, start, max_steps)
         if steps < MIN_BUDGET_STEPS:
-            least = run.least_minutes(MIN_BUDGET_STEPS, cap, start) + elapsed / 60.0
-            raise InputError(f"--minutes {minutes:g} is too short to train this capture ({width}x{height} images "
-                             f"at --downscale {downscale}): it takes about {least:.1f} minutes for "
-                             f"{MIN_BUDGET_STEPS} steps and the outputs; give at least --minutes {math.ceil(least * 10) / 10:g}")
+            least = math.ceil(run.least_minutes(MIN_BUDGET_STEPS, cap, start) * 10 + elapsed / 6.0) / 10
+            raise InputError(f"--minutes {minutes:g} is too short to train this capture ({width}x{height} images at "
+                             f"--downscale {downscale}): {MIN_BUDGET_STEPS} steps and the outputs take about {least:g} "
+                             f"minutes here; give at least --minutes {least:g}")
         seconds = minutes * 60.0
     else:
         steps = max_steps
         seconds = elapsed + run.seconds(steps, cap, start)
     resolved = replace(config, steps=max_steps, minutes=minutes, max_gaussians=max_gaussians, downscale=downscale)
-    plan = Plan(device, steps, max_steps, minutes, cap, downscale, (round(width / downscale), round(height / downscale)),
-                seconds, elapsed, tuple(chosen), (width, height), run)
+    size = (round(width / downscale), round(height / downscale))
+    plan = Plan(device, steps, max_steps, minutes, cap, downscale, size, seconds, elapsed, tuple(chosen),
+                (width, height), run)  # fmt: skip
     return resolved, plan
 
 

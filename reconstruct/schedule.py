@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from dataclasses import dataclass, field
 
 
@@ -37,7 +38,7 @@ class Schedule:
     def done(self, step: float) -> float:
         """Fraction of the recipe done after ``step`` steps, in [0, 1]."""
         points = self._points()
-        for (s0, d0), (s1, d1) in zip(points, points[1:]):
+        for (s0, d0), (s1, d1) in pairwise(points):
             if step <= s1:
                 return min(max(d0 + (step - s0) * (d1 - d0) / max(s1 - s0, 1e-12), 0.0), 1.0)
         return 1.0
@@ -45,7 +46,7 @@ class Schedule:
     def step_at(self, fraction: float) -> float:
         """The (fractional) step at which ``done`` reaches ``fraction``."""
         points = self._points()
-        for (s0, d0), (s1, d1) in zip(points, points[1:]):
+        for (s0, d0), (s1, d1) in pairwise(points):
             if fraction <= d1:
                 return s0 + max(fraction - d0, 0.0) * (s1 - s0) / max(d1 - d0, 1e-12)
         return float(self.steps)

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from multiview.capture import read_capture
 from multiview.console import console, info, warn
 from multiview.errors import InputError, Orbit4dError, OutputExistsError
 from multiview.interrupts import deferred_interrupt
 from multiview.outputs import checked_out_dir, replace_dir, write_json
-from multiview.capture import read_capture
 from reconstruct import metrics as M
 from reconstruct.budget import Plan, resolve
 from reconstruct.checkpoint import (
@@ -228,8 +228,8 @@ PRESETS: dict[str, dict] = {
 # What a resumed run may change (the rest comes from the checkpoint): what to do when a run diverged or ran out of
 # memory, how long to train, where, and what to measure.
 _RUN_CONTROL = (
-    "steps", "minutes", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every", "psnr_samples",
-    "turntable_frames",
+    "steps", "minutes", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every",
+    "psnr_samples", "turntable_frames",
 )  # fmt: skip
 
 

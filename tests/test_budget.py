@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from test_train import cli, error_line, make_capture
 
 from multiview.camera import Camera
 from multiview.capture import Capture, Frame, read_capture
 from reconstruct import budget, train
 from reconstruct.checkpoint import checkpoint_path, read_checkpoint
 from reconstruct.schedule import Schedule
-from test_train import cli, error_line, make_capture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,7 +127,8 @@ def test_cuda_keeps_3dgs_recipe_and_the_cpu_gets_a_budget_a_cap_and_fewer_pixels
     assert (resolved.downscale - 1) ** 2 * budget.CPU_MAX_PIXELS < 1920 * 1080, "the smallest factor that fits"
     line = plan.line()
     assert line.startswith(f"plan (CPU): a {budget.CPU_MINUTES:g}-minute budget, about {plan.steps:,} steps")
-    assert f"at most {plan.max_gaussians:,} Gaussians" in line and f"--downscale {resolved.downscale} of 1920x1080" in line
+    assert f"at most {plan.max_gaussians:,} Gaussians" in line
+    assert f"--downscale {resolved.downscale} of 1920x1080" in line
     # a larger capture at the same budget: a cap that keeps steps affordable, never below the floor
     small = budget.resolve(config, fake_capture(320, 240, views=10), "cpu", 9, 1)[1]
     assert small.max_gaussians >= budget.CPU_MIN_CAP and small.steps > plan.steps
@@ -236,8 +236,9 @@ def test_import_triangulates_by_default_and_not_when_told(tmp_path, capsys):
 
 
 def test_import_without_findable_points_warns_and_imports(tmp_path, capsys):
-    from multiview.conventions import opengl_c2w_from_cam_from_world
     from synthetic import random_pose, write_noise_image
+
+    from multiview.conventions import opengl_c2w_from_cam_from_world
 
     source, frames = tmp_path / "noise", []
     for i in range(3):
