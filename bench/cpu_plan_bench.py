@@ -62,6 +62,7 @@ def capture(scene: str, work: Path) -> Path:
 def run(scene: str, kind: str, work: Path) -> dict:
     source = capture(scene, work)
     out = work / "runs" / f"{scene}_{kind}"
+    out.parent.mkdir(parents=True, exist_ok=True)
     extra = RUNS.get(kind, [])
     if kind == "long":
         plan = json.loads((work / "runs" / f"{scene}_default" / _scene_dir(scene) / "metrics.json").read_text())["plan"]

@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from orbit4d import generate_cmd, train_cmd
@@ -192,7 +193,9 @@ def _terminated(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # before the heavy imports: a --minutes budget counts from here
     args = build_parser().parse_args(argv)
+    args.started = started
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:
         # pycolmap's glog sets its own SIGTERM handler on import (a stack dump, then death, leaving staging folders):

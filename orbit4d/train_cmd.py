@@ -224,7 +224,7 @@ def _train_config(args: argparse.Namespace, scene_dir: Path):
 def _run_train(args: argparse.Namespace) -> int:
     from reconstruct import train
 
-    started = time.monotonic()  # --minutes counts from here
+    started = getattr(args, "started", None) or time.monotonic()  # --minutes counts from the command's start
     config = _train_config(args, args.out)
     train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite, started=started)
     print(f"scene written to {args.out}", file=sys.stderr)
@@ -270,7 +270,7 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
     from multiview.outputs import checked_out_dir
     from reconstruct import train
 
-    started = time.monotonic()  # --minutes counts from here: the capture is part of the run
+    started = getattr(args, "started", None) or time.monotonic()  # --minutes counts from the start: capture included
     capture_dir, scene_dir = args.out / "capture", args.out / "scene"
     for folder in (capture_dir, scene_dir):
         checked_out_dir(folder, inputs)

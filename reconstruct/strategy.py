@@ -22,7 +22,8 @@ relocation formula and the covariance for the noise); here both are PyTorch, so 
 
 Both place their events where a ``schedule.Schedule`` puts them (``follow``): the start and end of refinement and
 the opacity resets are fractions of the run, taken from the step-based schedule built for the planned number of
-steps, and moved when a time budget re-plans that number. Refinement stays every ``refine_every`` steps.
+steps, and moved when a time budget re-plans that number; the refinement interval follows the planned number as
+``default_strategy`` sets it (every 100 steps, every steps / 30 in runs under 3,000).
 
 All parameter surgery goes through ``gsplat.strategy.ops``, which runs on CPU tensors.
 """
@@ -48,13 +49,18 @@ REFERENCE_STEPS = 30_000
 def default_strategy(steps: int, refine_fraction: float = 0.5) -> DefaultStrategy:
     """3DGS's densification schedule scaled from 30,000 steps to ``steps``; refinement stops at ``refine_fraction``."""
     scale = steps / REFERENCE_STEPS
-    refine_every = min(100, max(10, round(steps / 30)))
+    refine_every = refine_interval(steps)
     return DefaultStrategy(
         refine_start_iter=max(refine_every, round(500 * scale)),
         refine_stop_iter=round(refine_fraction * steps),
         refine_every=refine_every,
         reset_every=max(10 * refine_every, round(3000 * scale)),
     )
+
+
+def refine_interval(steps: int) -> int:
+    """Steps between refinements in a run of ``steps``: 3DGS's 100, down to steps / 30 (at least 10) in short runs."""
+    return min(100, max(10, round(steps / 30)))
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Densifier:
                            if k * s.reset_every < s.refine_stop_iter)  # fmt: skip
             self.refine_stop_fraction, self.fractions = stop, (s.refine_start_iter / total, resets)
         start, resets = self.fractions
+        s.refine_every = refine_interval(schedule.steps)
         s.refine_start_iter = round(schedule.step_at(start))
         s.refine_stop_iter = round(schedule.step_at(self.refine_stop_fraction)) if self.refine_stop_fraction else 0
         self.reset_steps = frozenset(round(schedule.step_at(f)) for f in resets)  # past ones stay in the past
@@ -173,6 +180,7 @@ class Relocator:
             self.refine_start_fraction = self.refine_start_iter / total
         if self.refine_stop_fraction is None:
             self.refine_stop_fraction = self.refine_stop_iter / total
+        self.refine_every = refine_interval(schedule.steps)
         self.refine_start_iter = round(schedule.step_at(self.refine_start_fraction))
         self.refine_stop_iter = round(schedule.step_at(self.refine_stop_fraction)) if self.refine_stop_fraction else 0
 
@@ -180,7 +188,7 @@ class Relocator:
     def for_steps(cls, steps: int, cap_max: int) -> Relocator:
         """MCMC's 30k-step schedule scaled to ``steps`` (refinement interval as ``default_strategy``)."""
         scale = steps / REFERENCE_STEPS
-        every = min(100, max(10, round(steps / 30)))
+        every = refine_interval(steps)
         return cls(cap_max=cap_max, refine_start_iter=max(every, round(500 * scale)),
                    refine_stop_iter=round(25_000 * scale), refine_every=every)  # fmt: skip
 

@@ -688,7 +688,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                     _save(state, work)
                 if pace is not None:
                     pace.stepped(gaussians)
-                    if pace.due() and pace.replan(schedule, state.step, gaussians):
+                    if state.step < schedule.steps and pace.due() and pace.replan(schedule, state.step, gaussians):
                         densifier.follow(schedule)
         except KeyboardInterrupt:
             if between_steps:
