@@ -41,6 +41,7 @@ SETUP_SECONDS = 5.0
 """Seconds before the first step beyond loading the images (imports, initialisation, compiled kernels' cache)."""
 LOAD_SECONDS_PER_MEGAPIXEL = 0.05
 """Decoding and resizing the images, per million source pixels."""
+ALIGN_STEPS = 100  # reconstruct.evaluate's held-out pose alignment: Adam steps per view
 AFTER_SECONDS = 4.0
 """Seconds after training beyond rendering: the training plot, writing files, the summary."""
 MIN_BUDGET_STEPS = 10
@@ -97,11 +98,19 @@ class Plan:
     run: RunCost
 
     def pace(self, started: float, grow_until: float) -> Pace:
-        """The time budget's re-planner (``minutes`` counted from ``started``, a ``time.monotonic()`` value)."""
+        """The time budget's re-planner (``minutes`` counted from ``started``, a ``time.monotonic()`` value); a cap the
+        plan chose is re-sized from the pace measured, so that a slower machine gets fewer Gaussians, not fewer
+        steps (never more than planned)."""
         from reconstruct.schedule import Pace
 
+        resize = None
+        if "max_gaussians" in self.chosen and self.max_gaussians is not None:
+            def resize(speed: float) -> int:
+                run = replace(self.run, cost=StepCost(*(speed * v for v in vars(self.run.cost).values())))
+                return min(self.max_gaussians, cpu_cap(run, self.minutes, self.max_steps, self.elapsed))
+
         return Pace(deadline=started + 60.0 * self.minutes, step_cost=self.run.step, after=self.run.after,
-                    max_steps=self.max_steps, cap=self.max_gaussians, grow_until=grow_until)  # fmt: skip
+                    max_steps=self.max_steps, cap=self.max_gaussians, grow_until=grow_until, resize=resize)  # fmt: skip
 
     def line(self) -> str:
         """The run's first line."""
@@ -167,7 +176,7 @@ def resolve(config: TrainConfig, capture: Capture, device: str, train_views: int
         chosen.append("steps")
     max_steps = config.steps or REFERENCE_STEPS
     run = RunCost(cost, pixels, train_views, eval_views, config.turntable_frames, config.psnr_samples,
-                  _load_seconds(capture, downscale))  # fmt: skip
+                  _load_seconds(capture, downscale), ALIGN_STEPS * eval_views if config.pose_opt else 0)  # fmt: skip
     max_gaussians = config.max_gaussians
     if max_gaussians is None:
         max_gaussians = cpu_cap(run, minutes, max_steps, elapsed) if device == "cpu" else 0
@@ -214,6 +223,8 @@ class RunCost:
     turntable_frames: int
     psnr_samples: int
     load_seconds: float
+    align_steps: int = 0
+    """Steps of held-out pose alignment after training (``--pose-opt``), each costing about a training step."""
 
     def step(self, gaussians: float) -> float:
         return self.cost.seconds(gaussians, self.pixels)
@@ -223,9 +234,10 @@ class RunCost:
 
     def after(self, gaussians: float) -> float:
         """Seconds from the last step to the scene written: held-out evaluation (with depth, about 1.6 renders a
-        view), renders, the turntable, files."""
+        view; pose alignment), renders, the turntable, files."""
         renders = 1.6 * self.eval_views + self.turntable_frames
-        return AFTER_SECONDS + renders * RENDER_SHARE * self.step(gaussians) + 5e-6 * gaussians
+        step = self.step(gaussians)
+        return AFTER_SECONDS + (renders * RENDER_SHARE + self.align_steps) * step + 5e-6 * gaussians
 
     def samples(self, gaussians: float) -> float:
         """Seconds of the PSNR-vs-time samples during training (up to 8 held-out views each)."""

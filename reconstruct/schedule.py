@@ -91,6 +91,8 @@ class Pace:
     max_steps: int
     cap: int | None = None
     grow_until: float = 0.5
+    resize: Callable[[float], int] | None = None
+    """The cap for a measured speed (wall seconds per modelled second), while densification goes on; None: fixed."""
     every: float = 2.0
     """Seconds between re-plans."""
     window: float = 0.3
@@ -117,7 +119,10 @@ class Pace:
         elif self._modelled > 0:
             self.measured.append((now, now - self._last, self._modelled))
         self._last, self._modelled = now, 0.0
-        end, speed = self.final_gaussians(done, gaussians), self.speed(now)
+        speed = self.speed(now)
+        if self.resize is not None and done < self.grow_until and len(self.measured) >= 3:
+            self.cap = self.resize(speed)
+        end = self.final_gaussians(done, gaussians)
         seconds = self.deadline - now - speed * self.after(end)
         per_step = speed * self.mean_step_cost(done, gaussians, end)
         steps = step + max(int(seconds / max(per_step, 1e-9)), 1) if seconds > 0 else step + 1
@@ -137,8 +142,10 @@ class Pace:
     def final_gaussians(self, done: float, gaussians: int) -> int:
         """Gaussians expected when densification ends: the cap until 5% of the run has shown how the count moves,
         then the growth so far (per fraction of the run) continued, at most to the cap."""
-        if self.cap is None or done >= self.grow_until or gaussians >= self.cap:
+        if self.cap is None or done >= self.grow_until:
             return gaussians
+        if gaussians >= self.cap:
+            return self.cap
         first_done, first_count = self._first or (done, gaussians)
         if done - first_done < 0.05:
             return self.cap

@@ -81,6 +81,14 @@ class Densifier:
         """The fraction of the run until which the Gaussian count may grow."""
         return 0.5 if self.refine_stop_fraction is None else self.refine_stop_fraction
 
+    @property
+    def cap(self) -> int | None:
+        return self.max_gaussians
+
+    @cap.setter
+    def cap(self, value: int) -> None:
+        self.max_gaussians = value
+
     def follow(self, schedule: Schedule) -> None:
         """Place the start and end of refinement and the opacity resets where ``schedule`` puts their fractions of
         the run; the first call reads those fractions off the strategy's steps, as set for ``schedule.steps``."""
@@ -172,6 +180,14 @@ class Relocator:
     @property
     def grow_until(self) -> float:
         return 25_000 / REFERENCE_STEPS if self.refine_stop_fraction is None else self.refine_stop_fraction
+
+    @property
+    def cap(self) -> int:
+        return self.cap_max
+
+    @cap.setter
+    def cap(self, value: int) -> None:
+        self.cap_max = value
 
     def follow(self, schedule: Schedule) -> None:
         """As ``Densifier.follow``: refinement's start and end where ``schedule`` puts their fractions of the run."""

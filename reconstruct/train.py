@@ -659,8 +659,8 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     between_steps = True
     if samples and state.step == 0:
         state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
-    if pace is not None and pace.replan(schedule, state.step, len(state.params["means"])):
-        densifier.follow(schedule)
+    if pace is not None:
+        _replan(pace, schedule, densifier, state.step, len(state.params["means"]))
     with _progress(schedule.steps, state.step) as progress, deferred_interrupt() as interrupted:
         try:
             while state.step < schedule.steps:
@@ -688,8 +688,8 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                     _save(state, work)
                 if pace is not None:
                     pace.stepped(gaussians)
-                    if state.step < schedule.steps and pace.due() and pace.replan(schedule, state.step, gaussians):
-                        densifier.follow(schedule)
+                    if state.step < schedule.steps and pace.due():
+                        _replan(pace, schedule, densifier, state.step, gaussians)
         except KeyboardInterrupt:
             if between_steps:
                 _save(state, work)
@@ -699,6 +699,14 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     if not state.history or state.history[-1]["step"] != state.step:
         state.history.append(_sample(config, scene, state))
     _save(state, work)
+
+
+def _replan(pace: Pace, schedule: Schedule, densifier: Densifier | Relocator, step: int, gaussians: int) -> None:
+    """The time budget's re-plan: the schedule's steps, the densifier's events on them, and the cap it holds to."""
+    if pace.replan(schedule, step, gaussians):
+        densifier.follow(schedule)
+    if pace.cap is not None:
+        densifier.cap = pace.cap
 
 
 CURVE_POINTS = 300  # points of the training curve (metrics.json's training_curve, training.png)

@@ -146,6 +146,18 @@ def test_explicit_options_win_over_the_device_plan():
     assert budget.resolve(preset, fake_capture(640, 480), "cpu", 26, 4)[0].minutes is None  # the preset's 7k steps
 
 
+def test_a_chosen_cap_shrinks_on_a_slower_machine_and_a_given_one_stays():
+    """The plan's cap is sized for the model's speed; measured 4x slower, the budget keeps its steps by holding
+    fewer Gaussians (never more than planned); a cap given explicitly is never touched."""
+    capture = fake_capture(640, 360, views=40)
+    _, plan = budget.resolve(train.TrainConfig(), capture, "cpu", 35, 5)
+    pace = plan.pace(started=time.monotonic(), grow_until=0.5)
+    assert pace.resize(1.0) == plan.max_gaussians and pace.resize(0.5) == plan.max_gaussians
+    assert budget.CPU_MIN_CAP <= pace.resize(4.0) < plan.max_gaussians / 2
+    _, given = budget.resolve(train.TrainConfig(max_gaussians=50_000), capture, "cpu", 35, 5)
+    assert given.pace(started=time.monotonic(), grow_until=0.5).resize is None
+
+
 def test_the_default_cpu_run_says_its_plan_on_the_first_line(capture, tmp_path, capsys):
     """The default config on the CPU: the first line is the 12-minute plan (stopped after a few steps here)."""
 
