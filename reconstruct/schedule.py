@@ -73,6 +73,9 @@ class Schedule:
         return cls(int(saved["steps"]), [(int(s), float(d)) for s, d in saved["anchors"]])
 
 
+MIN_EXTENSION = 10  # steps: a run that reached its planned end goes on only for at least this many (or 2%) more
+
+
 @dataclass
 class Pace:
     """Re-plans a ``Schedule`` so that training ends by ``deadline`` (``time.monotonic()`` seconds).
@@ -111,7 +114,10 @@ class Pace:
         return self._last is None or time.monotonic() - self._last >= self.every
 
     def replan(self, schedule: Schedule, step: int, gaussians: int) -> bool:
-        """Re-plan ``schedule`` from ``step`` (with ``gaussians`` now); True when the planned total changed."""
+        """Re-plan ``schedule`` from ``step`` (with ``gaussians`` now); True when the planned total changed. The
+        first call starts the clock: call it after the run's first step, whose first calls (compiling kernels,
+        loading caches) would otherwise pass for the machine's pace. At the planned last step, the run is extended
+        only by a worthwhile number of steps (``MIN_EXTENSION``)."""
         now = time.monotonic()
         done = schedule.done(step)
         if self._last is None:
@@ -127,7 +133,8 @@ class Pace:
         per_step = speed * self.mean_step_cost(done, gaussians, end)
         steps = step + max(int(seconds / max(per_step, 1e-9)), 1) if seconds > 0 else step + 1
         steps = min(steps, self.max_steps)
-        if steps == schedule.steps:
+        at_end = step >= schedule.steps
+        if steps == schedule.steps or (at_end and steps - step < max(MIN_EXTENSION, step // 50)):
             return False
         schedule.replan(step, steps)
         return True

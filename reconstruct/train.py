@@ -659,8 +659,6 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     between_steps = True
     if samples and state.step == 0:
         state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
-    if pace is not None:
-        _replan(pace, schedule, densifier, state.step, len(state.params["means"]))
     with _progress(schedule.steps, state.step) as progress, deferred_interrupt() as interrupted:
         try:
             while state.step < schedule.steps:
@@ -688,7 +686,7 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                     _save(state, work)
                 if pace is not None:
                     pace.stepped(gaussians)
-                    if state.step < schedule.steps and pace.due():
+                    if pace.due() or state.step == schedule.steps:  # the first call starts the pace's clock
                         _replan(pace, schedule, densifier, state.step, gaussians)
         except KeyboardInterrupt:
             if between_steps:
