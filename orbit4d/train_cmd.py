@@ -270,7 +270,8 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
     from multiview.outputs import checked_out_dir
     from reconstruct import train
 
-    started = getattr(args, "started", None) or time.monotonic()  # --minutes counts from the start: capture included
+    # --minutes counts from the command's start, capture included; the CPU's default budget is the training's own
+    started = (getattr(args, "started", None) or time.monotonic()) if args.minutes is not None else None
     capture_dir, scene_dir = args.out / "capture", args.out / "scene"
     for folder in (capture_dir, scene_dir):
         checked_out_dir(folder, inputs)
