@@ -149,10 +149,8 @@ class Pace:
     def final_gaussians(self, done: float, gaussians: int) -> int:
         """Gaussians expected when densification ends: the cap until 5% of the run has shown how the count moves,
         then the growth so far (per fraction of the run) continued, at most to the cap."""
-        if self.cap is None or done >= self.grow_until:
-            return gaussians
-        if gaussians >= self.cap:
-            return self.cap
+        if self.cap is None or done >= self.grow_until or gaussians >= self.cap:
+            return gaussians  # a cap stops growth; it removes nothing
         first_done, first_count = self._first or (done, gaussians)
         if done - first_done < 0.05:
             return self.cap

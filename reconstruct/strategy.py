@@ -12,8 +12,10 @@ to move before their gradients are judged again; refining every 10 steps in a 3,
   reads as ``step % reset_every == (0 & step) > 0``, always false, so gsplat never resets opacities (gsplat PR #776,
   open). ``Densifier`` performs the reset itself with gsplat's own ``ops.reset_opa``; the reset is idempotent, so a
   fixed gsplat resetting too does no harm;
-- a cap on the number of Gaussians: after each refinement, the least opaque Gaussians beyond ``max_gaussians`` are
-  removed (``ops.remove``, which keeps optimizer state aligned).
+- a cap on the number of Gaussians: a refinement that would grow past ``max_gaussians`` clones and splits only the
+  Gaussians with the largest screen gradients, as many as there is room for (removing the least opaque after growing
+  everything, as this did before, picked at random right after an opacity reset, when all opacities are equal: a
+  capped 460-step fox run fell from 24.6 to 17.4 dB held-out); pruning makes room again.
 
 ``Relocator`` is the other strategy, 3DGS-MCMC (Kheradmand et al. 2024, gsplat's ``MCMCStrategy``): a fixed budget
 of Gaussians, dead ones (opacity below 0.005) teleported onto live ones sampled by opacity, 5% more each refinement
@@ -30,12 +32,13 @@ All parameter surgery goes through ``gsplat.strategy.ops``, which runs on CPU te
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import _update_param_with_optimizer, remove, reset_opa
+from gsplat.strategy.ops import _update_param_with_optimizer, reset_opa
 from torch import Tensor
 
 from reconstruct._torch_rasterizer import quat_to_rotmat
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
     from reconstruct.schedule import Schedule
 
 REFERENCE_STEPS = 30_000
+MIN_RESET_STEPS = 1000
+"""Runs planned shorter than this skip the opacity resets: what is left of them after a reset is too short to
+recover (a 460-step fox run: 18.4 dB training PSNR before the reset, 10.4 after it, 22.3 at the end)."""
 
 
 def default_strategy(steps: int, refine_fraction: float = 0.5) -> DefaultStrategy:
@@ -104,6 +110,8 @@ class Densifier:
         s.refine_start_iter = round(schedule.step_at(start))
         s.refine_stop_iter = round(schedule.step_at(self.refine_stop_fraction)) if self.refine_stop_fraction else 0
         self.reset_steps = frozenset(round(schedule.step_at(f)) for f in resets)  # past ones stay in the past
+        if schedule.steps < MIN_RESET_STEPS:
+            self.reset_steps = frozenset()
         # gsplat prunes Gaussians too large for the scene only after the first reset ("step > reset_every")
         s.reset_every = max(1, round(schedule.step_at(resets[0]))) if resets else max(s.refine_stop_iter, 1)
 
@@ -115,19 +123,39 @@ class Densifier:
 
     @torch.no_grad()
     def step_post_backward(self, params, optimizers, state, step: int, info: dict) -> None:
-        """Accumulate gradients, refine on schedule, reset opacities on schedule, enforce the cap."""
+        """gsplat's ``DefaultStrategy.step_post_backward`` (accumulate screen gradients; every ``refine_every`` steps
+        clone or split where they are large, prune the transparent and, after the first reset, the oversized), with
+        growth held to the cap, then the opacity reset on schedule."""
         s = self.strategy
-        self.strategy.step_post_backward(params, optimizers, state, step, info, packed=False)
         if step >= s.refine_stop_iter:
             return
+        s._update_state(params, state, info, packed=False)
+        if step > s.refine_start_iter and step % s.refine_every == 0:
+            threshold = s.grow_grad2d
+            s.grow_grad2d = self._growth_threshold(params, state)
+            try:
+                s._grow_gs(params, optimizers, state, step)
+            finally:
+                s.grow_grad2d = threshold
+            s._prune_gs(params, optimizers, state, step)
+            state["grad2d"].zero_()
+            state["count"].zero_()
         if self._resets_at(step):
             reset_opa(params=params, optimizers=optimizers, state=state, value=s.prune_opa * 2.0)
-        if self.max_gaussians is not None and len(params["means"]) > self.max_gaussians:
-            excess = len(params["means"]) - self.max_gaussians
-            weakest = torch.argsort(params["opacities"].detach())[:excess]
-            drop = torch.zeros(len(params["means"]), dtype=torch.bool, device=params["means"].device)
-            drop[weakest] = True
-            remove(params=params, optimizers=optimizers, state=state, mask=drop)
+
+    def _growth_threshold(self, params, state) -> float:
+        """The screen-gradient threshold of this refinement: the strategy's, raised so that at most as many
+        Gaussians grow (each clone or split adds one) as the cap has room for, those with the largest gradients."""
+        s = self.strategy
+        if self.max_gaussians is None:
+            return s.grow_grad2d
+        grads = state["grad2d"] / state["count"].clamp_min(1)
+        room = self.max_gaussians - len(params["means"])
+        if int((grads > s.grow_grad2d).sum()) <= room:
+            return s.grow_grad2d
+        if room <= 0:
+            return math.inf
+        return max(s.grow_grad2d, float(torch.topk(grads, room + 1).values[-1]))
 
     def _resets_at(self, step: int) -> bool:
         if self.reset_steps is None:

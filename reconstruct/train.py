@@ -142,8 +142,9 @@ class TrainConfig:
     """Judge growth by the sum of absolute per-pixel gradients (AbsGS, gsplat's ``absgrad``) instead of their sum,
     whose opposite signs cancel in large Gaussians over fine detail; default strategy only."""
     max_gaussians: int | None = None
-    """Cap on the number of Gaussians (least opaque ones removed beyond it; mcmc's budget). 0: no cap; None: none on
-    CUDA, on the CPU sized from the views' pixels and the time budget (``budget.cpu_cap``)."""
+    """Cap on the number of Gaussians (densification grows those with the largest screen gradients first and stops
+    there; mcmc's budget). 0: no cap; None: none on CUDA, on the CPU sized from the views' pixels and the time budget
+    (``budget.cpu_cap``)."""
     background: str = "random"
     """Background behind the splats and masked-out pixels while training: random (per step), black, white or
     #rrggbb. Evaluation and renders use it when fixed, white when random."""
