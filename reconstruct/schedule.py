@@ -85,7 +85,8 @@ class Pace:
     ``max_steps``: never plan more. The pace is measured, not assumed: the loop's wall time (samples and checkpoints
     included) over the model's cost of the steps it ran, in the recent part of the run, scales the model's forecast
     of the rest. While densification goes on (until ``grow_until`` of the run), the Gaussian count is forecast to grow
-    at the rate it has grown so far, up to ``cap`` (to the cap itself before any growth shows).
+    at the rate it has grown so far, up to ``cap`` (to the cap itself over the first 5% of the run); ``resize``, when
+    given, re-sizes the cap from the measured speed meanwhile.
     """
 
     deadline: float
