@@ -37,6 +37,7 @@ from reconstruct import train  # noqa: E402
 from reconstruct.data import load_scene  # noqa: E402
 from reconstruct.evaluate import composite  # noqa: E402
 from reconstruct.rasterize import rasterize  # noqa: E402
+from reconstruct.schedule import Schedule  # noqa: E402
 from reconstruct.splats import camera_extent  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def minimal_loop(config: train.TrainConfig, capture: Path) -> dict:
     """Train as ``orbit4d train`` would with ``config``, in a bare loop; held-out PSNR, ms per step, Gaussians."""
     device = torch.device(config.device)
     render = RENDERERS[device.type]
-    scene = load_scene(capture, config.downscale, config.test_every)
+    scene = load_scene(capture, config.downscale or 1, config.test_every)
     torch.manual_seed(config.seed)  # gsplat's split draws from the global generator
     splats = train.initial_splats(config, scene, device)
     params = {k: torch.nn.Parameter(v.to(device)) for k, v in splats.parameters().items()}
@@ -89,7 +90,7 @@ def minimal_loop(config: train.TrainConfig, capture: Path) -> dict:
     state = densifier.initialize_state(scene_scale)
     opacity_reg, scale_reg = train.regularizer_weights(config)
     generator = torch.Generator().manual_seed(config.seed)
-    interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
+    schedule = Schedule(config.steps)  # planned once: the fraction done is step / steps
     order: list[int] = []
     first = None
     for step in range(config.steps):
@@ -98,7 +99,7 @@ def minimal_loop(config: train.TrainConfig, capture: Path) -> dict:
             order = torch.randperm(len(scene.train), generator=generator).tolist()[::-1]
         view = scene.train[order.pop()]
         background = torch.rand(3, generator=generator).to(device)
-        image, meta = render(params, view, min(config.sh_degree, step // interval), background)
+        image, meta = render(params, view, min(config.sh_degree, train.sh_degree_at(config, step, schedule)), background)
         densifier.step_pre_backward(params, optimizers, state, step, meta)
         loss = M.photometric_loss(image, composite(view, background, device), config.ssim_weight)
         if opacity_reg:
@@ -152,7 +153,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="run both this many times, alternating; medians")
     args = parser.parse_args()
     steps = args.steps or (7000 if args.device == "cuda" else 1000)
-    config = train.TrainConfig.preset("fast", steps=steps, device=args.device, psnr_samples=0, turntable_frames=0)
+    config = train.TrainConfig.preset("fast", steps=steps, device=args.device, psnr_samples=0, turntable_frames=0,
+                                      max_gaussians=0, downscale=1)  # 3DGS's recipe on either device  # fmt: skip
     if args.warmup:
         minimal_loop(replace(config, steps=args.warmup), args.capture)
     runs = [(orbit4d_run(config, args.capture), minimal_loop(config, args.capture)) for _ in range(args.repeats)]

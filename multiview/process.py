@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from multiview import capture, frames, importers, sfm
-from multiview.console import console, info
-from multiview.errors import InputError
+from multiview.console import console, info, warn
+from multiview.errors import InputError, SfmError
 from multiview.outputs import staged_dir, write_json
 
 
@@ -131,11 +131,13 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     console.print(table)
 
 
-def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: bool = False,
+def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: bool | None = None,
                verbose: bool = False, allow_outside: bool = False) -> Path:  # fmt: skip
     """Convert an existing capture (COLMAP, nerfstudio / instant-ngp, LLFF) into ``out_dir``.
 
-    ``triangulate``: when the source has no points, triangulate them from its known cameras (``multiview.triangulate``).
+    ``triangulate``: when the source has no points, triangulate them from its known cameras (``multiview.triangulate``;
+    random initialisation trains much worse scenes from real photos). None (the default): do so, and when no point
+    can be found import without points, with a warning; True: that failure is an error; False: never.
     ``allow_outside``: import files the source names outside its folder (``importers.import_capture``).
     """
     src = Path(src)
@@ -145,8 +147,19 @@ def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: b
         importers.import_capture(src, stage, allow_outside=allow_outside)
         if triangulate:
             add_points(stage, verbose, source=src)
+        elif triangulate is None and not _has_points(stage):
+            try:
+                add_points(stage, verbose, source=src)
+            except SfmError:
+                warn(f"{src}: no point could be triangulated from its known cameras (too little "
+                     "texture or overlap): imported without points, so training will start from random Gaussians")
     info(f"Imported {src} → {out_dir}")
     return Path(out_dir)
+
+
+def _has_points(capture_dir: Path) -> bool:
+    points = capture.read_capture(capture_dir).points
+    return points is not None and len(points) > 0
 
 
 def add_points(capture_dir: Path, verbose: bool = False, source: Path | None = None) -> None:

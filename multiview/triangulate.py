@@ -91,7 +91,7 @@ def triangulate_capture(capture: Capture, work_dir: Path, config: TriangulationC
     xyz, rgb = _good_points(reconstruction, config.max_reprojection_error)
     if len(xyz) == 0:
         raise SfmError(f"{named}: no point could be triangulated from {len(names)} images with known poses "
-                       "(too little texture or overlap): import without --triangulate and train from random points")
+                       "(too little texture or overlap): import with --no-triangulate and train from random points")
     result = Triangulation(xyz, rgb, len(pairs), time.perf_counter() - tic)
     info(f"triangulated {len(xyz):,} points from {len(pairs)} image pairs in {result.seconds:.1f} s")
     return result

@@ -11,6 +11,7 @@ import errno
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -78,9 +79,11 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", type=Path, help="a COLMAP project or model folder, a transforms.json (or its folder), "
                    "or a folder with poses_bounds.npy")
-    p.add_argument("--triangulate", action="store_true",
+    p.add_argument("--triangulate", action=argparse.BooleanOptionalAction, default=None,
                    help="when the source has no sparse points (instant-ngp, LLFF), triangulate them from its known "
-                   "cameras with COLMAP (better splat initialisation; about a minute per 50 photos)")
+                   "cameras with COLMAP: splats start from them (default; about a minute per 50 photos; a source "
+                   "where none can be found is imported without, with a warning, unless --triangulate is given); "
+                   "--no-triangulate: no points, training starts from random Gaussians")
     p.add_argument("--allow-outside-paths", action="store_true", help=options.ALLOW_OUTSIDE_HELP + "; such files are "
                    "copied into the capture's images/ under their own names")
     _add_common(p)
@@ -207,7 +210,9 @@ def _terminated(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # before the heavy imports: a --minutes budget counts from here
     args = build_parser().parse_args(argv)
+    args.started = started
     on_main_thread = threading.current_thread() is threading.main_thread()
     if on_main_thread:
         # pycolmap's glog sets its own SIGTERM handler on import (a stack dump, then death, leaving staging folders):

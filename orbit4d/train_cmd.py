@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from orbit4d import options
@@ -155,17 +156,26 @@ def _image_to_3d_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                   help="default: 3DGS's 30k steps, SH degree 3; fast: 7k steps; preview: 2k steps, SH degree 1, "
-                   "at most 200k Gaussians (CPU)")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="optimisation steps (overrides the preset)")
+                   help="default: chosen for the device (CUDA: 3DGS's 30k steps; CPU: a 12-minute plan, see "
+                   "--minutes); fast: 7k steps; preview: 2k steps, SH degree 1, at most 200k Gaussians")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="optimisation steps (default: 30,000 on CUDA; on the CPU as many as fit in the time "
+                   "budget); with --minutes, the most steps the budget may plan")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="time budget of the whole run: the number of steps, and the schedule with it (learning "
+                   "rate decay, densification, opacity resets, SH warm-up), is planned and re-planned from the "
+                   "measured pace so that the scene is written within M minutes (default on the CPU: 12)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="auto: CUDA (gsplat kernels) when available, else CPU (numba-compiled rasterizer)")
     p.add_argument("--downscale", type=int, default=None, metavar="K",
-                   help="divide image width and height by K once at load")
+                   help="divide image width and height by K once at load (default: 1 on CUDA; on the CPU the "
+                   "smallest K that brings the images to 0.5 megapixels or less)")
     p.add_argument("--strategy", choices=["default", "mcmc"], default=None,
                    help="default: 3DGS's clone / split / prune; mcmc: 3DGS-MCMC relocation within a fixed budget "
-                   "(--max-gaussians, 1M when unset)")
-    p.add_argument("--max-gaussians", type=int, default=None, metavar="N", help="cap on the number of Gaussians")
+                   "(--max-gaussians)")
+    p.add_argument("--max-gaussians", type=int, default=None, metavar="N",
+                   help="cap on the number of Gaussians (mcmc's budget); 0: none (default: none on CUDA, 1M for "
+                   "mcmc; on the CPU sized from the images and the time budget)")
     p.add_argument("--init-points", type=int, default=None, metavar="N",
                    help="random Gaussians to start from when the capture has no points3D.ply "
                    "(default 100,000 on CUDA, 10,000 on the CPU)")
@@ -200,6 +210,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 _OPTION_FIELDS = {
     "steps": "steps",
+    "minutes": "minutes",
     "device": "device",
     "downscale": "downscale",
     "max_gaussians": "max_gaussians",
@@ -235,9 +246,10 @@ def _train_config(args: argparse.Namespace, scene_dir: Path):
 def _run_train(args: argparse.Namespace) -> int:
     from reconstruct import train
 
+    started = getattr(args, "started", None) or time.monotonic()  # --minutes counts from the command's start
     config = _train_config(args, args.out)
     if not args.view:
-        train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite)
+        train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite, started=started)
         print(f"scene written to {args.out}", file=sys.stderr)
         return 0
     from viewers.server import training_viewer
@@ -246,7 +258,8 @@ def _run_train(args: argparse.Namespace) -> int:
     viewer, on_step = training_viewer(args.capture, config.steps, port=args.port)
     try:
         print(f"watch training at {viewer.url}", file=sys.stderr, flush=True)
-        train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite, on_step=on_step)
+        train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite, on_step=on_step,
+                  started=started)  # fmt: skip
         print(f"scene written to {args.out}; the viewer stays open at {viewer.url} (Ctrl-C to stop)", file=sys.stderr,
               flush=True)  # fmt: skip
         viewer.wait()
@@ -294,6 +307,8 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
     from multiview.outputs import checked_out_dir, output_lock
     from reconstruct import train
 
+    # --minutes counts from the command's start, capture included; the CPU's default budget is the training's own
+    started = (getattr(args, "started", None) or time.monotonic()) if args.minutes is not None else None
     capture_dir, scene_dir = args.out / "capture", args.out / "scene"
     for folder in (args.out, capture_dir, scene_dir):  # OUT too: --overwrite replaces what it holds
         checked_out_dir(folder, inputs)
@@ -307,7 +322,7 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
                  "--overwrite to redo it)")
         else:
             capture(capture_dir)
-        train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+        train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite, started=started)
     print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
     return 0
 

@@ -7,7 +7,8 @@ only rebuilds tensors and plain containers (never arbitrary pickled objects).
 Contents: the step to run next, the parameters, one Adam state per parameter, the densification state, the RNG
 states (torch's global one, which gsplat's split uses, and the trainer's own generator for view order and random
 backgrounds), the view order of the current epoch, the training clock, PSNR samples and training curve, the
-training views' pose and colour corrections when they are learned, and the config.
+training views' pose and colour corrections when they are learned, the schedule (steps planned, and where a time
+budget last re-planned them), and the config.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from multiview.errors import InputError
+from reconstruct.schedule import Schedule
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,6 +46,7 @@ class TrainState:
     poses: torch.nn.Parameter | None = None  # [V, 6] pose corrections of the training views (pose_opt)
     appearance: torch.nn.Parameter | None = None  # [V, 3, 4] colour corrections of the training views (appearance)
     config: dict = field(default_factory=dict)
+    schedule: Schedule | None = None  # steps planned; None: the config's steps, never re-planned
     saved_step: int | None = None  # step of the checkpoint on disk, if any (not itself saved)
 
 
@@ -73,6 +76,7 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
         "poses": None if state.poses is None else state.poses.detach().cpu(),
         "appearance": None if state.appearance is None else state.appearance.detach().cpu(),
         "config": dict(state.config),
+        "schedule": None if state.schedule is None else state.schedule.to_dict(),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +138,7 @@ def restore_state(payload: dict, device: torch.device, make_optimizers) -> Train
         poses=per_view.get("poses"),
         appearance=per_view.get("appearance"),
         config=dict(payload["config"]),
+        schedule=Schedule.from_dict(payload["schedule"]) if payload.get("schedule") else None,  # absent before
         saved_step=int(payload["step"]),
     )
 

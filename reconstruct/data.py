@@ -102,12 +102,20 @@ class SceneData:
         return any(view.mask is not None for view in self.train + self.test)
 
 
-def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8, allow_outside: bool = False) -> SceneData:
-    """Read the capture at ``capture_dir`` and load its images, resized once by 1 / ``downscale``. ``allow_outside``:
-    read files its transforms.json names outside its folder (refused otherwise)."""
+def split_sizes(num_views: int, test_every: int) -> tuple[int, int]:
+    """(training views, held-out views) of a capture of ``num_views`` (the split ``load_scene`` makes)."""
+    held_out = len(range(0, num_views, test_every)) if test_every > 0 and num_views >= 2 else 0
+    return num_views - held_out, held_out
+
+
+def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8, allow_outside: bool = False,
+               capture: Capture | None = None) -> SceneData:  # fmt: skip
+    """Read the capture at ``capture_dir`` (or take ``capture``, read from it) and load its images, resized once by
+    1 / ``downscale``. ``allow_outside``: read files its transforms.json names outside its folder (refused
+    otherwise)."""
     if downscale < 1:
         raise InputError(f"--downscale {downscale}: use an integer of at least 1 (2 halves each image side)")
-    capture = read_capture(Path(capture_dir), allow_outside)
+    capture = capture or read_capture(Path(capture_dir), allow_outside)
     frames = sorted(capture.frames, key=lambda frame: _name(frame, capture.root))
     distorted = [f for f in frames if not f.camera.is_pinhole]
     if distorted:
@@ -119,7 +127,7 @@ def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8, allow
                          f"under {MIN_IMAGE_SIDE} px: use at most --downscale {max(smallest // MIN_IMAGE_SIDE, 1)}")
     views = [_load_view(frame, capture.root, downscale) for frame in track(frames, "loading images")]
     _check_masks(views, capture.root)
-    holdout = test_every > 0 and len(views) >= 2
+    holdout = split_sizes(len(views), test_every)[1] > 0
     test = [v for i, v in enumerate(views) if holdout and i % test_every == 0]
     train = [v for i, v in enumerate(views) if not (holdout and i % test_every == 0)]
     if not train:

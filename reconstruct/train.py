@@ -35,11 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from multiview.capture import read_capture
 from multiview.console import console, info, warn
 from multiview.errors import InputError, Orbit4dError, OutputExistsError
 from multiview.interrupts import deferred_interrupt
 from multiview.outputs import checked_out_dir, output_lock, replace_dir, write_json
 from reconstruct import metrics as M
+from reconstruct.budget import Plan, resolve
 from reconstruct.checkpoint import (
     TrainState,
     checkpoint_path,
@@ -54,7 +56,7 @@ from reconstruct.corrections import (
     pose_centre,
     pose_report,
 )
-from reconstruct.data import SceneData, View, load_scene
+from reconstruct.data import SceneData, View, load_scene, split_sizes
 from reconstruct.evaluate import (
     composite,
     eval_colors,
@@ -72,6 +74,7 @@ from reconstruct.evaluate import (
     write_turntable,
 )
 from reconstruct.ply import write_ply, write_splat
+from reconstruct.schedule import Pace, Schedule
 from reconstruct.splats import Splats, camera_extent, random_splats, splats_from_points, view_volume
 from reconstruct.strategy import Densifier, Relocator, default_strategy
 
@@ -84,10 +87,17 @@ class TrainError(Orbit4dError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``orbit4d train`` can be told. Defaults are 3DGS's 30k-step recipe; see ``PRESETS``."""
+    """Everything ``orbit4d train`` can be told. Fields left None are chosen for the device when the run starts
+    (``reconstruct.budget.resolve``): 3DGS's 30k-step recipe on CUDA, a time budget on the CPU; see ``PRESETS``."""
 
-    steps: int = 30_000
-    """Optimisation steps, one training image each (3DGS: 30,000)."""
+    steps: int | None = None
+    """Optimisation steps, one training image each. None: 30,000 on CUDA (3DGS); on the CPU as many as fit in
+    ``minutes``, at most 30,000. With ``minutes``: the most steps the time budget may plan."""
+    minutes: float | None = None
+    """Time budget of the whole run (loading, training, evaluation, exports), in minutes: the number of steps is
+    planned from a time model and re-planned from the measured pace as training goes, and the whole schedule (learning
+    rate decay, densification window, opacity resets, SH warm-up) follows it. None: no budget, except on the CPU when
+    ``steps`` is None too (``budget.CPU_MINUTES``)."""
     sh_degree: int = 3
     """Highest spherical-harmonics degree of the colours (0: view-independent colour, 3: 3DGS)."""
     sh_degree_interval: int | None = None
@@ -132,12 +142,15 @@ class TrainConfig:
     """Judge growth by the sum of absolute per-pixel gradients (AbsGS, gsplat's ``absgrad``) instead of their sum,
     whose opposite signs cancel in large Gaussians over fine detail; default strategy only."""
     max_gaussians: int | None = None
-    """Cap on the number of Gaussians (least opaque ones removed beyond it); None: no cap."""
+    """Cap on the number of Gaussians (densification grows those with the largest screen gradients first and stops
+    there; mcmc's budget). 0: no cap; None: none on CUDA, on the CPU sized from the views' pixels and the time budget
+    (``budget.cpu_cap``)."""
     background: str = "random"
     """Background behind the splats and masked-out pixels while training: random (per step), black, white or
     #rrggbb. Evaluation and renders use it when fixed, white when random."""
-    downscale: int = 1
-    """Divide image width and height by this once at load (2: a quarter of the pixels)."""
+    downscale: int | None = None
+    """Divide image width and height by this once at load (2: a quarter of the pixels). None: 1 on CUDA; on the CPU
+    the smallest factor that brings the images to at most ``budget.CPU_MAX_PIXELS``."""
     test_every: int = 8
     """Hold out every n-th view (sorted by name, from the first) for evaluation; 0: hold out none."""
     allow_outside_paths: bool = False
@@ -184,15 +197,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         """InputError naming the option for values training cannot use."""
-        positive = {"--steps": self.steps, "--downscale": self.downscale,
-                    "--init-points": 1 if self.random_init_points is None else self.random_init_points}
+        positive = {"--steps": self.steps, "--downscale": self.downscale, "--init-points": self.random_init_points}
         for option, value in positive.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise InputError(f"{option} {value}: must be at least 1")
+        if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise InputError(f"--minutes {self.minutes:g}: give the run's time budget as a positive number of minutes "
+                             "(e.g. --minutes 5)")
         if self.test_every < 0:
             raise InputError(f"--test-every {self.test_every}: use 0 to hold out none, or N for every N-th view")
-        if self.max_gaussians is not None and self.max_gaussians < 1:
-            raise InputError(f"--max-gaussians {self.max_gaussians}: must be at least 1")
+        if self.max_gaussians is not None and self.max_gaussians < 0:
+            raise InputError(f"--max-gaussians {self.max_gaussians}: must be at least 1 (0: no cap)")
         if not 0 <= self.sh_degree <= 3:
             raise InputError(f"--sh-degree {self.sh_degree}: use 0, 1, 2 or 3")
         if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
@@ -209,15 +224,15 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "default": {},  # 3DGS: 30k steps, SH degree 3
+    "default": {},  # chosen for the device: CUDA 3DGS's 30k steps, SH degree 3; the CPU a time budget
     "fast": {"steps": 7_000},  # 3DGS's 7k-step results
     "preview": {"steps": 2_000, "sh_degree": 1, "max_gaussians": 200_000, "turntable_frames": 60},  # CPU previews
 }
 # What a resumed run may change (the rest comes from the checkpoint): what to do when a run diverged or ran out of
 # memory, how long to train, where, and what to measure.
 _RUN_CONTROL = (
-    "steps", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every", "psnr_samples",
-    "turntable_frames", "allow_outside_paths",
+    "steps", "minutes", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every",
+    "psnr_samples", "turntable_frames", "allow_outside_paths",
 )  # fmt: skip
 
 
@@ -232,49 +247,54 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     on_step: Callable[[TrainState], None] | None = None,
+    started: float | None = None,
 ) -> Path:
     """Train splats on the capture at ``capture_dir`` and write the scene to ``out_dir``; return ``out_dir``.
 
     ``resume``: continue from the checkpoint (its settings win, except ``_RUN_CONTROL`` fields such as ``steps``).
     ``on_step(state)`` runs after every step (a KeyboardInterrupt raised there stops like Ctrl-C: checkpoint saved).
+    ``started``: ``time.monotonic()`` when the command began, which a time budget counts from (default: now).
     """
+    started = time.monotonic() if started is None else started
     config.validate()
     out_dir = Path(out_dir).absolute()
     checked_out_dir(out_dir, [capture_dir])
     with output_lock(out_dir):  # one run per scene: .partial and out_dir are this run's until it ends
-        report = _run_locked(config, capture_dir, out_dir, resume, overwrite, on_step)
+        report = _run_locked(config, capture_dir, out_dir, resume, overwrite, on_step, started)
     _print_summary(report, out_dir)
     return out_dir
 
 
 def _run_locked(config: TrainConfig, capture_dir: Path, out_dir: Path, resume: bool, overwrite: bool,
-                on_step: Callable[[TrainState], None] | None) -> dict:  # fmt: skip
+                on_step: Callable[[TrainState], None] | None, started: float) -> dict:  # fmt: skip
     """``run`` while holding ``out_dir``'s lock; returns the scene's report."""
     work, resume_from = _work_dir(out_dir, capture_dir, resume, overwrite)
     payload = read_checkpoint(checkpoint_path(resume_from)) if resume_from is not None else None
     if payload is not None:
         config = _resumed_config(payload["config"], config)
-        if payload["step"] > config.steps:
-            raise InputError(f"{checkpoint_path(resume_from)} is at step {payload['step']}, beyond --steps "
-                             f"{config.steps}: pass a larger --steps")
     device = _device(config)
-    scene = load_scene(capture_dir, config.downscale, config.test_every, config.allow_outside_paths)
+    config, plan, scene = _planned_scene(config, capture_dir, device, started)
+    if payload is not None and payload["step"] > config.steps:
+        raise InputError(f"{checkpoint_path(resume_from)} is at step {payload['step']}, beyond --steps "
+                         f"{config.steps}: pass a larger --steps")
     if payload is not None:
         state = _resumed_state(payload, config, scene, device)
-        info(f"resuming {resume_from} at step {state.step} of {config.steps}")
+        info(f"resuming {resume_from} at step {state.step} of {state.schedule.steps}")
     else:
         state = _fresh_state(config, scene, device)
+        state.schedule = Schedule(plan.steps)
     if work != resume_from:  # a fresh run, or a finished scene trained further beside itself until it is done
         shutil.rmtree(work, ignore_errors=True)  # an interrupted run's folder, when --overwrite allowed it
         work.mkdir(parents=True)
         if resume_from == out_dir:
             (work / EXTENDS_SCENE).touch()
-    densifier = _densifier(config)
+    densifier = _densifier(config, state.schedule)
+    pace = plan.pace(started, densifier.grow_until) if config.minutes is not None else None
     clean = False
     try:
-        _train(config, scene, state, densifier, device, work, on_step)
+        _train(config, scene, state, densifier, device, work, on_step, pace)
         try:
-            report = _export(config, scene, state, work, device)
+            report = _export(config, scene, state, work, device, plan, started)
         except (MemoryError, RuntimeError) as error:
             if not _is_out_of_memory(error):
                 raise
@@ -292,6 +312,16 @@ def _run_locked(config: TrainConfig, capture_dir: Path, out_dir: Path, resume: b
                 os.replace(entry, work / entry.name)
     replace_dir(work, out_dir)
     return report
+
+
+def _planned_scene(config: TrainConfig, capture_dir: Path, device: torch.device,
+                   started: float) -> tuple[TrainConfig, Plan, SceneData]:  # fmt: skip
+    """The config with the device's choices (``budget.resolve``), its plan said on the first line, then the images."""
+    capture = read_capture(Path(capture_dir), config.allow_outside_paths)
+    train_views, test_views = split_sizes(len(capture.frames), config.test_every)
+    config, plan = resolve(config, capture, device.type, train_views, test_views, time.monotonic() - started)
+    info(plan.line())
+    return config, plan, load_scene(capture_dir, config.downscale, config.test_every, capture=capture)
 
 
 def saved_config(out_dir: Path) -> TrainConfig | None:
@@ -371,19 +401,21 @@ MCMC_DEFAULT_CAP = 1_000_000  # gsplat's MCMCStrategy.cap_max
 GROW_GRAD2D, ABSGRAD_GROW_GRAD2D = 2e-4, 8e-4  # TrainConfig.grow_grad2d's defaults
 
 
-def _densifier(config: TrainConfig) -> Densifier | Relocator:
+def _densifier(config: TrainConfig, schedule: Schedule | None = None) -> Densifier | Relocator:
+    """The strategy, its events placed where ``schedule`` puts them (3DGS's for ``config.steps`` without one)."""
+    schedule = schedule or Schedule(config.steps)
     if config.strategy == "mcmc":
-        relocator = Relocator.for_steps(config.steps, config.max_gaussians or MCMC_DEFAULT_CAP)
-        if not config.densify:
-            relocator.refine_stop_iter = 0
-        return relocator
-    strategy = default_strategy(config.steps)
-    strategy.absgrad = config.absgrad
-    default_threshold = ABSGRAD_GROW_GRAD2D if config.absgrad else GROW_GRAD2D
-    strategy.grow_grad2d = default_threshold if config.grow_grad2d is None else config.grow_grad2d
+        densifier = Relocator.for_steps(schedule.steps, config.max_gaussians or MCMC_DEFAULT_CAP)
+    else:
+        strategy = default_strategy(schedule.steps)
+        strategy.absgrad = config.absgrad
+        default_threshold = ABSGRAD_GROW_GRAD2D if config.absgrad else GROW_GRAD2D
+        strategy.grow_grad2d = default_threshold if config.grow_grad2d is None else config.grow_grad2d
+        densifier = Densifier(strategy, config.max_gaussians or None)
     if not config.densify:
-        strategy.refine_stop_iter = 0
-    return Densifier(strategy, config.max_gaussians)
+        densifier.refine_stop_fraction = 0.0
+    densifier.follow(schedule)
+    return densifier
 
 
 def regularizer_weights(config: TrainConfig) -> tuple[float, float]:
@@ -417,37 +449,39 @@ def make_optimizers(config: TrainConfig, params: dict, scene_scale: float,
         for name, rate in rates.items()
     }
     for name, corrections in (per_view or {}).items():
-        optimizers[name] = torch.optim.Adam([corrections], lr=PER_VIEW_RATES[name](config, 0), eps=1e-15, fused=True)
+        optimizers[name] = torch.optim.Adam([corrections], lr=PER_VIEW_RATES[name](config, 0, Schedule(1)), eps=1e-15,
+                                            fused=True)  # fmt: skip
     return optimizers
 
 
 POSE_WARMUP = 0.2  # fraction of the steps before poses move: the splats first need a shape to align to
 
 
-def _done(config: TrainConfig, step: int) -> float:
-    """The fraction of the run's steps done before ``step``, in [0, 1]: what the learning rates decay with."""
-    return min(max(step / max(config.steps, 1), 0.0), 1.0)
+def _done(config: TrainConfig, step: int, schedule: Schedule | None = None) -> float:
+    """The fraction of the run done before ``step``, in [0, 1], on ``schedule`` (``step / config.steps`` without
+    one): what the learning rates decay with."""
+    return (schedule or Schedule(config.steps)).done(step)
 
 
-def pose_learning_rate(config: TrainConfig, step: int) -> float:
-    """0 for the first POSE_WARMUP of the steps, then lr_pose -> lr_pose / 100, log-linear."""
-    t = _done(config, step)
+def pose_learning_rate(config: TrainConfig, step: int, schedule: Schedule | None = None) -> float:
+    """0 for the first POSE_WARMUP of the run, then lr_pose -> lr_pose / 100, log-linear."""
+    t = _done(config, step, schedule)
     if t < POSE_WARMUP:
         return 0.0
     return config.lr_pose * 0.01 ** ((t - POSE_WARMUP) / (1 - POSE_WARMUP)) * config.lr_scale
 
 
-def appearance_learning_rate(config: TrainConfig, step: int) -> float:
-    """lr_appearance -> lr_appearance / 100, log-linear over the steps."""
-    return config.lr_appearance * 0.01 ** _done(config, step) * config.lr_scale
+def appearance_learning_rate(config: TrainConfig, step: int, schedule: Schedule | None = None) -> float:
+    """lr_appearance -> lr_appearance / 100, log-linear over the run."""
+    return config.lr_appearance * 0.01 ** _done(config, step, schedule) * config.lr_scale
 
 
 PER_VIEW_RATES = {"poses": pose_learning_rate, "appearance": appearance_learning_rate}
 
 
-def means_learning_rate(config: TrainConfig, step: int, scene_scale: float) -> float:
-    """lr_means -> lr_means_final, log-linear over the steps (3DGS's get_expon_lr_func without delay)."""
-    t = _done(config, step)
+def means_learning_rate(config: TrainConfig, step: int, scene_scale: float, schedule: Schedule | None = None) -> float:
+    """lr_means -> lr_means_final, log-linear over the run (3DGS's get_expon_lr_func without delay)."""
+    t = _done(config, step, schedule)
     rate = math.exp((1 - t) * math.log(config.lr_means) + t * math.log(config.lr_means_final))
     return rate * scene_scale * config.lr_scale
 
@@ -512,7 +546,16 @@ def _resumed_state(payload: dict, config: TrainConfig, scene: SceneData, device:
         raise InputError(f"the checkpoint was made from a capture with other training views than {scene.capture.root}"
                          ": resume with the capture it was trained on")
     state.config = asdict(config)
+    state.schedule = _resumed_schedule(state.schedule, config)
     return state
+
+
+def _resumed_schedule(saved: Schedule | None, config: TrainConfig) -> Schedule:
+    """The checkpoint's schedule where it still holds: under a time budget (which re-plans what is left), or for the
+    same number of steps; else the recipe over ``config.steps`` (a run given more steps to train further)."""
+    if saved is not None and (config.minutes is not None or saved.steps == config.steps):
+        return saved
+    return Schedule(config.steps)
 
 
 # --- the loop --------------------------------------------------------------------------------------------------
@@ -522,21 +565,20 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
                device: torch.device, rig_centre: Tensor | None = None) -> tuple[float, float]:  # fmt: skip
     """One 3DGS step on the next training view; returns (loss, PSNR of that view). ``rig_centre`` [3]: the centre
     pose corrections rotate about (``pose_centre(views)``, computed when not given)."""
-    step, params = state.step, state.params
+    step, params, schedule = state.step, state.params, state.schedule or Schedule(config.steps)
     scene_scale = state.strategy_state["scene_scale"]
-    state.optimizers["means"].param_groups[0]["lr"] = means_learning_rate(config, step, scene_scale)
+    state.optimizers["means"].param_groups[0]["lr"] = means_learning_rate(config, step, scene_scale, schedule)
     index = _next_view(state, len(views))
     view, viewmat = views[index], views[index].viewmat().to(device)
     for name in _per_view(state):
-        state.optimizers[name].param_groups[0]["lr"] = PER_VIEW_RATES[name](config, step)
+        state.optimizers[name].param_groups[0]["lr"] = PER_VIEW_RATES[name](config, step, schedule)
     if state.poses is not None:
         centre = pose_centre(views, device) if rig_centre is None else rig_centre
         viewmat = corrected_viewmat(viewmat, state.poses[index], centre, scene_scale)
     fixed = parse_background(config.background)
     background = (fixed if fixed is not None else torch.rand(3, generator=state.generator)).to(device)
     target = composite(view, background, device)
-    interval = config.sh_degree_interval or max(1, round(1000 * config.steps / 30_000))
-    degree = min(config.sh_degree, step // interval)
+    degree = min(config.sh_degree, sh_degree_at(config, step, schedule))
     checked, extremes = _extremes(_trained(state))
     image, alpha, meta = render_tensors(params, viewmat, view.K(), view.camera.width, view.camera.height,
                                         degree, background, config.backend, check_finite=False,
@@ -567,6 +609,17 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
     if config.densify:
         densifier.step_post_backward(params, state.optimizers, state.strategy_state, step, meta)
     return loss_value, math.inf if error == 0.0 else -10.0 * math.log10(error)
+
+
+def sh_degree_at(config: TrainConfig, step: int, schedule: Schedule) -> int:
+    """The SH degree in use at ``step`` (before the cap at ``sh_degree``): one more every ``sh_degree_interval``
+    steps, or every thirtieth of the run when unset (3DGS's 1,000 of 30,000 steps)."""
+    if config.sh_degree_interval:
+        return step // config.sh_degree_interval
+    return int(schedule.done(step) * SH_WARMUP_STAGES + 1e-6)
+
+
+SH_WARMUP_STAGES = 30  # 3DGS raises the SH degree every 1,000 of its 30,000 steps
 
 
 def _per_view(state: TrainState) -> dict[str, torch.nn.Parameter]:
@@ -613,18 +666,20 @@ def _next_view(state: TrainState, num_views: int) -> int:
 
 
 def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: Densifier | Relocator,
-           device: torch.device,
-           work: Path, on_step: Callable[[TrainState], None] | None) -> None:  # fmt: skip
-    """Steps until ``config.steps``; checkpoints on schedule, on Ctrl-C and at the end."""
-    sample_steps = _sample_steps(config)
-    window = _Window(max(1, config.steps // CURVE_POINTS))
+           device: torch.device, work: Path, on_step: Callable[[TrainState], None] | None,
+           pace: Pace | None = None) -> None:  # fmt: skip
+    """Steps until the schedule's last; checkpoints on schedule, on Ctrl-C and at the end. ``pace``: a time budget,
+    which re-plans the schedule (and the densifier's events with it) every few seconds."""
+    schedule = state.schedule
+    samples = _sample_fractions(config)
+    window = _Window(max(1, schedule.steps // CURVE_POINTS))
     rig_centre = None if state.poses is None else pose_centre(scene.train, device)
     between_steps = True
-    if sample_steps and state.step == 0:
+    if samples and state.step == 0:
         state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
-    with _progress(config.steps, state.step) as progress, deferred_interrupt() as interrupted:
+    with _progress(schedule.steps, state.step) as progress, deferred_interrupt() as interrupted:
         try:
-            while state.step < config.steps:
+            while state.step < schedule.steps:
                 between_steps = False
                 tic = time.perf_counter()
                 try:
@@ -636,16 +691,21 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                 state.seconds += time.perf_counter() - tic
                 state.step += 1
                 between_steps = True
-                progress(state.step, loss, step_psnr, len(state.params["means"]))
+                gaussians = len(state.params["means"])
+                progress(state.step, loss, step_psnr, gaussians, schedule.steps)
                 window.add(state, loss, step_psnr)
                 if on_step is not None:
                     on_step(state)
                 if interrupted():
                     raise KeyboardInterrupt
-                if state.step in sample_steps:
+                if any(schedule.crossed(state.step, fraction) for fraction in samples):
                     state.history.append(_sample(config, scene, state))
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     _save(state, work)
+                if pace is not None:
+                    pace.stepped(gaussians)
+                    if pace.due() or state.step == schedule.steps:  # the first call starts the pace's clock
+                        _replan(pace, schedule, densifier, state.step, gaussians)
         except KeyboardInterrupt:
             if between_steps:
                 _save(state, work)
@@ -655,6 +715,14 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     if not state.history or state.history[-1]["step"] != state.step:
         state.history.append(_sample(config, scene, state))
     _save(state, work)
+
+
+def _replan(pace: Pace, schedule: Schedule, densifier: Densifier | Relocator, step: int, gaussians: int) -> None:
+    """The time budget's re-plan: the schedule's steps, the densifier's events on them, and the cap it holds to."""
+    if pace.replan(schedule, step, gaussians):
+        densifier.follow(schedule)
+    if pace.cap is not None:
+        densifier.cap = pace.cap
 
 
 CURVE_POINTS = 300  # points of the training curve (metrics.json's training_curve, training.png)
@@ -712,9 +780,9 @@ def _out_of_memory(config: TrainConfig, state: TrainState) -> TrainError:
                       f"{config.downscale * 2} or --max-gaussians {max(n // 2, 1)}")
 
 
-def _sample_steps(config: TrainConfig) -> set[int]:
-    n = config.psnr_samples
-    return {max(1, round(k * config.steps / n)) for k in range(1, n + 1)} if n > 0 else set()
+def _sample_fractions(config: TrainConfig) -> list[float]:
+    """Where in the run held-out PSNR is sampled: every 1 / psnr_samples of it."""
+    return [k / config.psnr_samples for k in range(1, config.psnr_samples + 1)]
 
 
 @torch.no_grad()
@@ -740,7 +808,8 @@ def _eval_background(config: TrainConfig) -> torch.Tensor:
 # --- outputs ---------------------------------------------------------------------------------------------------
 
 
-def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path, device: torch.device) -> dict:
+def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path, device: torch.device,
+            plan: Plan, started: float) -> dict:  # fmt: skip
     """Evaluate, then write splats.ply, splats.splat, renders/, turntable.mp4 and metrics.json into ``work``."""
     tic = time.perf_counter()
     splats = Splats.from_parameters(state.params)
@@ -778,6 +847,8 @@ def _export(config: TrainConfig, scene: SceneData, state: TrainState, work: Path
         "pose_aligned": pose_aligned_metrics(splats, scene, views, background, config.backend, config.antialiased,
                                              colors) if state.poses is not None and scene.test else None,
         "image_size": [views[0].camera.width, views[0].camera.height],
+        "plan": plan.as_dict(),
+        "wall_seconds": round(time.monotonic() - started, 3),
         "device": str(device),
         "capture": str(scene.capture.root),
         "config": asdict(config),
@@ -819,17 +890,26 @@ def _print_summary(report: dict, out_dir: Path) -> None:
         table.add_row("options", ", ".join(options))
     table.add_row("Gaussians", f"{report['num_gaussians']:,}")
     table.add_row("steps", f"{report['steps']:,} in {report['seconds']:.1f} s on {report['device']}")
+    minutes = report["plan"]["minutes"]
+    budget = f" (budget {minutes:g} min)" if minutes is not None else ""
+    table.add_row("time", f"{_clock(report['wall_seconds'])} from start to metrics.json{budget}; estimated "
+                  f"{_clock(report['plan']['estimated_seconds'])}")
     table.add_row("outputs", "splats.ply, splats.splat, metrics.json, training.png, renders/"
                   + (", turntable.mp4" if (out_dir / "turntable.mp4").is_file() else ""))
     console.print(table)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:04.1f} s" if seconds >= 60 else f"{seconds:.1f} s"
 
 
 # --- console and signals ---------------------------------------------------------------------------------------
 
 
 @contextmanager
-def _progress(total: int, start: int) -> Iterator[Callable[[int, float, float, int], None]]:
-    """A rich progress bar (loss, PSNR, #Gaussians, ETA); plain lines every 10% when stderr is not a terminal."""
+def _progress(total: int, start: int) -> Iterator[Callable[[int, float, float, int, int], None]]:
+    """A rich progress bar (loss, PSNR, #Gaussians, ETA); plain lines every 10% when stderr is not a terminal.
+    ``update(step, loss, psnr, gaussians, total)``: the total may change (a time budget re-plans it)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -847,16 +927,19 @@ def _progress(total: int, start: int) -> Iterator[Callable[[int, float, float, i
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    smooth = {"loss": math.nan, "psnr": math.nan}
+    smooth = {"loss": math.nan, "psnr": math.nan, "tenth": 10 * start // max(total, 1)}
     terminal = console.is_terminal
     with Progress(*columns, console=console, transient=False, disable=not terminal) as bar:
         task = bar.add_task("training", total=total, completed=start, loss=0.0, psnr=0.0, gaussians=0)
 
-        def update(step: int, loss: float, step_psnr: float, gaussians: int) -> None:
+        def update(step: int, loss: float, step_psnr: float, gaussians: int, total: int = total) -> None:
             for key, value in (("loss", loss), ("psnr", min(step_psnr, 99.0))):
                 smooth[key] = value if math.isnan(smooth[key]) else 0.9 * smooth[key] + 0.1 * value
-            bar.update(task, completed=step, loss=smooth["loss"], psnr=smooth["psnr"], gaussians=gaussians)
-            if not terminal and (step % max(1, total // 10) == 0 or step == total):
+            bar.update(task, completed=step, total=total, loss=smooth["loss"], psnr=smooth["psnr"],
+                       gaussians=gaussians)  # fmt: skip
+            tenth = 10 * step // max(total, 1)
+            if not terminal and (tenth > smooth["tenth"] or step == total):
+                smooth["tenth"] = tenth
                 info(f"step {step}/{total}: loss {smooth['loss']:.4f}, PSNR {smooth['psnr']:.2f} dB, "
                      f"{gaussians:,} Gaussians")
 

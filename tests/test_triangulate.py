@@ -102,7 +102,7 @@ def test_import_triangulate_failure_names_the_source_not_the_staging_folder(tmp_
     assert code == EXIT_USER_ERROR and "internal error" not in err
     line = err.strip().splitlines()[-1]
     assert f"error: {source}: no point could be triangulated" in line
-    assert ".partial" not in err and "without --triangulate" in line
+    assert ".partial" not in err and "--no-triangulate" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -236,6 +236,7 @@ class TrainingView:
 
     def __call__(self, state) -> None:
         now = time.monotonic()
+        self.total_steps = state.schedule.steps  # the plan, re-planned as a time budget measures its pace
         if now - self._last < self.interval_s and state.step < self.total_steps:
             return
         self._last = now
@@ -256,7 +257,7 @@ def training_status(step: int, total: int, gaussians: int, curve: list[dict], hi
     return " · ".join(parts)
 
 
-def training_viewer(capture_dir: Path, total_steps: int, host: str = "127.0.0.1",
+def training_viewer(capture_dir: Path, total_steps: int | None, host: str = "127.0.0.1",
                     port: int = 8080) -> tuple[Viewer, TrainingView]:  # fmt: skip
     """A viewer of the capture at ``capture_dir`` (its cameras and photos, and splats from its points until the
     first refresh) and the ``on_step`` that refreshes it from training."""
@@ -275,5 +276,5 @@ def training_viewer(capture_dir: Path, total_steps: int, host: str = "127.0.0.1"
     scene = ViewScene(Path(capture_dir), StillTimeline(start), cameras, tuple(f.image_path for f in frames),
                       capture.points, capture.colors)  # fmt: skip
     viewer = Viewer(scene, ViewerConfig(host=host, port=port, render_button=False))
-    viewer.set_status(f"**training** starting ({total_steps:,} steps)")
-    return viewer, TrainingView(viewer, total_steps)
+    viewer.set_status("**training** starting" + (f" ({total_steps:,} steps)" if total_steps else ""))
+    return viewer, TrainingView(viewer, total_steps or 0)
