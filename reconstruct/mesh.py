@@ -36,7 +36,7 @@ from multiview.errors import InputError
 from multiview.layouts import look_at
 from reconstruct.splats import Splats, view_volume
 
-DEPTH_KINDS = ("median", "expected")
+DEPTH_KINDS = ("median", "expected", "intersection")
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,8 +80,8 @@ class MeshConfig:
     """How ``extract_mesh`` turns splats into a mesh."""
 
     depth: str = "median"
-    """Depth fused per pixel: "median" (where the transmittance falls to one half) or "expected" (the alpha-weighted
-    mean depth)."""
+    """Depth fused per pixel: "median" (of the Gaussian at which the transmittance falls to one half), "expected" (the
+    alpha-weighted mean depth) or "intersection" (the median Gaussian's, where the ray meets it: for flat Gaussians)."""
     resolution: int = 384
     """Voxels along the longest side of the region fused; the voxel size is that side over this."""
     voxel_size: float | None = None
@@ -273,19 +273,22 @@ def render_depth(splats: Splats, camera: Camera, depth: str = "median",
     if depth == "expected":
         z = image[0, ..., 3].float().cpu().numpy()
     else:
-        z = median_depth(meta, splats, camera)
+        z = median_depth(meta, splats, camera, at_intersection=depth == "intersection")
     return colour.astype(np.float32), np.where(alpha > 0, z, 0.0).astype(np.float32), alpha
 
 
-def median_depth(meta: dict, splats: Splats, camera: Camera) -> np.ndarray:
+def median_depth(meta: dict, splats: Splats, camera: Camera, at_intersection: bool = False) -> np.ndarray:
     """[H, W] float32 median depth of a one-camera ``rasterize`` call of ``splats`` from ``camera``: walking the
-    rasterizer's depth-sorted tile lists with its alpha rule, the camera z at which the pixel's ray meets the
-    Gaussian that brings its transmittance to one half or below (0 where none does).
+    rasterizer's depth-sorted tile lists with its alpha rule, the camera z of the Gaussian that brings the pixel's
+    transmittance to one half or below (0 where none does): of its centre, or ``at_intersection``, of the point where
+    the pixel's ray meets it.
 
     Where the ray meets a Gaussian: the point of highest density along it (Gaussian Opacity Fields, RaDe-GS), which
-    for a flat Gaussian is where the ray crosses its plane. The Gaussian's centre depth, which the rasterizer's depth
-    composites, lies off the surface wherever the ray does not pass through the centre: on a curved or slanted
-    surface the Gaussian in front is centred nearer the camera (0.4% of the object's size out on a test object).
+    for a flat Gaussian is where the ray crosses its plane, within ``MAX_MAHALANOBIS`` of its largest standard
+    deviation from its centre's depth. The centre depth lies off the surface wherever the ray does not pass through
+    the centre (on a curved or slanted surface the Gaussian in front is centred nearer the camera: 0.4% of the object's
+    size out on a test object of flat Gaussians); but in trained 3DGS, whose Gaussians are not flat, the intersection
+    is the noisier of the two (Chamfer 0.82% against 0.45% of the diagonal on the Avocado; bench/RESULTS.md).
     """
     if meta["n_cameras"] != 1:
         raise ValueError(f"median_depth takes the meta of one camera, got {meta['n_cameras']}")
@@ -299,7 +302,7 @@ def median_depth(meta: dict, splats: Splats, camera: Camera) -> np.ndarray:
     out = np.zeros((camera.height, camera.width), np.float32)
     intrinsics = np.array([camera.fx, camera.fy, camera.cx, camera.cy])
     _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrinsics, ids, offsets, tile,
-                   math.ceil(camera.width / tile), camera.width, camera.height, out, CENTRE)  # fmt: skip
+                   math.ceil(camera.width / tile), camera.width, camera.height, at_intersection, out)  # fmt: skip
     return out
 
 
@@ -321,16 +324,15 @@ def ray_precisions(splats: Splats, camera: Camera) -> tuple[np.ndarray, np.ndarr
 
 
 MAX_MAHALANOBIS = 3.0
-CENTRE = np.zeros(1)
 
 
 @numba.njit(cache=True, nogil=True)
 def _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrinsics, ids, offsets, tile, tiles_x,
-                   width, height, out, CENTRE):  # fmt: skip
+                   width, height, at_intersection, out):  # fmt: skip
     """Per pixel of each tile: gsplat's compositing walk (alpha = min(0.999, o exp(-sigma)), skipped below 1/255,
-    stopping before T reaches 1e-4); at the Gaussian that brings T to 0.5 or below, the camera z of its density's
-    peak along the pixel's ray, or of its centre where the ray passes it more than ``MAX_MAHALANOBIS`` standard
-    deviations away (the projection's 2D approximation and dilation let such rays pick thin Gaussians edge-on)."""
+    stopping before T reaches 1e-4); at the Gaussian that brings T to 0.5 or below, the camera z of its centre or,
+    ``at_intersection``, of its density's peak along the pixel's ray (clamped to ``MAX_MAHALANOBIS`` of its largest
+    standard deviation from its centre's)."""
     fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
     for t in range(offsets.shape[0]):
         start = offsets[t]
@@ -352,6 +354,9 @@ def _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrins
                     next_T = T * (1.0 - alpha)
                     if next_T <= 1e-4:
                         break
+                    if next_T <= 0.5 and not at_intersection:
+                        out[y, x] = weighted_mean[g, 4]
+                        break
                     if next_T <= 0.5:
                         rx, ry = (x - cx) / fx, (y - cy) / fy  # the ray through the pixel centre (ours), z = 1
                         p = precision[g]
@@ -360,7 +365,7 @@ def _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrins
                         linear = weighted_mean[g, 0] * rx + weighted_mean[g, 1] * ry + weighted_mean[g, 2]
                         z, reach = weighted_mean[g, 4], weighted_mean[g, 5]
                         peak = linear / quadratic if quadratic > 0.0 else z
-                        out[y, x] = min(max(peak, z - reach), z + reach) if CENTRE[0] == 0 else z
+                        out[y, x] = min(max(peak, z - reach), z + reach)
                         break
                     T = next_T
 
