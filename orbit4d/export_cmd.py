@@ -86,29 +86,28 @@ def _mesh_config(args: argparse.Namespace):
 
 def _run_export(args: argparse.Namespace) -> int:
     from multiview.errors import InputError
-    from viewers.meshes import check_output_file, scene_files, scene_mesh, write_mesh
+    from viewers.meshes import check_output_file, scene_files, scene_mesh, write_mesh, write_output
 
     config = _mesh_config(args)
     if args.scale is not None and not 0 < args.scale < float("inf"):
         raise InputError(f"--scale {args.scale}: give the metres one scene unit spans, a positive number")
     outputs = requested_outputs(args)
-    splats, capture, _ = scene_files(args.scene, args.capture)
-    inputs = [splats, capture / "transforms.json", args.scene / "metrics.json"]
-    outputs = [(kind, check_output_file(path, args.overwrite, inputs)) for kind, path in outputs]
     if any(kind == "blend" for kind, _ in outputs):
         from multiview.blender import import_bpy
 
-        import_bpy()  # before the minute of meshing: InputError saying how to install the render extra
+        import_bpy()  # before anything else: InputError saying how to install the render extra
+    splats, capture, _ = scene_files(args.scene, args.capture)
+    inputs = [splats, capture / "transforms.json", args.scene / "metrics.json"]
+    outputs = [(kind, check_output_file(path, args.overwrite, inputs)) for kind, path in outputs]
     result = scene_mesh(args.scene, config, args.capture, args.scale)
     written = []
     for kind, path in outputs:
-        path.parent.mkdir(parents=True, exist_ok=True)
         if kind == "mesh":
-            written.append(write_mesh(path, result.mesh, result.frame))
+            written.append(write_output(path, lambda file: write_mesh(file, result.mesh, result.frame)))
         else:
             from viewers.blend import write_blend
 
-            written.append(write_blend(path, result))
+            written.append(write_output(path, lambda file: write_blend(file, result)))
     _print_summary(result, written)
     return 0
 

@@ -82,13 +82,13 @@ class MeshConfig:
     depth: str = "median"
     """Depth fused per pixel: "median" (of the Gaussian at which the transmittance falls to one half), "expected" (the
     alpha-weighted mean depth) or "intersection" (the median Gaussian's, where the ray meets it: for flat Gaussians)."""
-    resolution: int = 384
+    resolution: int = 256
     """Voxels along the longest side of the region fused; the voxel size is that side over this."""
     voxel_size: float | None = None
     """Voxel size in world units, overriding ``resolution``."""
     truncation: float = 4.0
     """TSDF truncation distance, in voxels."""
-    extra_views: int = 48
+    extra_views: int = 24
     """Views added on three rings around the scene (between the capture's lowest and highest elevations), besides
     the capture's own cameras; 0: the capture's cameras only."""
     min_alpha: float = 0.5
@@ -319,11 +319,14 @@ def ray_precisions(splats: Splats, camera: Camera) -> tuple[np.ndarray, np.ndarr
     mean = splats.means.detach().cpu().double() @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
     packed = P[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
     weighted = (P @ mean[:, :, None])[..., 0]
-    reach = MAX_MAHALANOBIS * variances.max(1).values.sqrt()[:, None]
+    ordered = variances.sort(dim=1).values
+    flat = ordered[:, 0] < (FLAT_RATIO**2) * ordered[:, 1]
+    reach = torch.where(flat, MAX_MAHALANOBIS * ordered[:, 2].sqrt(), 0.0)[:, None]
     return packed.numpy(), torch.cat([weighted, (weighted * mean).sum(1, keepdim=True), mean[:, 2:], reach], 1).numpy()
 
 
 MAX_MAHALANOBIS = 3.0
+FLAT_RATIO = 0.1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -443,15 +446,26 @@ def _cut_to_masks(views: Sequence[MeshView], mesh, margin: int):
 
 
 def _drop_small_components(mesh, min_share: float) -> tuple[object, int]:
-    """(``mesh`` without its connected pieces of less area than ``min_share`` of the largest's, how many went)."""
-    if len(mesh.triangles) == 0:
+    """(``mesh`` without its connected pieces (triangles sharing vertices) of less area than ``min_share`` of the
+    largest's, how many went)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    triangles, vertices = np.asarray(mesh.triangles), np.asarray(mesh.vertices)
+    if len(triangles) == 0:
         return mesh, 0
-    clusters, _, areas = mesh.cluster_connected_triangles()
-    clusters, areas = np.asarray(clusters), np.asarray(areas)
+    rows = np.concatenate([triangles[:, 0], triangles[:, 1]])
+    cols = np.concatenate([triangles[:, 1], triangles[:, 2]])
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(vertices), len(vertices)))
+    count, labels = connected_components(graph, directed=False)
+    piece = labels[triangles[:, 0]]
+    corners = vertices[triangles]
+    areas = np.bincount(piece, 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0],
+                                                              corners[:, 2] - corners[:, 0]), axis=1), count)
     small = areas < min_share * areas.max()
-    mesh.remove_triangles_by_mask(small[clusters])
+    mesh.remove_triangles_by_mask(small[piece])
     mesh.remove_unreferenced_vertices()
-    return mesh, int(small.sum())
+    return mesh, int((small & (np.bincount(piece, minlength=count) > 0)).sum())
 
 
 def _from_open3d(mesh) -> Mesh:

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from multiview.camera import Camera
-from multiview.errors import InputError
+from multiview.errors import InputError, OutputExistsError
 from reconstruct.mesh import Mesh, MeshConfig, MeshReport, MeshView, extract_mesh, scene_up
 
 MESH_KINDS = ("glb", "obj", "ply")
@@ -298,8 +299,6 @@ def check_output_file(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) 
     """``path`` made absolute once it is known that it can be written: its kind is known, it is none of ``inputs``,
     no folder stands there, it does not exist (unless ``overwrite``), and the folder it goes in is (or can be made)
     writable. The error names the file and what to try."""
-    from multiview.errors import OutputExistsError
-
     path = Path(path).absolute()
     for source in inputs:
         if path.resolve() == Path(source).resolve():
@@ -311,8 +310,13 @@ def check_output_file(path: Path, overwrite: bool, inputs: Sequence[Path] = ()) 
     folder = next(parent for parent in path.parents if parent.exists())
     if not folder.is_dir():
         raise OutputExistsError(f"--out {path}: {folder} is a file, not a folder: choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputExistsError(f"--out {path}: {folder} is not writable: choose a folder you can write to")
+    try:  # permission bits are not the whole story (root, read-only file systems): try it
+        probe, probe_path = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=folder)
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as error:
+        raise OutputExistsError(f"--out {path}: {folder} is not writable ({error.strerror}): choose a folder you "
+                                "can write to") from None
     return path
 
 
@@ -340,5 +344,15 @@ def export_scene_mesh(scene_dir: Path, out: Path | None = None, *, faces: int | 
     splats_path, capture_dir, _ = scene_files(scene_dir, capture)
     out = check_output_file(out, overwrite, [splats_path, capture_dir / "transforms.json"])
     result = scene_mesh(scene_dir, config, capture, metres_per_unit)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return write_mesh(out, result.mesh, result.frame)
+    return write_output(out, lambda path: write_mesh(path, result.mesh, result.frame))
+
+
+def write_output(path: Path, write) -> Path:
+    """``write(path)`` after making the folders above ``path``; an OSError (disk full, permissions changed since
+    ``check_output_file``) is one line naming the file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write(path)
+    except OSError as error:
+        raise OutputExistsError(f"{path} could not be written ({error.strerror or error}): nothing was written "
+                                "there; free some space or choose another --out") from None
