@@ -96,7 +96,7 @@ class MeshConfig:
     use_masks: bool = True
     """Respect the capture's masks (object captures): masked-out pixels are not fused, and the mesh is cut to the
     masks' visual hull."""
-    mask_margin: int = 2
+    mask_margin: int = 1
     """Pixels the masks are widened by before cutting (anti-aliased outlines, rounding)."""
     min_component: float = 0.05
     """Connected pieces with less surface area than this share of the largest are dropped (floaters)."""
