@@ -36,7 +36,7 @@ from multiview.errors import InputError
 from multiview.layouts import look_at
 from reconstruct.splats import Splats, view_volume
 
-DEPTH_KINDS = ("median", "expected", "intersection")
+DEPTH_KINDS = ("median", "expected")
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,8 +80,8 @@ class MeshConfig:
     """How ``extract_mesh`` turns splats into a mesh."""
 
     depth: str = "median"
-    """Depth fused per pixel: "median" (of the Gaussian at which the transmittance falls to one half), "expected" (the
-    alpha-weighted mean depth) or "intersection" (the median Gaussian's, where the ray meets it: for flat Gaussians)."""
+    """Depth fused per pixel: "median" (of the Gaussian at which the transmittance falls to one half) or "expected"
+    (the alpha-weighted mean depth)."""
     resolution: int = 256
     """Voxels along the longest side of the region fused; the voxel size is that side over this."""
     voxel_size: float | None = None
@@ -273,70 +273,39 @@ def render_depth(splats: Splats, camera: Camera, depth: str = "median",
     if depth == "expected":
         z = image[0, ..., 3].float().cpu().numpy()
     else:
-        z = median_depth(meta, splats, camera, at_intersection=depth == "intersection")
+        z = median_depth(meta, camera.width, camera.height)
     return colour.astype(np.float32), np.where(alpha > 0, z, 0.0).astype(np.float32), alpha
 
 
-def median_depth(meta: dict, splats: Splats, camera: Camera, at_intersection: bool = False) -> np.ndarray:
-    """[H, W] float32 median depth of a one-camera ``rasterize`` call of ``splats`` from ``camera``: walking the
-    rasterizer's depth-sorted tile lists with its alpha rule, the camera z of the Gaussian that brings the pixel's
-    transmittance to one half or below (0 where none does): of its centre, or ``at_intersection``, of the point where
-    the pixel's ray meets it.
+def median_depth(meta: dict, width: int, height: int) -> np.ndarray:
+    """[H, W] float32 median depth of a one-camera ``rasterize`` call: walking the rasterizer's depth-sorted tile
+    lists with its alpha rule, the camera z of the Gaussian that brings the pixel's transmittance to one half or
+    below (0 where none does).
 
-    Where the ray meets a Gaussian: the point of highest density along it (Gaussian Opacity Fields, RaDe-GS), which
-    for a flat Gaussian is where the ray crosses its plane, within ``MAX_MAHALANOBIS`` of its largest standard
-    deviation from its centre's depth. The centre depth lies off the surface wherever the ray does not pass through
-    the centre (on a curved or slanted surface the Gaussian in front is centred nearer the camera: 0.4% of the object's
-    size out on a test object of flat Gaussians); but in trained 3DGS, whose Gaussians are not flat, the intersection
-    is the noisier of the two (Chamfer 0.82% against 0.45% of the diagonal on the Avocado; bench/RESULTS.md).
+    Tried and dropped: the depth where the pixel's ray meets that Gaussian (its density's peak along the ray, as
+    Gaussian Opacity Fields and RaDe-GS take it) instead of its centre's. It is exact for small flat Gaussians on a
+    smooth surface, but on trained scenes it was the worse of the two, with or without ``--surface`` (Avocado:
+    Chamfer 0.71% against 0.30% of the diagonal trained with it, 0.82% against 0.45% without; bench/RESULTS.md).
     """
     if meta["n_cameras"] != 1:
         raise ValueError(f"median_depth takes the meta of one camera, got {meta['n_cameras']}")
     tile = int(meta["tile_size"])
-    offsets = meta["isect_offsets"].reshape(-1).to(torch.int64).cpu().numpy()
-    ids = meta["flatten_ids"].to(torch.int64).cpu().numpy()
-    means2d = meta["means2d"][0].detach().float().cpu().numpy()
-    conics = meta["conics"][0].detach().float().cpu().numpy()
-    opacities = meta["opacities"][0].detach().float().cpu().numpy()
-    precision, weighted_mean = ray_precisions(splats, camera)
-    out = np.zeros((camera.height, camera.width), np.float32)
-    intrinsics = np.array([camera.fx, camera.fy, camera.cx, camera.cy])
-    _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrinsics, ids, offsets, tile,
-                   math.ceil(camera.width / tile), camera.width, camera.height, at_intersection, out)  # fmt: skip
+    out = np.zeros((height, width), np.float32)
+    _median_kernel(_numpy(meta["means2d"][0]), _numpy(meta["conics"][0]), _numpy(meta["opacities"][0]),
+                   _numpy(meta["depths"][0]), meta["flatten_ids"].to(torch.int64).cpu().numpy(),
+                   meta["isect_offsets"].reshape(-1).to(torch.int64).cpu().numpy(), tile, math.ceil(width / tile),
+                   width, height, out)  # fmt: skip
     return out
 
 
-def ray_precisions(splats: Splats, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
-    """([N, 6] float64 precision matrices P = Sigma^-1 in camera coordinates (xx, xy, xz, yy, yz, zz), [N, 5] P mu,
-    mu . P mu and the centre's z): along a camera ray d (z = 1), the density peaks at camera z = (P mu . d) /
-    (d . P d), where the squared Mahalanobis distance is mu . P mu - (P mu . d)^2 / (d . P d)."""
-    from reconstruct._torch_rasterizer import quat_to_rotmat
-
-    cam_from_world = torch.as_tensor(camera.cam_from_world, dtype=torch.float64)
-    rotation = cam_from_world[:3, :3] @ quat_to_rotmat(splats.quats.detach().cpu().double())  # [N, 3, 3]
-    variances = torch.exp(2.0 * splats.scales.detach().cpu().double()).clamp_min(1e-30)
-    P = (rotation / variances[:, None, :]) @ rotation.transpose(1, 2)
-    mean = splats.means.detach().cpu().double() @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
-    packed = P[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
-    weighted = (P @ mean[:, :, None])[..., 0]
-    ordered = variances.sort(dim=1).values
-    flat = ordered[:, 0] < (FLAT_RATIO**2) * ordered[:, 1]
-    reach = torch.where(flat, MAX_MAHALANOBIS * ordered[:, 2].sqrt(), 0.0)[:, None]
-    return packed.numpy(), torch.cat([weighted, (weighted * mean).sum(1, keepdim=True), mean[:, 2:], reach], 1).numpy()
-
-
-MAX_MAHALANOBIS = 3.0
-FLAT_RATIO = 0.1
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().contiguous().numpy()
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrinsics, ids, offsets, tile, tiles_x,
-                   width, height, at_intersection, out):  # fmt: skip
+def _median_kernel(means2d, conics, opacities, depths, ids, offsets, tile, tiles_x, width, height, out):
     """Per pixel of each tile: gsplat's compositing walk (alpha = min(0.999, o exp(-sigma)), skipped below 1/255,
-    stopping before T reaches 1e-4); at the Gaussian that brings T to 0.5 or below, the camera z of its centre or,
-    ``at_intersection``, of its density's peak along the pixel's ray (clamped to ``MAX_MAHALANOBIS`` of its largest
-    standard deviation from its centre's)."""
-    fx, fy, cx, cy = intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3]
+    stopping before T reaches 1e-4), recording the depth of the Gaussian that brings T to 0.5 or below."""
     for t in range(offsets.shape[0]):
         start = offsets[t]
         stop = offsets[t + 1] if t + 1 < offsets.shape[0] else ids.shape[0]
@@ -357,18 +326,8 @@ def _median_kernel(means2d, conics, opacities, precision, weighted_mean, intrins
                     next_T = T * (1.0 - alpha)
                     if next_T <= 1e-4:
                         break
-                    if next_T <= 0.5 and not at_intersection:
-                        out[y, x] = weighted_mean[g, 4]
-                        break
                     if next_T <= 0.5:
-                        rx, ry = (x - cx) / fx, (y - cy) / fy  # the ray through the pixel centre (ours), z = 1
-                        p = precision[g]
-                        quadratic = (p[0] * rx * rx + 2.0 * p[1] * rx * ry + 2.0 * p[2] * rx + p[3] * ry * ry
-                                     + 2.0 * p[4] * ry + p[5])  # fmt: skip
-                        linear = weighted_mean[g, 0] * rx + weighted_mean[g, 1] * ry + weighted_mean[g, 2]
-                        z, reach = weighted_mean[g, 4], weighted_mean[g, 5]
-                        peak = linear / quadratic if quadratic > 0.0 else z
-                        out[y, x] = min(max(peak, z - reach), z + reach)
+                        out[y, x] = depths[g]
                         break
                     T = next_T
 
@@ -392,7 +351,7 @@ def _fuse(splats: Splats, views: Sequence[MeshView], low: np.ndarray, high: np.n
         keep = (alpha >= config.min_alpha) & (depth > 0)
         if config.use_masks and view.mask is not None:
             keep &= view.mask
-        keep &= _inside(camera, depth, low, high)
+        keep[keep] = _inside(camera, depth, keep, low, high)
         if not keep.any():
             continue
         far = float(np.max((corners @ camera.cam_from_world[:3, :3].T + camera.cam_from_world[:3, 3])[:, 2])) * 1.01
@@ -407,12 +366,13 @@ def _fuse(splats: Splats, views: Sequence[MeshView], low: np.ndarray, high: np.n
     return volume
 
 
-def _inside(camera: Camera, depth: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """[H, W] bool: the pixel's depth lands inside the box ``low``-``high``."""
-    rows, cols = np.indices(depth.shape)
-    rays = np.stack([cols, rows, np.ones_like(cols)], axis=-1).reshape(-1, 3) @ np.linalg.inv(camera.K).T
-    points = (rays * depth.reshape(-1, 1)) @ camera.world_from_cam[:3, :3].T + camera.world_from_cam[:3, 3]
-    return ((points >= low) & (points <= high)).all(axis=1).reshape(depth.shape)
+def _inside(camera: Camera, depth: np.ndarray, pixels: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """[P] bool: whether the depth of each of the P ``pixels`` (an [H, W] bool mask) lands inside the box
+    ``low``-``high``."""
+    rows, cols = np.nonzero(pixels)
+    rays = np.stack([cols, rows, np.ones_like(cols)], axis=-1) @ np.linalg.inv(camera.K).T
+    points = (rays * depth[rows, cols, None]) @ camera.world_from_cam[:3, :3].T + camera.world_from_cam[:3, 3]
+    return ((points >= low) & (points <= high)).all(axis=1)
 
 
 def _o3d_box(low: np.ndarray, high: np.ndarray):

@@ -78,7 +78,7 @@ def _matching_rows(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def test_blend_opens_ready_to_render_each_capture_view(tmp_path):
-    """A scene of splats on a cone with a 64 px capture: the .blend holds the mesh, its material and one camera per
+    """A scene of splats on a cone with a 96 px capture: the .blend holds the mesh, its material and one camera per
     view; a low-resolution Cycles render from two of them covers the capture's masks (IoU >= 0.9)."""
     import bpy
     from PIL import Image
@@ -87,9 +87,9 @@ def test_blend_opens_ready_to_render_each_capture_view(tmp_path):
     from viewers.blend import MATERIAL_NAME, MESH_NAME, write_blend
 
     vertices, faces = cone()
-    cameras = orbit(8, (-25.0, 35.0), radius=2.5, fov_deg=40.0, width=64, height=64)
+    cameras = orbit(8, (-25.0, 35.0), radius=1.8, fov_deg=40.0, width=96, height=96)
     capture = raycast_capture(tmp_path / "capture", vertices, faces, cameras)
-    scene = scene_folder(tmp_path / "scene", splats_on_mesh(vertices, faces, 4000), capture)
+    scene = scene_folder(tmp_path / "scene", splats_on_mesh(vertices, faces, 10_000), capture)
     path = write_blend(tmp_path / "cone.blend", scene_mesh(scene, MeshConfig(resolution=96, extra_views=6)))
     with quiet_blender():
         bpy.ops.wm.open_mainfile(filepath=str(path))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from multiview.conventions import qvec_from_rotmat
 from multiview.errors import InputError
 from multiview.layouts import orbit
 from reconstruct.mesh import Mesh, MeshConfig, MeshView, extract_mesh, mesh_accuracy, render_depth
@@ -20,10 +21,11 @@ SMALL = MeshConfig(resolution=96, extra_views=6)
 
 @pytest.fixture(scope="module")
 def cone_scene():
-    """A cone (apex up), 6000 flat Gaussians on it, and 12 cameras on two rings (from below and above) at 64 px."""
+    """A cone (apex up), 12,000 flat Gaussians on it (about a pixel wide), and 12 cameras on two rings (from below and
+    above) at 96 px."""
     vertices, faces = cone()
-    cameras = orbit(12, (-25.0, 35.0), radius=2.5, fov_deg=40.0, width=64, height=64)
-    return vertices, faces, splats_on_mesh(vertices, faces, 6000), cameras
+    cameras = orbit(12, (-25.0, 35.0), radius=1.8, fov_deg=40.0, width=96, height=96)
+    return vertices, faces, splats_on_mesh(vertices, faces, 12_000), cameras
 
 
 def _views(cameras, masks=None):
@@ -34,7 +36,8 @@ def test_splats_on_a_surface_give_it_back_with_its_colours(cone_scene):
     vertices, faces, splats, cameras = cone_scene
     mesh, report = extract_mesh(splats, _views(cameras), SMALL)
     accuracy = mesh_accuracy(mesh, vertices, faces, samples=20_000)
-    assert accuracy["chamfer_share"] < 0.01 and accuracy["fscore"] > 0.9, accuracy
+    # splats made, not trained, blur their edges by the rasterizer's 0.3 px^2 dilation: the bias is about a pixel here
+    assert accuracy["chamfer_share"] < 0.01 and accuracy["fscore"] > 0.85, accuracy
     assert report.views == 12 + 6 and report.faces == len(mesh) > 500
     assert np.abs(mesh.colors - octant_colors(mesh.vertices)).mean() < 0.05  # each side keeps its colour
     assert mesh.vertices[:, 2].max() == pytest.approx(0.4, abs=0.03)  # the apex, up
@@ -76,28 +79,25 @@ def test_decimation_keeps_the_shape_within_the_face_budget(cone_scene):
     assert mesh_accuracy(mesh, vertices, faces, samples=20_000)["chamfer_share"] < 0.012
 
 
-def test_median_depth_of_a_disc_is_its_depth_and_the_intersection_follows_its_slope():
-    """One opaque disc, tilted 45 degrees about x, 2 units ahead: its centre depth at every pixel it covers (median),
-    and the depth of its plane along each pixel's ray (intersection)."""
-    camera = orbit(1, (0.0,), radius=2.0, fov_deg=40.0, width=48, height=48)[0]
-    angle = np.pi / 4
-    world_normal = camera.world_from_cam[:3, :3] @ np.array([0.0, np.sin(angle), -np.cos(angle)])
-    axis = np.cross([0.0, 0.0, 1.0], world_normal)
-    axis /= np.linalg.norm(axis)
-    half = np.arccos(world_normal[2]) / 2  # the quaternion turning z onto the normal
-    quat = torch.tensor([[np.cos(half), *(np.sin(half) * axis)]], dtype=torch.float32)
-    disc = Splats(torch.zeros(1, 3), quat, torch.tensor([[np.log(0.3), np.log(0.3), np.log(0.003)]]),
-                  torch.tensor([6.0]), torch.zeros(1, 1, 3), torch.zeros(1, 0, 3))  # fmt: skip
-    _, median, alpha = render_depth(disc, camera, "median")
-    _, through, _ = render_depth(disc, camera, "intersection")
-    covered = alpha > 0.5
-    assert covered.sum() > 200 and np.allclose(median[covered], 2.0, atol=1e-4)
-    rows = np.nonzero(covered)[0]
-    cy = camera.cy
-    y = (rows - cy) / camera.fy  # the plane z = 2 + y_cam tan(45): depth 2 / (1 - y)
-    expected = 2.0 / (1.0 - y * np.tan(angle))
-    near_centre = np.abs(rows - cy) < 6
-    assert np.allclose(through[covered][near_centre], expected[near_centre], rtol=2e-3)
+def test_median_depth_is_where_the_splats_become_half_opaque():
+    """Two opaque discs facing the camera, 2 and 3 units ahead: the median depth is the front one's where it covers
+    the pixel, the back one's beside it; a half-transparent disc in front does not move it, but pulls the expected
+    depth."""
+    camera = orbit(1, (0.0,), radius=4.0, fov_deg=40.0, width=48, height=48)[0]
+    ahead = camera.world_from_cam[:3, 2]
+    facing = torch.tensor(qvec_from_rotmat(camera.world_from_cam[:3, :3]), dtype=torch.float32)[None]
+    centres = torch.tensor(np.stack([camera.center + 2.0 * ahead + 0.3 * camera.world_from_cam[:3, 0],
+                                     camera.center + 3.0 * ahead, camera.center + 1.5 * ahead]), dtype=torch.float32)
+    discs = Splats(centres, facing.repeat(3, 1), torch.log(torch.tensor([[0.1, 0.1, 0.001], [1.0, 1.0, 0.001],
+                                                                          [1.0, 1.0, 0.001]])),
+                   torch.tensor([6.0, 6.0, -1.0]), torch.zeros(3, 1, 3), torch.zeros(3, 0, 3))  # fmt: skip
+    _, median, alpha = render_depth(discs, camera, "median")
+    _, expected, _ = render_depth(discs, camera, "expected")
+    u, v = camera.project(centres[0].numpy().astype(np.float64))
+    front, back = median[round(v), round(u)], median[round(v), 14]
+    assert front == pytest.approx(2.0, abs=1e-4) and back == pytest.approx(3.0, abs=1e-4)
+    assert alpha[round(v), round(u)] > 0.99 and alpha[round(v), 14] > 0.9
+    assert expected[round(v), 14] < 2.9  # the faint disc at 1.5 pulls the mean, not the median
 
 
 def test_accuracy_is_perfect_for_the_surface_itself_and_falls_for_a_shifted_one():

@@ -135,4 +135,6 @@ def test_a_rendered_asset_goes_back_to_its_own_frame(mesh, tmp_path):
     cameras = [orbit(1, (20.0,), radius=3.0, fov_deg=40.0, width=32, height=32)[0]]
     frame = export_frame(mesh, cameras, tmp_path)
     assert np.allclose(frame.file_from_scene @ world_from_asset, np.eye(4), atol=1e-12)
-    assert frame.metres_per_unit == 1.0 and frame.scale == pytest.approx(2.0)
+    assert frame.metres_per_unit is None and frame.scale == pytest.approx(2.0)  # units unknown: no report.json
+    (tmp_path / "report.json").write_text(json.dumps({"asset": "Avocado.gltf"}))
+    assert export_frame(mesh, cameras, tmp_path).metres_per_unit == 1.0  # a glTF asset is in metres

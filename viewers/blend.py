@@ -102,7 +102,6 @@ def _vertex_color_material(bpy):
     """Principled BSDF whose base colour is the mesh's colour attribute (what the glTF importer builds for COLOR_0),
     fully rough and not metallic: the colours as the photos showed them under even light."""
     material = bpy.data.materials.new(MATERIAL_NAME)
-    material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     shader = next(node for node in nodes if node.bl_idname == "ShaderNodeBsdfPrincipled")
     attribute = nodes.new("ShaderNodeVertexColor")
@@ -154,7 +153,6 @@ def _configure(bpy, scene, width: int, height: int, samples: int, first: Camera)
     scene.view_settings.view_transform = "Standard"
     scene.view_settings.look = "None"
     world = bpy.data.worlds.new("orbit4d_world")
-    world.use_nodes = True
     background = world.node_tree.nodes.get("Background") or world.node_tree.nodes.new("ShaderNodeBackground")
     background.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
     background.inputs["Strength"].default_value = 1.0

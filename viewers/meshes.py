@@ -14,7 +14,8 @@ Axes and units of the files:
   the header comments record the frame in which the ``.glb`` would stand.
 
 The file frame (``ExportFrame``): for a capture rendered from a 3D asset (``orbit4d render-asset``), the asset's own
-frame and units (its ``ground_truth/normalization.json`` undone), so the mesh lands where the asset was; otherwise
+frame and units (its ``ground_truth/normalization.json`` undone; metres for a glTF asset), so the mesh lands where the
+asset was; otherwise
 the cameras' mean up direction becomes +Y, the first camera looks along -Z, the mesh stands on y = 0 centred over
 the origin, and the scale is the capture's (structure from motion does not know metres: ``metres_per_unit`` null)
 unless given.
@@ -32,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from multiview.camera import Camera
 from multiview.errors import InputError, OutputExistsError
@@ -71,7 +71,8 @@ def export_frame(mesh: Mesh, cameras: Sequence[Camera], capture_root: Path | Non
     if metres_per_unit is None and normalization is not None and normalization.is_file():
         world_from_asset = _world_from_asset(normalization)
         if world_from_asset is not None:
-            return ExportFrame(np.linalg.inv(world_from_asset), 1.0, "the rendered asset's own frame and units "
+            metres = 1.0 if _asset_suffix(Path(capture_root)) in (".gltf", ".glb") else None  # glTF is in metres
+            return ExportFrame(np.linalg.inv(world_from_asset), metres, "the rendered asset's own frame and units "
                                f"({normalization.relative_to(capture_root)} undone)")
     up = scene_up(cameras)
     forward = cameras[0].world_from_cam[:3, 2]
@@ -89,6 +90,14 @@ def export_frame(mesh: Mesh, cameras: Sequence[Camera], capture_root: Path | Non
     file_from_scene[:3, 3] = -np.array([(low[0] + high[0]) / 2, low[1], (low[2] + high[2]) / 2])
     units = "metres as given" if metres_per_unit is not None else "the capture's units (scale unknown)"
     return ExportFrame(file_from_scene, metres_per_unit, f"the cameras' mean up as +Y, standing on y = 0; {units}")
+
+
+def _asset_suffix(capture_root: Path) -> str:
+    """The suffix of the asset a render-asset capture was made from (its report.json's "asset"), or ""."""
+    try:
+        return Path(str(json.loads((capture_root / "report.json").read_text()).get("asset", ""))).suffix.lower()
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _world_from_asset(path: Path) -> np.ndarray | None:
@@ -272,7 +281,7 @@ def scene_files(scene_dir: Path, capture: Path | None = None) -> tuple[Path, Pat
 def scene_mesh(scene_dir: Path, config: MeshConfig = MeshConfig(), capture: Path | None = None,
                metres_per_unit: float | None = None) -> SceneMesh:  # fmt: skip
     """Extract the mesh of the trained scene at ``scene_dir`` (its splats.ply, seen from its capture's cameras at
-    the training resolution, with the capture's masks when ``config.use_masks``)."""
+    the training resolution, with the capture's masks when ``config.use_masks``), on the CPU."""
     from reconstruct.data import load_scene
     from reconstruct.ply import read_ply
 
@@ -286,8 +295,6 @@ def scene_mesh(scene_dir: Path, config: MeshConfig = MeshConfig(), capture: Path
     data = load_scene(capture, downscale, test_every=0)
     views = [MeshView(view.camera, None if view.mask is None else view.mask[..., 0].numpy() >= 128)
              for view in data.train]  # fmt: skip
-    if torch.cuda.is_available() and config.backend in ("auto", "gsplat"):
-        splats = splats.to("cuda")
     mesh, report = extract_mesh(splats, views, config)
     full_size = [(frame.image_path.relative_to(data.capture.root).as_posix() if frame.image_path.is_relative_to(
         data.capture.root) else frame.image_path.name, frame.camera) for frame in data.capture.frames]  # fmt: skip
