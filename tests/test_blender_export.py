@@ -13,9 +13,9 @@ pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not insta
 
 from multiview.conventions import ZUP_FROM_YUP  # noqa: E402
 from multiview.layouts import orbit  # noqa: E402
-from reconstruct.mesh import Mesh, MeshConfig  # noqa: E402
+from reconstruct.mesh import Mesh  # noqa: E402
 from tests.mesh_scenes import cone, octant_colors, raycast_capture, scene_folder, splats_on_mesh  # noqa: E402
-from viewers.meshes import export_frame, scene_mesh, srgb_to_linear, write_mesh  # noqa: E402
+from viewers.meshes import export_frame, srgb_to_linear, write_mesh  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +77,23 @@ def _matching_rows(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return index
 
 
-def test_blend_opens_ready_to_render_each_capture_view(tmp_path):
-    """A scene of splats on a cone with a 96 px capture: the .blend holds the mesh, its material and one camera per
-    view; a low-resolution Cycles render from two of them covers the capture's masks (IoU >= 0.9)."""
+def test_blend_opens_ready_to_render_each_capture_view(tmp_path, capsys):
+    """``orbit4d export SCENE --blend`` of splats on a cone with a 96 px capture: the .blend holds the mesh, its
+    material and one camera per view; a Cycles render from two of them covers the capture's masks (IoU >= 0.9)."""
     import bpy
     from PIL import Image
 
     from multiview.blender import quiet_blender
-    from viewers.blend import MATERIAL_NAME, MESH_NAME, write_blend
+    from orbit4d.cli import main
+    from viewers.blend import MATERIAL_NAME, MESH_NAME
 
     vertices, faces = cone()
     cameras = orbit(8, (-25.0, 35.0), radius=1.8, fov_deg=40.0, width=96, height=96)
     capture = raycast_capture(tmp_path / "capture", vertices, faces, cameras)
     scene = scene_folder(tmp_path / "scene", splats_on_mesh(vertices, faces, 10_000), capture)
-    path = write_blend(tmp_path / "cone.blend", scene_mesh(scene, MeshConfig(resolution=96, extra_views=6)))
+    assert main(["export", str(scene), "--blend", "--resolution", "96"]) == 0, capsys.readouterr().err
+    path = scene / "scene.blend"
+    assert "scene.blend" in capsys.readouterr().err and not list(scene.glob(".*"))  # no temporary file left
     with quiet_blender():
         bpy.ops.wm.open_mainfile(filepath=str(path))
     blender_scene = bpy.context.scene
