@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from orbit4d import generate_cmd, train_cmd, view_cmd
+from orbit4d import export_cmd, generate_cmd, train_cmd, view_cmd
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
@@ -35,6 +35,7 @@ OUT_OF_MEMORY_HINTS = {
     "eval": "a larger --downscale",
     "generate": "fewer --frames",
     "render-asset": "a smaller --size",
+    "export": "a smaller --resolution",
 }
 
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_parsers(sub)
     generate_cmd.add_parsers(sub)
     view_cmd.add_parsers(sub)
+    export_cmd.add_parsers(sub)
     return parser
 
 

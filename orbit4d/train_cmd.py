@@ -130,6 +130,7 @@ def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
                    help="how many frames to select from a video (default 100)")
     p.add_argument("--max-size", type=int, default=None, metavar="PX",
                    help="longest image side in pixels for SfM (default 1600)")
+    _add_mesh_option(p)
     _add_train_options(p)
     p.set_defaults(func=_run_video_to_3d)
 
@@ -150,8 +151,14 @@ def _image_to_3d_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--elevation", type=float, default=None, metavar="DEG", help="camera elevation (model default)")
     p.add_argument("--sample-steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
     p.add_argument("--half", action="store_true", help="generate in fp16/bf16 on CUDA")
+    _add_mesh_option(p)
     _add_train_options(p)
     p.set_defaults(func=_run_image_to_3d)
+
+
+def _add_mesh_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-mesh", action="store_true",
+                   help="skip DIR/scene/mesh.glb (the mesh for Blender; orbit4d export makes it later)")
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -194,6 +201,9 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--appearance", action="store_true", default=None,
                    help="learn a colour correction per training view (for photos of differing exposure or white "
                    "balance: phones' auto exposure, photos from the internet)")
+    p.add_argument("--surface", action="store_true", default=None,
+                   help="train for meshes (orbit4d export --mesh): flattened Gaussians and depth-normal consistency "
+                   "(PGSR, 2DGS); about 1.5x the time on the CPU")
     p.add_argument("--test-every", type=int, default=None, metavar="N",
                    help="hold out every N-th view for evaluation (default 8, 3DGS's llffhold); 0: train on all views "
                    "(evaluated on them)")
@@ -237,6 +247,8 @@ def _train_config(args: argparse.Namespace, scene_dir: Path):
 
     overrides = {field: getattr(args, option) for option, field in _OPTION_FIELDS.items()
                  if getattr(args, option) is not None}  # fmt: skip
+    if args.surface:
+        overrides.update(train.SURFACE_REGULARIZERS)
     saved = train.saved_config(scene_dir) if args.resume else None
     if saved is not None:
         return replace(saved, **overrides)
@@ -323,8 +335,23 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
         else:
             capture(capture_dir)
         train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite, started=started)
-    print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
+        mesh = None if args.no_mesh else _scene_mesh(scene_dir)
+    print(f"capture in {capture_dir}, scene in {scene_dir}" + (f", mesh in {mesh}" if mesh else ""), file=sys.stderr)
     return 0
+
+
+def _scene_mesh(scene_dir: Path) -> Path | None:
+    """SCENE/mesh.glb (``viewers.meshes.export_scene_mesh``); a warning and None when the scene yields no mesh (a
+    scene is still a scene)."""
+    from multiview.console import warn
+    from multiview.errors import InputError
+    from viewers.meshes import export_scene_mesh
+
+    try:
+        return export_scene_mesh(scene_dir, overwrite=True)
+    except InputError as error:
+        warn(f"no mesh.glb: {error}")
+        return None
 
 
 def _check_made_from(capture_dir: Path, source: Path) -> None:

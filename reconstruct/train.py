@@ -135,6 +135,12 @@ class TrainConfig:
     """Weight of the mean opacity in the loss; None: 0.01 with mcmc (3DGS-MCMC), 0 with default."""
     scale_reg: float | None = None
     """Weight of the mean scale in the loss; None: 0.01 with mcmc (3DGS-MCMC), 0 with default."""
+    flatten_reg: float = 0.0
+    """Weight of the flattening loss, each Gaussian's smallest over middle scale (PGSR): discs lying on the surface
+    instead of blobs, for meshes (``--surface``; ``reconstruct.surfaces``)."""
+    normal_reg: float = 0.0
+    """Weight of depth-normal consistency (2DGS, PGSR) after the first 30% of the steps: the discs' normals made those
+    of the depth they render, for meshes (``--surface``); one more rasterization per step."""
     grow_grad2d: float | None = None
     """Mean screen-space gradient above which a Gaussian is cloned or split; None: 0.0002 (3DGS), 0.0008 with
     ``absgrad`` (gsplat's advice)."""
@@ -210,6 +216,8 @@ class TrainConfig:
             raise InputError(f"--max-gaussians {self.max_gaussians}: must be at least 1 (0: no cap)")
         if not 0 <= self.sh_degree <= 3:
             raise InputError(f"--sh-degree {self.sh_degree}: use 0, 1, 2 or 3")
+        if not (self.flatten_reg >= 0 and self.normal_reg >= 0 and math.isfinite(self.flatten_reg + self.normal_reg)):
+            raise InputError(f"flatten_reg {self.flatten_reg}, normal_reg {self.normal_reg}: use weights from 0 up")
         if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
             raise InputError(f"--lr-scale {self.lr_scale}: use a positive number (0.5 halves every learning rate)")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -223,6 +231,7 @@ class TrainConfig:
         parse_background(self.background)
 
 
+SURFACE_REGULARIZERS = {"flatten_reg": 0.1, "normal_reg": 0.05}  # --surface (2DGS's normal weight)
 PRESETS: dict[str, dict] = {
     "default": {},  # chosen for the device: CUDA 3DGS's 30k steps, SH degree 3; the CPU a time budget
     "fast": {"steps": 7_000},  # 3DGS's 7k-step results
@@ -593,6 +602,8 @@ def train_step(config: TrainConfig, views: list[View], state: TrainState, densif
         loss = loss + opacity_reg * torch.sigmoid(params["opacities"]).mean()
     if scale_reg:
         loss = loss + scale_reg * torch.exp(params["scales"]).mean()
+    if config.flatten_reg or config.normal_reg:
+        loss = loss + _surface_loss(config, params, viewmat, view, step, schedule)
     loss.backward()
     for optimizer in state.optimizers.values():
         optimizer.step()
@@ -620,6 +631,20 @@ def sh_degree_at(config: TrainConfig, step: int, schedule: Schedule) -> int:
 
 
 SH_WARMUP_STAGES = 30  # 3DGS raises the SH degree every 1,000 of its 30,000 steps
+
+
+def _surface_loss(config: TrainConfig, params: dict, viewmat: Tensor, view: View, step: int,
+                  schedule: Schedule) -> Tensor:  # fmt: skip
+    """``--surface``'s terms (``reconstruct.surfaces``): flattening from the start, depth-normal consistency after
+    ``NORMAL_FROM`` of the steps."""
+    from reconstruct import surfaces
+
+    loss = config.flatten_reg * surfaces.flatten_loss(params["scales"])
+    if config.normal_reg and schedule.done(step) >= surfaces.NORMAL_FROM:
+        loss = loss + config.normal_reg * surfaces.normal_consistency_loss(
+            params, viewmat, view.K().to(viewmat.device), view.camera.width, view.camera.height, config.backend,
+            config.antialiased)  # fmt: skip
+    return loss
 
 
 def _per_view(state: TrainState) -> dict[str, torch.nn.Parameter]:

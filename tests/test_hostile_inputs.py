@@ -163,6 +163,14 @@ SURVEY = [
     row("render-unwritable-out", f"render {{splats}} --out {UNWRITABLE}.mp4", "cannot write in /proc",
         "choose a folder you can write to"),
     row("render-busy-out", "render {splats} --out {busy}", BUSY),
+    # exports of a scene: meshes, a .blend, splat formats
+    row("export-nothing-asked", "export {scene} --out {out}.glb", "say what to export"),
+    row("export-zero-ply", "export {splats_zero} --format splat --out {out}.splat", "zero.ply"),
+    row("export-wrong-suffix", "export {scene} --format spz --out {out}.splat", "--out", ".spz"),
+    row("export-out-is-input", "export {scene} --format ply --overwrite", "is an input"),
+    row("export-unwritable-out", f"export {{scene}} --format splat --out {UNWRITABLE}.splat", "cannot write in /proc",
+        "choose a folder you can write to"),
+    row("export-busy-out", "export {scene} --format splat --out {busy}", BUSY),
 ]  # fmt: skip
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
@@ -205,7 +213,8 @@ def holder(corpus, tmp_path_factory):
 def _busy_out(corpus: dict, r: Row) -> Path:
     """The output the ``holder`` holds for a busy row (the scene itself for an evaluation into SCENE/eval)."""
     special = {"finetune-busy-out": corpus["ft_busy_out"], "eval-scene-busy-out": corpus["scene"],
-               "render-busy-out": corpus["root"].parent / "busy" / "render" / "out.mp4"}
+               "render-busy-out": corpus["root"].parent / "busy" / "render" / "out.mp4",
+               "export-busy-out": corpus["root"].parent / "busy" / "export" / "out.splat"}
     return special.get(r.id, corpus["root"].parent / "busy" / r.argv[0] / "out")
 
 
