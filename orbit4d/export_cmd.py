@@ -110,16 +110,16 @@ def _run_export(args: argparse.Namespace) -> int:
         from multiview.blender import import_bpy
 
         import_bpy()  # before anything else: InputError saying how to install the render extra
+    if meshed:
+        from viewers.meshes import scene_files
+
+        splats, capture, _ = scene_files(args.scene, args.capture)
+        inputs = [splats, capture / "transforms.json", args.scene / "metrics.json"]
+    else:
+        inputs = [splats_source(args.scene)]
     with ExitStack() as stack:  # one writer per output file; every output checked before any is written
         for _, path in outputs:
             stack.enter_context(output_lock(path))
-        if meshed:
-            from viewers.meshes import scene_files
-
-            splats, capture, _ = scene_files(args.scene, args.capture)
-            inputs = [splats, capture / "transforms.json", args.scene / "metrics.json"]
-        else:
-            inputs = [splats_source(args.scene)]
         outputs = [(kind, check_output_file(path, args.overwrite, inputs)) for kind, path in outputs]
         written = [export_splats(args.scene, args.format, path, overwrite=args.overwrite)
                    for kind, path in outputs if kind == "splats"]  # fmt: skip
