@@ -13,7 +13,7 @@ The splats live in the generator's frame: the photo was cropped and scaled to th
 a shift keeping the object at the orbit's distance). The ground-truth cameras are moved by that similarity, which
 leaves their images unchanged, before the splats are rendered.
 
-    python bench/image_to_3d_bench.py --assets spot.obj Avocado.gltf                    # the embedded model
+    python bench/image_to_3d_bench.py                              # spot and Avocado, the embedded model
     python bench/image_to_3d_bench.py --weights runs/a/model --assets ... --elevation 10 20 --background "#8090a0"
 
 Paste the tables into bench/RESULTS.md with the date, the machine, the load average and the model.
@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from orbit_truth import REPO, iou, load_truth, mean, measure, psnr, render_truth  # noqa: E402  (REPO on sys.path)
+from orbit_truth import REPO, asset_path, iou, load_truth, mean, measure, psnr, render_truth  # noqa: E402
 
 from multiview.camera import Camera  # noqa: E402
 from reconstruct.ply import read_ply  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data" / "models"
 
 
 def model_defaults(weights: Path | None):
@@ -151,8 +150,8 @@ def print_tables(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--assets", type=Path, nargs="+",
-                        default=[SHARED / "spot" / "spot" / "spot_triangulated.obj", SHARED / "Avocado" / "Avocado.gltf"])
+    parser.add_argument("--assets", nargs="+", default=["spot", "Avocado"],
+                        help="spot, Avocado, Duck, Fox (../shared/data) or paths: assets the model never trained on")
     parser.add_argument("--weights", type=Path, default=None, help="generator (default: the embedded model)")
     parser.add_argument("--elevation", type=float, nargs="+", default=[15.0], help="photo elevations, degrees")
     parser.add_argument("--photo-size", type=int, default=256)
@@ -165,7 +164,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
     defaults = model_defaults(args.weights)
-    results = [bench_asset(asset, elevation, args, defaults) for asset in args.assets for elevation in args.elevation]
+    results = [bench_asset(asset_path(name, args.work), elevation, args, defaults) for name in args.assets
+               for elevation in args.elevation]  # fmt: skip
     print(f"\n{platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; weights "
           f"{args.weights or 'embedded'}: {defaults.num_frames} views at {defaults.image_size} px")
     print_tables(results)

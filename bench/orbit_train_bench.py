@@ -9,7 +9,7 @@ as ``orbit4d image-to-3d`` writes its own (masks found on the white background, 
 each variant of the training settings trains on it. The scenes are measured against clean Blender renders at the
 orbit's azimuths and between them: PSNR on white and the foreground mask IoU.
 
-    python bench/orbit_train_bench.py                                   # spot, Avocado, Duck; all variants
+    python bench/orbit_train_bench.py                                   # spot and Avocado, five variants
     python bench/orbit_train_bench.py --assets a.glb --variants orbit 3dgs --size 64 --frames 8
 
 Paste the table into bench/RESULTS.md with the date, the machine and the load average.
@@ -32,7 +32,7 @@ import PIL.Image
 import PIL.ImageFilter
 import torch
 
-from orbit_truth import REPO, load_truth, mean, measure, render_truth  # noqa: E402  (puts REPO on sys.path)
+from orbit_truth import REPO, asset_path, load_truth, mean, measure, render_truth  # noqa: E402  (REPO on sys.path)
 
 from generate.cameras import Orbit  # noqa: E402
 from multiview.capture import Capture, read_capture, write_capture  # noqa: E402
@@ -40,8 +40,7 @@ from orbit4d.image_to_3d import ImageTo3DConfig, write_masked_orbit  # noqa: E40
 from reconstruct import train  # noqa: E402
 from reconstruct.ply import read_ply  # noqa: E402
 
-SHARED = REPO.parent / "shared" / "data" / "models"
-ASSETS = [SHARED / "spot" / "spot" / "spot_triangulated.obj", SHARED / "Avocado" / "Avocado.gltf", SHARED / "Duck.glb"]
+DEFAULT_VARIANTS = ["3dgs", "orbit", "orbit-sh3", "orbit-random-init", "orbit-appearance"]
 
 # name -> (TrainConfig changes from the orbit preset, capture kind: "orbit" masks + hull points, "plain" neither)
 VARIANTS = {
@@ -124,8 +123,9 @@ def train_variant(name: str, captures: dict[str, Path], truth: list, work: Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--assets", type=Path, nargs="+", default=ASSETS)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--assets", nargs="+", default=["spot", "Avocado"],
+                        help="spot, Avocado, Duck, Fox (../shared/data) or paths to assets")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--elevation", type=float, default=15.0)
     parser.add_argument("--size", type=int, default=128)
@@ -140,7 +140,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {}
-    for asset in args.assets:
+    for name in args.assets:
+        asset = asset_path(name, args.work)
         work = args.work / f"{asset.stem}_{args.size}_{args.frames}"
         captures, truth = make_captures(asset, work, args)
         for name in args.variants:

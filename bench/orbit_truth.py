@@ -25,6 +25,33 @@ from multiview.camera import Camera  # noqa: E402
 from multiview.capture import read_capture  # noqa: E402
 
 RADIUS, FOV_DEG = 2.0, 33.8
+SHARED_MODELS = REPO.parent / "shared" / "data" / "models"
+
+
+def textured_spot(folder: Path) -> Path:
+    """Keenan Crane's cow (public domain) as a textured .glb in ``folder``: the shared OBJ names no material, so
+    Blender would render it white; its texture is attached here."""
+    import trimesh
+
+    out = Path(folder) / "spot.glb"
+    if not out.is_file():
+        source = SHARED_MODELS / "spot" / "spot"
+        mesh = trimesh.load(source / "spot_triangulated.obj", process=False)
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=PIL.Image.open(source / "spot_texture.png"),
+                                                       roughnessFactor=0.8, metallicFactor=0.0)  # fmt: skip
+        mesh.visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        mesh.export(out)
+    return out
+
+
+def asset_path(name: str, work: Path) -> Path:
+    """``spot`` (textured, ``textured_spot``), ``Avocado``, ``Duck``, ``Fox`` from ../shared/data, or a path."""
+    named = {"Avocado": SHARED_MODELS / "Avocado" / "Avocado.gltf", "Duck": SHARED_MODELS / "Duck.glb",
+             "Fox": SHARED_MODELS / "Fox.glb"}  # fmt: skip
+    if name == "spot":
+        return textured_spot(work)
+    return named.get(name, Path(name))
 
 
 @dataclass(frozen=True, eq=False)
