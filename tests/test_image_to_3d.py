@@ -289,3 +289,60 @@ def test_an_out_that_holds_the_photo_is_refused(weights, tmp_path, capsys):
     line = error_line(err)
     assert code == 1 and "would replace the input" in line and photo.is_file()
     assert not (tmp_path / "capture").exists() and not (tmp_path / "scene").exists()
+
+
+# --- SV3D's published setting ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sv3d_file(tmp_path_factory) -> Path:
+    """A tiny checkpoint in SV3D_p's layout whose widths convert with SV3D's own settings (64-channel attention
+    heads, 80-channel CLIP heads, a VAE that shrinks 8x): what `--weights sv3d_p.safetensors` loads."""
+    from safetensors.torch import save_file
+    from sgm_layout import AutoencoderConfig, OpenCLIPConfig, VideoUNetConfig, random_state, sv3d_shapes
+
+    shapes = sv3d_shapes(VideoUNetConfig(model_channels=64, channel_mult=(1, 2), num_head_channels=64, context_dim=16),
+                         AutoencoderConfig(ch=32, ch_mult=(1, 1, 1, 1)), OpenCLIPConfig(width=80, heads=1,
+                                                                                         output_dim=16))  # fmt: skip
+    path = tmp_path_factory.mktemp("sv3d") / "sv3d_p.safetensors"
+    save_file(random_state(shapes, scale=0.05), str(path))
+    return path
+
+
+def check_sv3d_orbit(out: Path, frames: int, elevation: float) -> None:
+    from generate.cameras import sv3d_orbit
+
+    capture = read_capture(out / "capture")
+    report = json.loads((out / "capture" / "report.json").read_text())
+    expected = sv3d_orbit(frames, elevation, 2.0, 33.8, 576)
+    assert report["azimuths_deg"] == pytest.approx([(360 * (k + 1) / frames) % 360 for k in range(frames)])
+    assert report["elevations_deg"] == [elevation] * frames and report["input_frame"] == f"images/frame_{frames - 1:03d}.png"
+    assert report["framing"]["size"] == 576 and report["framing"]["fill"] == pytest.approx(training_fill(2.0, 33.8))
+    for frame, camera in zip(sorted(capture.frames, key=lambda f: f.image_path.name), expected.cameras):
+        np.testing.assert_allclose(frame.camera.cam_from_world, camera.cam_from_world, atol=1e-6)
+        assert PIL.Image.open(frame.image_path).size == (576, 576)
+    metrics = json.loads((out / "scene" / "metrics.json").read_text())
+    assert metrics["image_size"] == [72, 72] and len(metrics["per_view"]) == frames
+
+
+def test_an_sv3d_checkpoint_samples_at_576_from_its_elevation_and_order(sv3d_file, tmp_path, capsys):
+    """SV3D_p through image-to-3d at tiny width: 576 px views, its default elevation (10), its azimuth order with the
+    input view last (3 views here to stay fast; the slow test below makes SV3D's 21)."""
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "image-to-3d", rgba_photo(tmp_path / "o.png", disc()), "--out", out, "--weights",
+                       sv3d_file, "--frames", 3, "--sample-steps", 1, "--steps", 10, "--downscale", 8, "--device",
+                       "cpu", "--init-points", 500)  # fmt: skip
+    assert code == 0, err
+    check_sv3d_orbit(out, 3, 10.0)
+
+
+@pytest.mark.slow
+def test_an_sv3d_checkpoint_makes_sv3ds_published_orbit(sv3d_file, tmp_path, capsys):
+    """Without --frames: SV3D's 21 views at 576 px, at the photo's --elevation, end to end (minutes on a CPU: the
+    temporal decoder at 576 px)."""
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "image-to-3d", rgba_photo(tmp_path / "o.png", disc()), "--out", out, "--weights",
+                       sv3d_file, "--elevation", 20, "--sample-steps", 1, "--steps", 20, "--downscale", 8, "--device",
+                       "cpu", "--init-points", 2000)  # fmt: skip
+    assert code == 0, err
+    check_sv3d_orbit(out, 21, 20.0)
