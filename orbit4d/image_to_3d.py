@@ -7,10 +7,10 @@ The chain, each stage a call into its package, timed for the summary::
     2. framing      generate.framing        cropped, centred and scaled as the model's training renders frame
                                             objects, on its white background
     3. orbit        generate.run            the model's orbit around it (OUT/capture, exact cameras), each view's
-                                            mask (the white background connected to the border), and points in
-                                            the visual hull of those masks to start the splats from
+                                            mask (the plain background, of the border's colour, connected to the
+                                            border), and points in the visual hull of those masks to start from
     4. splats       reconstruct.train       the ``orbit`` preset (few, disagreeing views of a masked object)
-    5. mesh         viewers (mesh export)   OUT/scene/mesh.glb, where this build has the mesh export
+    5. mesh         viewers.meshes          OUT/scene/mesh.glb, where this build has the mesh export
 
 OUT/capture is reused when it was made from the same photo with the same generation settings (unless --overwrite);
 another photo or other settings are refused rather than silently mixed.
@@ -30,7 +30,6 @@ import PIL.Image
 from multiview.console import console, info, warn
 from multiview.errors import InputError, OutputExistsError
 
-GENERATED_BACKGROUND = (255, 255, 255)  # what the generator paints behind the object (its training inputs' white)
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ def write_masked_orbit(stage: Path, image: np.ndarray, alpha: np.ndarray, frames
         if index == orbit.input_index:
             mask = alpha > 0.5
         else:
-            mask = clean_mask(plain_background_mask(rgb, np.array(GENERATED_BACKGROUND)))
+            mask = clean_mask(plain_background_mask(rgb))  # the border's colour: white, or the model's near-white
         path = stage / "masks" / frame.image_path.name
         PIL.Image.fromarray((mask * 255).astype(np.uint8)).save(path)
         masked.append(Frame(frame.image_path, frame.camera, mask_path=path))
@@ -185,14 +184,15 @@ def write_masked_orbit(stage: Path, image: np.ndarray, alpha: np.ndarray, frames
 
 
 def export_mesh(scene_dir: Path) -> Path | None:
-    """Stage 5: SCENE/mesh.glb from the splats, where this build has the mesh export (``viewers``); None when not."""
+    """Stage 5: SCENE/mesh.glb from the splats (cut to the orbit's masks), where this build has the mesh export
+    (``viewers.meshes``); None when it has not."""
     try:
-        from viewers.mesh import export_scene_mesh  # the mesh export (reconstruct.mesh + viewers), when present
+        from viewers.meshes import export_scene_mesh
     except ImportError:
-        info("5/5 mesh: this build has no mesh export yet; the splats are the result")
+        info("[bold]5/5 mesh[/bold]: this build has no mesh export yet; the splats are the result")
         return None
     _stage(5, "mesh", "extracting a mesh from the splats")
-    return Path(export_scene_mesh(scene_dir))
+    return Path(export_scene_mesh(scene_dir, use_masks=True, overwrite=True))
 
 
 def print_summary(result: Result) -> None:
