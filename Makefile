@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # One photo to 3D with the embedded generator once it ships (image-to-3d prints where splats, mesh and viewer are);
 # until then, the bundled photos of the Sacre-Coeur through structure from motion.
-EMBEDDED_MODEL := generate/weights/orbit-small/model_index.json
+EMBEDDED_MODEL := generate/embedded/orbit-small/model_index.json
 
 demo: $(STAMP)
 	@if test -f $(EMBEDDED_MODEL); then \

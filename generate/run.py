@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from multiview.capture import Frame, write_transforms
 from multiview.console import console
 from multiview.errors import InputError
 from multiview.frames import to_8bit
-from multiview.outputs import staged_dir, writable_out_dir, write_json
+from multiview.outputs import output_lock, staged_dir, writable_out_dir, write_json
 
 
 MAX_GUIDANCE = 100.0  # classifier-free guidance scales beyond this only amplify noise (SV3D: 2.5; images: 3-15)
@@ -87,17 +87,24 @@ class GenerateConfig:
 
 def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """Generate the orbit of the object in ``image_path`` into the capture folder ``out_dir``; return it."""
-    tic = time.perf_counter()
     config.validate()
-    weights = resolve_weights(config.weights)
-    writable_out_dir(out_dir, overwrite, inputs=[image_path, weights])  # before minutes of sampling
+    config = replace(config, weights=weights_or_embedded(config.weights))
+    writable_out_dir(out_dir, overwrite, inputs=[image_path, config.weights])  # before minutes of sampling
+    _check_image(image_path)  # before loading the model
+    with output_lock(out_dir):  # held from before sampling: a second run on out_dir is refused at once
+        return _run_locked(config, image_path, out_dir, overwrite)
+
+
+def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool) -> Path:
+    tic = time.perf_counter()
+    weights = Path(config.weights)
     pipeline = open_pipeline(config, weights)
     image = prepare_image(image_path, pipeline.defaults.image_size, config.object_ratio)
     frames, orbit = sample_orbit(pipeline, config, image, weights)
     with staged_dir(out_dir, overwrite, inputs=[image_path, weights]) as stage:
         write_orbit(stage, image, frames, orbit, {
             "source_format": "generate", "source": str(Path(image_path).absolute()),
-            "weights": str(Path(weights).absolute()), "device": str(pipeline.device),
+            "weights": str(weights.absolute()), "device": str(pipeline.device),
             "dtype": str(pipeline.dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         })  # fmt: skip
@@ -105,17 +112,16 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
     return Path(out_dir)
 
 
-def resolve_weights(weights: Path | None) -> Path:
-    """``weights``, or the embedded model (``generate.EMBEDDED_MODEL``) when None; InputError when neither is
-    there."""
-    if weights is not None:
-        return Path(weights)
+def weights_or_embedded(weights: Path | None) -> Path:
+    """``weights``, or the embedded model (``generate.EMBEDDED_MODEL``) when None; InputError when that is missing
+    from this installation."""
     from generate import EMBEDDED_MODEL
 
+    if weights is not None:
+        return Path(weights)
     if not (EMBEDDED_MODEL / "model_index.json").is_file():
-        raise InputError(f"no --weights given and no embedded model in {EMBEDDED_MODEL}: pass --weights with a model "
-                         "folder (model_index.json, unet/, vae/, image_encoder/; `orbit4d finetune` trains one) or an "
-                         "SV3D .safetensors checkpoint")  # fmt: skip
+        raise InputError(f"no --weights given and the embedded model is missing ({EMBEDDED_MODEL}): pass a model "
+                         "folder (`orbit4d finetune` trains one) or an SV3D checkpoint with --weights")
     return EMBEDDED_MODEL
 
 
@@ -192,6 +198,12 @@ def load_pipeline(weights: Path, dtype: torch.dtype) -> OrbitPipeline:
 
         return load_sv3d(weights, dtype=dtype)
     return OrbitPipeline.from_pretrained(weights, dtype)
+
+
+def _check_image(path: Path) -> None:
+    """InputError when ``path`` is missing or does not decode (what ``prepare_image`` refuses, said before the model
+    loads)."""
+    prepare_image(path, 8)
 
 
 def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarray:

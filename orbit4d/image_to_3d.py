@@ -28,7 +28,7 @@ import numpy as np
 import PIL.Image
 
 from multiview.console import console, info, warn
-from multiview.errors import InputError, OutputExistsError
+from multiview.errors import InputError
 
 
 
@@ -84,7 +84,7 @@ class Result:
 def run(config: ImageTo3DConfig, train_config, photo: Path, out_dir: Path, *, overwrite: bool = False,
         resume: bool = False) -> Result:  # fmt: skip
     """The whole chain (module docstring) from ``photo`` into ``out_dir``/capture and ``out_dir``/scene."""
-    from multiview.outputs import checked_out_dir
+    from multiview.outputs import checked_out_dir, output_lock
     from reconstruct import train
 
     photo, out_dir = Path(photo), Path(out_dir)
@@ -93,20 +93,21 @@ def run(config: ImageTo3DConfig, train_config, photo: Path, out_dir: Path, *, ov
     for folder in (out_dir, capture_dir, scene_dir):  # an --out that holds the photo is refused: it is the user's
         checked_out_dir(folder, inputs)
     train_config.validate()  # settings, the photo and --out are checked before minutes of sampling
-    _check_scene_free(scene_dir, overwrite, resume)
-    seconds: dict[str, float] = {}
-    if _reusable(capture_dir, config, photo, overwrite):
-        info(f"reusing the orbit in {capture_dir}, made from {photo} with these settings (--overwrite redoes it)")
-        seconds.update(foreground=0.0, framing=0.0, orbit=0.0)
-    else:
-        make_capture(config, photo, capture_dir, seconds, overwrite)
-    tic = time.perf_counter()
-    _stage(4, "splats", f"training on the orbit ({train_config.steps:,} steps)")
-    train.run(train_config, capture_dir, scene_dir, resume=resume, overwrite=overwrite)
-    seconds["splats"] = time.perf_counter() - tic
-    tic = time.perf_counter()
-    mesh = export_mesh(scene_dir)
-    seconds["mesh"] = time.perf_counter() - tic
+    with output_lock(out_dir):  # one run per OUT, from the photo to the mesh
+        train.check_out_dir(scene_dir, capture_dir, resume=resume, overwrite=overwrite)
+        seconds: dict[str, float] = {}
+        if _reusable(capture_dir, config, photo, overwrite):
+            info(f"reusing the orbit in {capture_dir}, made from {photo} with these settings (--overwrite redoes it)")
+            seconds.update(foreground=0.0, framing=0.0, orbit=0.0)
+        else:
+            make_capture(config, photo, capture_dir, seconds, overwrite)
+        tic = time.perf_counter()
+        _stage(4, "splats", f"training on the orbit ({train_config.steps:,} steps)")
+        train.run(train_config, capture_dir, scene_dir, resume=resume, overwrite=overwrite)
+        seconds["splats"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        mesh = export_mesh(scene_dir)
+        seconds["mesh"] = time.perf_counter() - tic
     result = Result(capture_dir, scene_dir, mesh, seconds)
     print_summary(result)
     return result
@@ -116,7 +117,7 @@ def make_capture(config: ImageTo3DConfig, photo: Path, capture_dir: Path, second
     """Stages 1-3: the photo's object, framed, and the generated orbit with masks and hull points in
     ``capture_dir`` (written whole or not at all); ``seconds`` gets each stage's time."""
     from generate.framing import frame_object, training_fill
-    from generate.run import GenerateConfig, open_pipeline, resolve_weights, sample_orbit
+    from generate.run import GenerateConfig, open_pipeline, weights_or_embedded, sample_orbit
     from multiview.foreground import find_foreground
     from multiview.outputs import staged_dir, writable_out_dir
 
@@ -124,7 +125,7 @@ def make_capture(config: ImageTo3DConfig, photo: Path, capture_dir: Path, second
                               elevation_deg=config.elevation_deg, steps=config.sample_steps, seed=config.seed,
                               device=config.device, half=config.half)  # fmt: skip
     generate.validate()
-    weights = resolve_weights(config.weights)
+    weights = weights_or_embedded(config.weights)
     inputs = [photo, weights, *([config.mask] if config.mask else [])]
     writable_out_dir(capture_dir, overwrite, inputs)
     tic = time.perf_counter()
@@ -218,12 +219,6 @@ def print_summary(result: Result) -> None:
 
 def _stage(number: int, name: str, what: str) -> None:
     info(f"[bold]{number}/5 {name}[/bold]: {what}")
-
-
-def _check_scene_free(scene_dir: Path, overwrite: bool, resume: bool) -> None:
-    if scene_dir.is_dir() and any(scene_dir.iterdir()) and not (overwrite or resume):
-        raise OutputExistsError(f"{scene_dir} already exists and is not empty: pass --overwrite to replace it (or "
-                                "--resume to train it further), or choose another --out")
 
 
 def _reusable(capture_dir: Path, config: ImageTo3DConfig, photo: Path, overwrite: bool) -> bool:
