@@ -1,10 +1,11 @@
 """The object in a photo: its pixels and a mask, found without downloaded weights.
 
 ``find_foreground`` takes, in this order: a mask the user gives (``--mask``: white = object), the photo's own alpha
-channel when it has transparency, the background colour of a photo on a plain background (``--no-segment``: the
-photo is used as it is, the mask only frames it), or OpenCV's GrabCut seeded from the image border (a colour model
-per side: the border band is background, the rest may be either; graph cuts decide). Masks are cleaned the same way
-whatever their source: specks and pin holes removed, the object's largest parts kept.
+channel when it has transparency, the background colour when the image border is of one colour (a plain
+background: what is of that colour and connected to the border; with ``--no-segment`` the photo is then used as it
+is, the mask only frames it), or OpenCV's GrabCut seeded from the image border (the border band is background,
+pixels of the border's colours probably background, the rest probably object; graph cuts decide). Masks are cleaned
+the same way whatever their source: specks and pin holes removed, the object's largest parts kept.
 
 ``plain_background_mask`` also segments images whose background is known to be one colour (the generator's white):
 the background is what is close to that colour and connected to the image border, so a white object part inside
@@ -30,6 +31,7 @@ MAX_OBJECT_SHARE = 0.9  # of the image: more means the background was not told a
 GRABCUT_SIDE = 400  # pixels: GrabCut runs at this longest side (0.2-0.5 s), the mask is scaled back up
 GRABCUT_ITERATIONS = 5
 PLAIN_TOLERANCE = 24  # of 255, per channel: how far a pixel may be from the background colour and still be it
+BORDER_LIKE = 20.0  # of 255, RGB distance: pixels this close to a border colour start GrabCut as probable background
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,11 +65,19 @@ def find_foreground(path: Path, mask_path: Path | None = None, segment: bool = T
     if _one_colour(rgb):
         raise InputError(f"{path} shows a single colour: there is no object in it to turn into 3D; give a photo of "
                          "an object")
-    if not segment:
-        mask = clean_mask(plain_background_mask(rgb))
-        return _checked(Foreground(rgb, mask.astype(np.float32), "plain background (--no-segment)", False), path,
-                        "the background colour of its border")  # fmt: skip
+    if not segment or plain_border(rgb):
+        alpha = soft_edges(rgb, clean_mask(plain_background_mask(rgb)))
+        method = "plain background (--no-segment)" if not segment else "plain background"
+        return _checked(Foreground(rgb, alpha, method, segment), path, "the background colour of its border")
     return _checked(Foreground(rgb, grabcut_alpha(rgb), "GrabCut from the border", True), path, "segmentation")
+
+
+def plain_border(rgb: np.ndarray, share: float = 0.95, tolerance: float = PLAIN_TOLERANCE) -> bool:
+    """Whether ``share`` of the image border lies within ``tolerance`` (of 255, every channel) of its median colour:
+    a plain background, which ``plain_background_mask`` separates exactly (GrabCut loses thin parts there)."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
+    close = np.abs(border - np.median(border, axis=0)).max(axis=-1) <= tolerance
+    return bool(close.mean() >= share)
 
 
 def read_photo(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -106,7 +116,7 @@ def grabcut_alpha(rgb: np.ndarray, side: int = GRABCUT_SIDE, iterations: int = G
                        interpolation=cv2.INTER_AREA) if scale < 1.0 else rgb  # fmt: skip
     h, w = small.shape[:2]
     band = max(2, round(0.02 * max(h, w)))
-    labels = np.full((h, w), cv2.GC_PR_FGD, np.uint8)
+    labels = np.where(_like_border(small, band), cv2.GC_PR_BGD, cv2.GC_PR_FGD).astype(np.uint8)
     labels[:band], labels[-band:], labels[:, :band], labels[:, -band:] = (cv2.GC_BGD,) * 4
     cv2.setRNGSeed(0)  # GrabCut's colour models start from k-means: the same photo, the same mask
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
@@ -117,21 +127,59 @@ def grabcut_alpha(rgb: np.ndarray, side: int = GRABCUT_SIDE, iterations: int = G
     return np.clip(cv2.resize(soft, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
 
 
+def _like_border(rgb: np.ndarray, band: int, distance: float = BORDER_LIKE, samples: int = 512) -> np.ndarray:
+    """[H, W] bool: pixels within ``distance`` (RGB, of 255) of a colour of the border band. GrabCut starts from
+    these as probable background: seeded with the border alone, its object model holds mostly background colours
+    when the object is small, and a plain background stays half object."""
+    border = np.concatenate([rgb[:band].reshape(-1, 3), rgb[-band:].reshape(-1, 3), rgb[:, :band].reshape(-1, 3),
+                             rgb[:, -band:].reshape(-1, 3)]).astype(np.float32)  # fmt: skip
+    picked = border[np.random.default_rng(0).choice(len(border), min(samples, len(border)), replace=False)]
+    pixels = rgb.reshape(-1, 3).astype(np.float32)
+    nearest = np.full(len(pixels), np.inf, np.float32)
+    for start in range(0, len(picked), 64):  # [P, 64] distances at a time: bounded memory
+        chunk = picked[start : start + 64]
+        nearest = np.minimum(nearest, ((pixels[:, None, :] - chunk[None]) ** 2).sum(-1).min(1))
+    like = (nearest <= distance**2).reshape(rgb.shape[:2])
+    return like if not like.all() else np.zeros_like(like)  # the object in the border's colours: no hint
+
+
 def plain_background_mask(rgb: np.ndarray, colour: np.ndarray | None = None,
-                          tolerance: float = PLAIN_TOLERANCE) -> np.ndarray:  # fmt: skip
+                          tolerance: float | None = None) -> np.ndarray:  # fmt: skip
     """[H, W] bool, True on the object: pixels of ``rgb`` [H, W, 3] uint8 are background where they lie within
-    ``tolerance`` (of 255, every channel) of ``colour`` [3] (None: the median of the image border) and are connected
-    to the border through such pixels."""
+    ``tolerance`` (of 255, every channel) of ``colour`` [3] and are connected to the border through such pixels.
+
+    ``colour`` None: the median of the image border. ``tolerance`` None: from the border's own noise (twice its 95th
+    percentile distance from that colour, plus 4, within 6 to ``PLAIN_TOLERANCE``), so that a light object on white
+    keeps its pale edges when the background is clean.
+    """
     from scipy import ndimage
 
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
     if colour is None:
-        border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
         colour = np.median(border, axis=0)
+    if tolerance is None:
+        noise = np.percentile(np.abs(border - np.asarray(colour, np.float32)).max(axis=-1), 95)
+        tolerance = float(np.clip(2.0 * noise + 4.0, 6.0, PLAIN_TOLERANCE))
     near = (np.abs(rgb.astype(np.float32) - np.asarray(colour, np.float32)).max(axis=-1) <= tolerance)
     regions, _ = ndimage.label(near)
     touching = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
     background = np.isin(regions, touching[touching > 0])
     return ~background
+
+
+def soft_edges(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[H, W] float32 alpha: 1 inside ``mask``, 0 outside, and on its rim each pixel's share of object colour: its
+    distance from the background's colour (the border's median) over the largest distance among its neighbours in
+    the mask (a pixel half covered by the object lies half way from the background to it)."""
+    from scipy import ndimage
+
+    colour = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    distance = np.abs(rgb.astype(np.float32) - colour.astype(np.float32)).max(axis=-1)
+    rim = mask & ~ndimage.binary_erosion(mask)
+    nearby = ndimage.maximum_filter(np.where(mask, distance, 0.0), size=5)
+    alpha = mask.astype(np.float32)
+    alpha[rim] = np.clip(distance[rim] / np.maximum(nearby[rim], 1e-3), 0.0, 1.0)
+    return alpha
 
 
 def clean_mask(mask: np.ndarray, keep_share: float = 0.05) -> np.ndarray:

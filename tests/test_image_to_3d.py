@@ -60,10 +60,11 @@ def textured_object(inside: np.ndarray) -> np.ndarray:
 
 
 def photo_on_background(path: Path, inside: np.ndarray) -> Path:
-    """A striped object on a grey-blue gradient with a little noise: a photo without transparency."""
+    """A striped object on a strong grey-blue gradient with a little noise (no plain background): a photo without
+    transparency."""
     v, u = np.mgrid[0 : inside.shape[0], 0 : inside.shape[1]]
     noise = np.random.default_rng(0).normal(0, 3, (*inside.shape, 3))
-    background = np.stack([90 + v / 4, 120 + u / 8, 150 + 0 * u], -1) + noise
+    background = np.stack([60 + 1.2 * v, 100 + 0.6 * u, 150 + 0 * u], -1) + noise
     rgb = np.where(inside[..., None], textured_object(inside), background)
     PIL.Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
     return path
@@ -87,6 +88,19 @@ def test_grabcut_finds_an_object_on_a_background(tmp_path):
     found = find_foreground(photo_on_background(tmp_path / "photo.png", inside))
     assert found.method.startswith("GrabCut") and found.cut_out
     assert iou(found.alpha > 0.5, inside) > 0.95
+
+
+def test_a_plain_background_keeps_thin_parts_and_pale_edges(tmp_path):
+    """A photo on one colour (a product shot) is cut at that colour: a 2-pixel antenna survives (GrabCut's smoothing
+    cuts such parts), and a pale body on white keeps its edges."""
+    inside = disc()
+    inside[10:50, 99:101] = True  # the antenna
+    rgb = np.where(inside[..., None], np.full(3, 228, np.uint8), np.full(3, 255, np.uint8))  # pale grey on white
+    rgb[inside & disc(radius=12)] = (200, 40, 30)
+    PIL.Image.fromarray(rgb).save(tmp_path / "product.png")
+    found = find_foreground(tmp_path / "product.png")
+    assert found.method == "plain background" and found.cut_out
+    assert iou(found.alpha > 0.5, inside) > 0.98 and (found.alpha[12:48, 99:101] > 0.5).all()
 
 
 def test_alpha_channel_and_a_given_mask_are_used_as_they_are(tmp_path):
