@@ -42,7 +42,8 @@ from reconstruct.ply import read_ply  # noqa: E402
 
 DEFAULT_VARIANTS = ["3dgs", "orbit", "orbit-sh3", "orbit-random-init", "orbit-appearance"]
 
-# name -> (TrainConfig changes from the orbit preset, capture kind: "orbit" masks + hull points, "plain" neither)
+# name -> (TrainConfig changes from the orbit preset, capture kind: "orbit" masks + 20,000 hull points (image-to-3d's),
+# "orbit-5k" masks + 5,000, "masks" masks and no points (random start), "plain" neither)
 VARIANTS = {
     "3dgs": (dict(sh_degree=3, background="white", max_gaussians=None), "plain"),
     "orbit": ({}, "orbit"),
@@ -51,6 +52,7 @@ VARIANTS = {
     "orbit-appearance": (dict(appearance=True), "orbit"),
     "orbit-pose-opt": (dict(pose_opt=True), "orbit"),
     "orbit-reg": (dict(opacity_reg=0.01, scale_reg=0.01), "orbit"),
+    "orbit-hull-5k": ({}, "orbit-5k"),
     "orbit-800": (dict(steps=800), "orbit"),
     "orbit-3000": (dict(steps=3000), "orbit"),
 }
@@ -85,15 +87,16 @@ def make_captures(asset: Path, work: Path, args) -> tuple[dict[str, Path], list]
     inputs = int(np.argmin([min(v.azimuth_deg, 360 - v.azimuth_deg) for v in ring]))
     frames = [pixels[i] if i == inputs else disturb(pixels[i], args, rng) for i in range(len(ring))]
     orbit = Orbit([v.camera for v in ring], np.full(len(ring), args.elevation), np.array([v.azimuth_deg for v in ring]))
-    captures = {"orbit": work / "orbit", "masks": work / "masks", "plain": work / "plain"}
-    if not (captures["orbit"] / "transforms.json").is_file():
-        stage = work / ".orbit.partial"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
-        tensor = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
-        write_masked_orbit(stage, pixels[inputs], ring[inputs].mask.astype(np.float32), tensor, orbit,
-                           {"source": str(asset)}, ImageTo3DConfig(seed=args.seed))  # fmt: skip
-        os.replace(stage, captures["orbit"])
+    captures = {kind: work / kind for kind in ("orbit", "orbit-5k", "masks", "plain")}
+    for kind, points in (("orbit", 20_000), ("orbit-5k", 5_000)):
+        if not (captures[kind] / "transforms.json").is_file():
+            stage = work / f".{kind}.partial"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
+            tensor = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+            write_masked_orbit(stage, pixels[inputs], ring[inputs].mask.astype(np.float32), tensor, orbit,
+                               {"source": str(asset)}, ImageTo3DConfig(seed=args.seed, hull_points=points))  # fmt: skip
+            os.replace(stage, captures[kind])
     full = read_capture(captures["orbit"])
     for kind, keep_masks in (("masks", True), ("plain", False)):
         if not (captures[kind] / "transforms.json").is_file():
