@@ -84,8 +84,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for kind, values in results.items():
         found = [v for v in values if v is not None]
-        print(f"| {kind} | {len(values)} | {len(values) - len(found)} | {np.median(found) if found else float('nan'):.3f}"
-              f" | {min(found) if found else float('nan'):.3f} | {sum(v >= 0.9 for v in found)} |")
+        median, worst = (np.median(found), min(found)) if found else (float("nan"), float("nan"))
+        print(f"| {kind} | {len(values)} | {len(values) - len(found)} | {median:.3f} | {worst:.3f} | "
+              f"{sum(v >= 0.9 for v in found)} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ EMPTY_ROUNDS = 10  # batches without a single hull point after which the masks a
 
 
 def visual_hull_points(cameras: Sequence[Camera], masks: Sequence[np.ndarray], images: Sequence[np.ndarray],
-                       num_points: int, max_misses: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                       num_points: int, max_misses: int = 1,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """([P, 3] float32 points, [P, 3] uint8 colours), P <= ``num_points``, uniform in the hull of ``masks``.
 
     cameras: C views; masks: C arrays [H, W] (float or bool, > 0.5 = object) at each camera's size; images: C

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from orbit4d import options
 
-PRESET_NAMES = ("default", "fast", "preview", "orbit")  # reconstruct.train.PRESETS, repeated so that --help imports nothing
+PRESET_NAMES = ("default", "fast", "preview", "orbit")  # reconstruct.train.PRESETS, repeated: --help imports nothing
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

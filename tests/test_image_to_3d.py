@@ -330,7 +330,8 @@ def check_sv3d_orbit(out: Path, frames: int, elevation: float) -> None:
     report = json.loads((out / "capture" / "report.json").read_text())
     expected = sv3d_orbit(frames, elevation, 2.0, 33.8, 576)
     assert report["azimuths_deg"] == pytest.approx([(360 * (k + 1) / frames) % 360 for k in range(frames)])
-    assert report["elevations_deg"] == [elevation] * frames and report["input_frame"] == f"images/frame_{frames - 1:03d}.png"
+    assert report["elevations_deg"] == [elevation] * frames
+    assert report["input_frame"] == f"images/frame_{frames - 1:03d}.png"  # SV3D's order: the input view last
     assert report["framing"]["size"] == 576 and report["framing"]["fill"] == pytest.approx(training_fill(2.0, 33.8))
     for frame, camera in zip(sorted(capture.frames, key=lambda f: f.image_path.name), expected.cameras):
         np.testing.assert_allclose(frame.camera.cam_from_world, camera.cam_from_world, atol=1e-6)
