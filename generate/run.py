@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 
+from generate.cameras import Orbit
 from generate.pipeline import OrbitPipeline
 from multiview.capture import Frame, write_transforms
 from multiview.console import console
@@ -87,9 +88,7 @@ class GenerateConfig:
 def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """Generate the orbit of the object in ``image_path`` into the capture folder ``out_dir``; return it."""
     config.validate()
-    if config.weights is None:
-        raise InputError("no --weights given: pass a model folder (model_index.json, unet/, vae/, image_encoder/); "
-                         "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
+    config = replace(config, weights=weights_or_embedded(config.weights))
     writable_out_dir(out_dir, overwrite, inputs=[image_path, config.weights])  # before minutes of sampling
     _check_image(image_path)  # before loading the model
     with output_lock(out_dir):  # held from before sampling: a second run on out_dir is refused at once
@@ -98,16 +97,51 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
 
 def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool) -> Path:
     tic = time.perf_counter()
+    weights = Path(config.weights)
+    pipeline = open_pipeline(config, weights)
+    image = prepare_image(image_path, pipeline.defaults.image_size, config.object_ratio)
+    frames, orbit = sample_orbit(pipeline, config, image, weights)
+    with staged_dir(out_dir, overwrite, inputs=[image_path, weights]) as stage:
+        write_orbit(stage, image, frames, orbit, {
+            "source_format": "generate", "source": str(Path(image_path).absolute()),
+            "weights": str(weights.absolute()), "device": str(pipeline.device),
+            "dtype": str(pipeline.dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
+            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        })  # fmt: skip
+    _print_summary(out_dir, orbit, config, str(pipeline.device), time.perf_counter() - tic)
+    return Path(out_dir)
+
+
+def weights_or_embedded(weights: Path | None) -> Path:
+    """``weights``, or the embedded model (``generate.EMBEDDED_MODEL``) when None; InputError when that is missing
+    from this installation."""
+    from generate import EMBEDDED_MODEL
+
+    if weights is not None:
+        return Path(weights)
+    if not (EMBEDDED_MODEL / "model_index.json").is_file():
+        raise InputError(f"no --weights given and the embedded model is missing ({EMBEDDED_MODEL}): pass a model "
+                         "folder (`orbit4d finetune` trains one) or an SV3D checkpoint with --weights")
+    return EMBEDDED_MODEL
+
+
+def open_pipeline(config: GenerateConfig, weights: Path) -> OrbitPipeline:
+    """The model at ``weights`` on ``config``'s device, in its dtype."""
     device = _device(config.device)
-    dtype = _dtype(device, config.half)
-    pipeline = load_pipeline(Path(config.weights), dtype).to(device)
+    return load_pipeline(Path(weights), _dtype(device, config.half)).to(device)
+
+
+def sample_orbit(pipeline: OrbitPipeline, config: GenerateConfig, image: np.ndarray,
+                 weights: Path) -> tuple[torch.Tensor, Orbit]:  # fmt: skip
+    """([F, 3, S, S] frames in [0, 1], their orbit) around the object in ``image`` [S, S, 3] uint8 (white
+    background, the model's size), with a progress bar; InputError for a request the model cannot serve, out of
+    memory, or non-finite frames (``weights`` names the model in the message)."""
     size = pipeline.defaults.image_size
-    image = prepare_image(image_path, size, config.object_ratio)
     orbit = pipeline.defaults.orbit(config.num_frames, config.elevation_deg)
     try:
         pipeline.check_request(torch.zeros(3, size, size), orbit)
     except ValueError as error:
-        raise InputError(f"{config.weights}: {error}") from None
+        raise InputError(f"{weights}: {error}") from None
     from rich.progress import Progress
 
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
@@ -120,31 +154,29 @@ def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwri
         except (MemoryError, RuntimeError) as error:
             if not isinstance(error, MemoryError) and "out of memory" not in str(error).lower():
                 raise
-            raise InputError(f"out of memory sampling {orbit.num_frames} frames at {size} px with {config.weights}: "
+            raise InputError(f"out of memory sampling {orbit.num_frames} frames at {size} px with {weights}: "
                              "pass fewer --frames" + ("" if config.half else ", or --half on a GPU")) from None
     if not torch.isfinite(frames).all():
-        raise InputError(f"{config.weights}: the model produced NaN or Inf frames; try without --half or other weights")
-    with staged_dir(out_dir, overwrite, inputs=[image_path, config.weights]) as stage:
-        (stage / "images").mkdir()
-        PIL.Image.fromarray(image).save(stage / "input.png")
-        written = []
-        for index, (pixels, camera) in enumerate(zip(frames, orbit.cameras)):
-            path = stage / "images" / f"frame_{index:03d}.png"
-            array = image if index == orbit.input_index else _to_uint8(pixels)
-            PIL.Image.fromarray(array).save(path)
-            written.append(Frame(path, camera))
-        write_transforms(stage / "transforms.json", written, stage)
-        write_json(stage / "report.json", {
-            "source_format": "generate", "source": str(Path(image_path).absolute()),
-            "weights": str(Path(config.weights).absolute()), "frames": orbit.num_frames,
-            "input_frame": f"images/frame_{orbit.input_index:03d}.png",
-            "elevations_deg": orbit.elevations_deg.tolist(), "azimuths_deg": orbit.azimuths_deg.tolist(),
-            "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "seconds": round(time.perf_counter() - tic, 3),
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        })  # fmt: skip
-    _print_summary(out_dir, orbit, config, str(device), time.perf_counter() - tic)
-    return Path(out_dir)
+        raise InputError(f"{weights}: the model produced NaN or Inf frames; try without --half or other weights")
+    return frames, orbit
+
+
+def write_orbit(stage: Path, image: np.ndarray, frames: torch.Tensor, orbit: Orbit, report: dict) -> list[Frame]:
+    """Write the capture (images/, input.png, transforms.json, report.json with ``report`` and the orbit) into the
+    empty folder ``stage``; return its frames. The input view's frame holds ``image`` itself."""
+    (stage / "images").mkdir()
+    PIL.Image.fromarray(image).save(stage / "input.png")
+    written = []
+    for index, (pixels, camera) in enumerate(zip(frames, orbit.cameras)):
+        path = stage / "images" / f"frame_{index:03d}.png"
+        PIL.Image.fromarray(image if index == orbit.input_index else _to_uint8(pixels)).save(path)
+        written.append(Frame(path, camera))
+    write_transforms(stage / "transforms.json", written, stage)
+    write_json(stage / "report.json", {
+        **report, "frames": orbit.num_frames, "input_frame": f"images/frame_{orbit.input_index:03d}.png",
+        "elevations_deg": orbit.elevations_deg.tolist(), "azimuths_deg": orbit.azimuths_deg.tolist(),
+    })  # fmt: skip
+    return written
 
 
 def _print_summary(out_dir: Path, orbit, config: GenerateConfig, device: str, seconds: float) -> None:
@@ -188,19 +220,16 @@ def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarr
     except (OSError, PIL.Image.DecompressionBombError, ValueError) as error:
         raise InputError(f"{path} is not a readable image ({error}): give a .png or .jpg") from None
     if image.mode == "RGBA":
-        alpha = np.asarray(image)[..., 3]
-        rows, cols = np.nonzero(alpha > 0)
-        if len(rows) == 0:
+        from generate.framing import frame_object
+
+        rgba = np.asarray(image)
+        alpha = rgba[..., 3].astype(np.float32) / 255.0
+        if not (alpha > 0.5).any():
             raise InputError(f"{path} is fully transparent: nothing to generate an orbit of")
-        box = image.crop((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1))
-        side = int(round(max(box.size) / object_ratio))
-        canvas = PIL.Image.new("RGBA", (side, side), (255, 255, 255, 255))
-        canvas.alpha_composite(box, ((side - box.width) // 2, (side - box.height) // 2))
-        image = canvas.convert("RGB")
-    else:
-        side = min(image.size)
-        left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+        return frame_object(np.ascontiguousarray(rgba[..., :3]), alpha, size, object_ratio)[0]
+    side = min(image.size)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    image = image.crop((left, top, left + side, top + side))
     return np.array(image.resize((size, size), PIL.Image.Resampling.LANCZOS))
 
 

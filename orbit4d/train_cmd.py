@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orbit4d import options
 
-PRESET_NAMES = ("default", "fast", "preview")  # reconstruct.train.PRESETS, repeated so that --help imports nothing
+PRESET_NAMES = ("default", "fast", "preview", "orbit")  # reconstruct.train.PRESETS, repeated: --help imports nothing
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -138,21 +138,32 @@ def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
 def _image_to_3d_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "image-to-3d",
-        help="one image to a 3D splat scene (generate an orbit, then train)",
-        description="Generate an orbit of views around the object in IMAGE into DIR/capture (as `orbit4d generate`), "
-        "then train 3D Gaussian splats on it into DIR/scene (as `orbit4d train`). An existing DIR/capture is reused "
-        "unless --overwrite.",
+        help="one photo to a 3D splat scene, a mesh and a viewer (foreground, generated orbit, splats)",
+        description="Find the object in IMAGE (its alpha channel, --mask, or GrabCut from the border), frame it as "
+        "the generator was trained, generate an orbit of views around it into DIR/capture (exact cameras, a mask "
+        "per view), train 3D Gaussian splats on it into DIR/scene (the orbit preset), export DIR/scene/mesh.glb "
+        "(unless --no-mesh), and print the viewer command. Without --weights the embedded model is "
+        "used; an SV3D checkpoint gives SV3D's published setting (21 views at 576 px). An existing DIR/capture made "
+        "from the same photo and settings is reused unless --overwrite.",
     )
-    p.add_argument("image", type=Path, help="the input view (.png with transparency works best)")
+    p.add_argument("image", type=Path, help="the photo (.png with transparency works best; .jpg is segmented)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for capture/ and scene/")
     p.add_argument("--weights", type=Path, default=None, metavar="PATH",
-                   help="generator: a model folder or an SV3D .safetensors checkpoint")
+                   help="generator: a model folder or an SV3D .safetensors checkpoint (default: the embedded model)")
+    p.add_argument("--mask", type=Path, default=None, metavar="FILE",
+                   help="a mask of the object, the photo's size, white on the object (instead of segmentation)")
+    p.add_argument("--no-segment", action="store_true",
+                   help="the photo is on a plain background: use it as it is (the object is found only to frame it)")
     p.add_argument("--frames", type=int, default=None, metavar="N", help="views in the orbit (model default)")
-    p.add_argument("--elevation", type=float, default=None, metavar="DEG", help="camera elevation (model default)")
+    p.add_argument("--elevation", type=float, default=None, metavar="DEG",
+                   help="the photo's camera elevation, and the orbit's (model default)")
     p.add_argument("--sample-steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
     p.add_argument("--half", action="store_true", help="generate in fp16/bf16 on CUDA")
     _add_mesh_option(p)
     _add_train_options(p)
+    for action in p._actions:  # the splats start in the orbit's visual hull, not at random
+        if action.dest == "init_points":
+            action.help = "points in the visual hull of the orbit's masks that the splats start from (default 20,000)"
     p.set_defaults(func=_run_image_to_3d)
 
 
@@ -164,7 +175,8 @@ def _add_mesh_option(p: argparse.ArgumentParser) -> None:
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="default: chosen for the device (CUDA: 3DGS's 30k steps; CPU: a 12-minute plan, see "
-                   "--minutes); fast: 7k steps; preview: 2k steps, SH degree 1, at most 200k Gaussians")
+                   "--minutes); fast: 7k steps; preview: 2k steps, SH degree 1, at most 200k Gaussians; orbit: a "
+                   "generated orbit (image-to-3d's default)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="optimisation steps (default: 30,000 on CUDA; on the CPU as many as fit in the time "
                    "budget); with --minutes, the most steps the budget may plan")
@@ -239,8 +251,9 @@ _OPTION_FIELDS = {
 }
 
 
-def _train_config(args: argparse.Namespace, scene_dir: Path):
-    """The preset (or, with --resume, the checkpoint's settings) with the options given on the command line."""
+def _train_config(args: argparse.Namespace, scene_dir: Path, default_preset: str = "default"):
+    """The preset (``default_preset`` when none is given; with --resume, the checkpoint's settings) with the options
+    given on the command line."""
     from dataclasses import replace
 
     from reconstruct import train
@@ -252,7 +265,7 @@ def _train_config(args: argparse.Namespace, scene_dir: Path):
     saved = train.saved_config(scene_dir) if args.resume else None
     if saved is not None:
         return replace(saved, **overrides)
-    return train.TrainConfig.preset(args.preset or "default", **overrides)
+    return train.TrainConfig.preset(args.preset or default_preset, **overrides)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -296,20 +309,17 @@ def _run_video_to_3d(args: argparse.Namespace) -> int:
 
 
 def _run_image_to_3d(args: argparse.Namespace) -> int:
-    from generate.run import GenerateConfig
-    from generate.run import run as generate
-    from multiview.errors import InputError
+    from orbit4d.image_to_3d import ImageTo3DConfig, run
 
-    if not args.image.is_file():
-        raise InputError(f"{args.image} does not exist: give an image file (.png with transparency works best)")
-
-    def capture(capture_dir: Path) -> None:
-        generated = GenerateConfig(weights=args.weights, num_frames=args.frames, elevation_deg=args.elevation,
-                                   steps=args.sample_steps, seed=args.seed or 0,
-                                   device=args.device or "auto", half=args.half)  # fmt: skip
-        generate(generated, args.image, capture_dir, overwrite=args.overwrite)
-
-    return _capture_then_train(args, capture, [args.image, *([args.weights] if args.weights else [])])
+    config = ImageTo3DConfig(weights=args.weights, mask=args.mask, segment=not args.no_segment,
+                             num_frames=args.frames, elevation_deg=args.elevation, sample_steps=args.sample_steps,
+                             seed=args.seed or 0, device=args.device or "auto", half=args.half,
+                             **({"hull_points": args.init_points} if args.init_points else {}))  # fmt: skip
+    train_config = _train_config(args, args.out / "scene", default_preset="orbit")
+    started = (getattr(args, "started", None) or time.monotonic()) if args.minutes is not None else None
+    run(config, train_config, args.image, args.out, overwrite=args.overwrite, resume=args.resume,
+        mesh=not args.no_mesh, started=started)  # fmt: skip
+    return 0
 
 
 def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -> int:

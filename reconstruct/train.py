@@ -236,6 +236,8 @@ PRESETS: dict[str, dict] = {
     "default": {},  # chosen for the device: CUDA 3DGS's 30k steps, SH degree 3; the CPU a time budget
     "fast": {"steps": 7_000},  # 3DGS's 7k-step results
     "preview": {"steps": 2_000, "sh_degree": 1, "max_gaussians": 200_000, "turntable_frames": 60},  # CPU previews
+    # a generated orbit (image-to-3d): few small views that do not quite agree, masks, exact cameras; bench/RESULTS.md
+    "orbit": {"steps": 1_500, "sh_degree": 0, "test_every": 0, "max_gaussians": 50_000, "turntable_frames": 60},
 }
 # What a resumed run may change (the rest comes from the checkpoint): what to do when a run diverged or ran out of
 # memory, how long to train, where, and what to measure.
