@@ -186,6 +186,8 @@ def warm(capture, tmp_path_factory) -> None:
     train.run(config, capture, tmp_path_factory.mktemp("warm") / "scene")
 
 
+@pytest.mark.slow  # wall-clock: a machine shared with other jobs cannot time a 20-second run (the pace's own
+# simulated-clock tests above are the default suite's)
 @pytest.mark.parametrize("model_error", [1.0, 0.05])
 def test_a_time_budget_ends_on_time_and_scales_the_whole_schedule(capture, warm, tmp_path, monkeypatch, model_error):
     """--minutes on a tiny scene: the scene is written on time, whatever the step time model says (0.05: it thinks
