@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from orbit4d import generate_cmd, train_cmd
+from orbit4d import generate_cmd, train_cmd, video4d_cmd
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
@@ -27,6 +27,7 @@ OUT_OF_MEMORY_HINTS = {
     "eval": "a larger --downscale",
     "generate": "fewer --frames",
     "render-asset": "a smaller --size",
+    "video-to-4d": f"a smaller --max-size or fewer --time-steps for the capture; {_TRAIN_HINT} for training",
 }
 
 
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_asset_parser(sub)
     train_cmd.add_parsers(sub)
     generate_cmd.add_parsers(sub)
+    video4d_cmd.add_parsers(sub)
     return parser
 
 
