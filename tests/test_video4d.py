@@ -135,3 +135,24 @@ def test_a_video_becomes_a_4d_capture_and_scene(shared_data, tmp_path, capsys):
     assert (out / "scene" / "splats4d.ply").is_file()
     code, err = cli(capsys, "video-to-4d", video, "--out", out, "--resume", "--steps", "25", "--device", "cpu")
     assert code == 0 and "reusing the 4D capture" in err, err
+
+
+def test_synchronized_videos_become_one_capture_with_a_camera_each(shared_data, tmp_path, capsys):
+    """Two synchronized videos: the left and right parts of the bedroom video (two cameras that move together),
+    4 time steps each; every frame is posed and carries its video's camera id and the shared times."""
+    from multiview.video import iter_frames, write_video
+
+    folder = tmp_path / "rig"
+    folder.mkdir()
+    frames = [f.image for f in iter_frames(shared_data / "videos" / "bedroom_dynamic.mp4", max_side=480)]
+    write_video(folder / "a_left.mp4", (image[:, :300] for image in frames), fps=30)
+    write_video(folder / "b_right.mp4", (image[:, 180:] for image in frames), fps=30)
+    code, err = cli(capsys, "video-to-4d", folder, "--out", tmp_path / "out", "--time-steps", "4", "--steps", "10",
+                    "--device", "cpu", "--sh-degree", "0")  # fmt: skip
+    assert code == 0, err
+    capture = read_capture(tmp_path / "out" / "capture")
+    by_camera = {k: sorted(f.camera.time for f in capture.frames if f.camera.camera_id == k) for k in (0, 1)}
+    assert len(capture.frames) >= 7 and set(by_camera[0]) | set(by_camera[1]) == set(by_camera[0])
+    assert len(by_camera[0]) == 4 and by_camera[0][0] == 0.0
+    report = json.loads((tmp_path / "out" / "scene" / "metrics.json").read_text())
+    assert report["test_camera"] == 1 and report["evaluated_on"] == "test (camera 1, every time step)"
