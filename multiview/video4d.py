@@ -130,28 +130,36 @@ def run(config: Video4DConfig, input_path: Path, out_dir: Path, overwrite: bool 
         if config.motion_masks:
             shutil.move(str(masks_dir), stage / MOTION_MASK_DIR)
         shutil.rmtree(work)
-        report = {
-            "command": "video-to-4d",
-            "input": str(input_path.resolve()),
-            "input_kind": "synchronized videos" if input_path.is_dir() else "video",
-            "videos": [{"path": str(c.path.resolve()), "camera_id": i, "fps": c.fps, "num_frames": c.num_frames}
-                       for i, c in enumerate(clips)],  # fmt: skip
-            "frame_indices": indices,
-            "times_s": [times[frame_name(0, step)][0] for step in range(len(indices))],
-            "registered": result.registered,
-            "total": result.total,
-            "time_steps_posed": kept,
-            "moving_fraction": moving,
-            "mean_reprojection_error_px": result.mean_reprojection_error_px,
-            "num_points": result.num_points,
-            "seconds": {"frames_and_masks": round(decode_seconds, 3), **{k: round(v, 3) for k, v in
-                        result.seconds.items()}, "total": round(time.perf_counter() - start, 3)},  # fmt: skip
-            "sfm": result.summary(),
-            "config": asdict(config),
-        }
+        seconds = {"frames_and_masks": decode_seconds, **result.seconds, "total": time.perf_counter() - start}
+        report = _report(config, input_path, clips, indices, times, result, kept, moving, seconds)
         write_json(stage / "report.json", report)
     _print_summary(report, Path(out_dir))
     return Path(out_dir)
+
+
+def _report(config: Video4DConfig, input_path: Path, clips: list[_Clip], indices: list[int], times: dict,
+            result: sfm.SfmResult, posed: int, moving: float, seconds: dict[str, float]) -> dict:  # fmt: skip
+    """report.json of a 4D capture."""
+    return {
+        "command": "video-to-4d",
+        "input": str(input_path.resolve()),
+        "input_kind": "synchronized videos" if input_path.is_dir() else "video",
+        "videos": [
+            {"path": str(clip.path.resolve()), "camera_id": camera, "fps": clip.fps, "num_frames": clip.num_frames}
+            for camera, clip in enumerate(clips)
+        ],
+        "frame_indices": indices,
+        "times_s": [times[frame_name(0, step)][0] for step in range(len(indices))],
+        "registered": result.registered,
+        "total": result.total,
+        "time_steps_posed": posed,
+        "moving_fraction": moving,
+        "mean_reprojection_error_px": result.mean_reprojection_error_px,
+        "num_points": result.num_points,
+        "seconds": {name: round(value, 3) for name, value in seconds.items()},
+        "sfm": result.summary(),
+        "config": asdict(config),
+    }
 
 
 def _write_frames(clips: list[_Clip], indices: list[int], config: Video4DConfig, frames_dir: Path,

@@ -47,7 +47,8 @@ def frame_name(index: int) -> str:
 
 
 def evaluate_views4d(splats: Splats4D, scene: SceneData4D, views: Sequence[View], background: Tensor,
-                     backend: str = "auto", with_lpips: bool = False, renders_dir: Path | None = None) -> list[dict]:  # fmt: skip
+                     backend: str = "auto", with_lpips: bool = False,
+                     renders_dir: Path | None = None) -> list[dict]:  # fmt: skip
     """``evaluate.evaluate_views``' results per view, each rendered at its own time, with "time" (seconds) and
     "time_index"; depth error where the capture has depth; ``renders_dir``: ground truth | render | depth PNGs."""
     results = []
@@ -97,8 +98,11 @@ def matched_jitter(frames: Sequence[Splats]) -> dict:
 
     if len(frames) < 3:
         return {"mean_second_difference": None, "mean_step": None, "matching": "nearest"}
-    visible = [(f.means.double()[torch.sigmoid(f.opacities) > VISIBLE].numpy(),
-                torch.sigmoid(f.opacities.double())[torch.sigmoid(f.opacities) > VISIBLE].numpy()) for f in frames]  # fmt: skip
+    visible = []
+    for f in frames:
+        opacity = torch.sigmoid(f.opacities.double())
+        keep = opacity > VISIBLE
+        visible.append((f.means.double()[keep].numpy(), opacity[keep].numpy()))
     trees = [cKDTree(points) for points, _ in visible]
     seconds, steps, weights = [], [], []
     for t in range(1, len(frames) - 1):
@@ -127,8 +131,8 @@ def sample_psnr(config, scene: SceneData4D, state: TrainState) -> dict:
     picked = [views[i] for i in np.linspace(0, len(views) - 1, min(MAX_SAMPLE_VIEWS, len(views))).round().astype(int)]
     background = parse_background(evaluation_background(config.background))
     results = evaluate_views4d(splats, scene, picked, background, config.backend)
-    return {"step": state.step, "seconds": round(state.seconds, 3),
-            "psnr": finite_or_none(float(np.mean([r["psnr"] for r in results]))), "num_gaussians": len(splats)}  # fmt: skip
+    psnr = finite_or_none(float(np.mean([r["psnr"] for r in results])))
+    return {"step": state.step, "seconds": round(state.seconds, 3), "psnr": psnr, "num_gaussians": len(splats)}
 
 
 def write_sequence(splats: Splats4D, folder: Path) -> list[Path]:
@@ -201,12 +205,18 @@ def _report(config, scene: SceneData4D, state: TrainState, splats: Splats4D, res
         "seconds": round(state.seconds, 3),
         "times": [float(t) for t in scene.times],
         "cameras": scene.cameras,
-        "motion": {"basis": splats.basis, "motion_points": splats.motion.shape[1],
-                   "rotation_points": splats.drot.shape[1],
-                   "fading": int((splats.t_rate > 1.0).sum())},  # fmt: skip
-        "file_sizes": {"splats4d_ply": size_4d, "frame_ply_mean": round(frame_bytes),
-                       "splats4d_over_one_frame": round(size_4d / frame_bytes, 3),
-                       "sequence_total": int(sum(f.stat().st_size for f in frames))},  # fmt: skip
+        "motion": {
+            "basis": splats.basis,
+            "motion_points": splats.motion.shape[1],
+            "rotation_points": splats.drot.shape[1],
+            "fading": int((splats.t_rate > 1.0).sum()),
+        },
+        "file_sizes": {
+            "splats4d_ply": size_4d,
+            "frame_ply_mean": round(frame_bytes),
+            "splats4d_over_one_frame": round(size_4d / frame_bytes, 3),
+            "sequence_total": int(sum(f.stat().st_size for f in frames)),
+        },
         "test_views": [view.name for view in scene.test],
         "per_view": per_view_json(results),
         "psnr_vs_time": state.history,
