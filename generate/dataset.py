@@ -31,7 +31,8 @@ from multiview.capture import read_capture
 from multiview.console import info, track
 from multiview.errors import InputError
 from multiview.frames import to_8bit
-from multiview.outputs import write_json
+from multiview.outputs import output_lock, write_json
+from multiview.paths import inside_folder
 
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj")
 DATASET_FILE = "dataset.json"
@@ -74,10 +75,9 @@ def find_assets(folder: Path) -> list[Path]:
     return assets
 
 
-def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) -> Path:
-    """Render the orbit clips of every asset in ``assets_dir`` into ``out_dir`` (created); return ``out_dir``."""
-    from multiview.render_asset import RenderConfig, render_asset
-
+def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path, option: str = "--data") -> Path:
+    """Render the orbit clips of every asset in ``assets_dir`` into ``out_dir`` (created); return ``out_dir``.
+    ``option``: what the user calls ``out_dir`` in messages (another run writing it is refused)."""
     assets = find_assets(assets_dir)
     if config.holdout not in ("assets", "orbits"):
         raise InputError(f"holdout {config.holdout!r}: use assets or orbits")
@@ -86,8 +86,19 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
     if config.holdout == "assets" and config.holdout_assets >= len(assets) and config.holdout_assets > 0:
         raise InputError(f"{assets_dir} has {len(assets)} assets: holding out {config.holdout_assets} leaves none to "
                          "train on; add assets or hold out fewer")
-    rng = random.Random(config.seed)
     out_dir = Path(out_dir)
+    with output_lock(out_dir, option):  # one writer per dataset folder (finetune and eval-generator render into it)
+        clips = _render_clips(config, assets, out_dir)
+        write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
+    info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")
+    return out_dir
+
+
+def _render_clips(config: DatasetConfig, assets: list[Path], out_dir: Path) -> list[dict]:
+    """Render every asset's clips into ``out_dir``/clips (a clip already there is kept); return dataset.json's list."""
+    from multiview.render_asset import RenderConfig, render_asset
+
+    rng = random.Random(config.seed)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     clips = []
     jobs = [(asset, k) for asset in assets for k in range(config.clips_per_asset)]
@@ -112,9 +123,7 @@ def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path) 
         clips.append({"path": folder.relative_to(out_dir).as_posix(), "asset": asset.name,
                       "elevation_deg": elevation, "background": background, "world_light": world, "sun": sun,
                       "split": "test" if held_out else "train"})  # fmt: skip
-    write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
-    info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")
-    return out_dir
+    return clips
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,8 @@ def _read_listing(listing: Path) -> list[dict]:
         if not (isinstance(clip, dict) and all(isinstance(clip.get(key), str) for key in ("path", "asset", "split"))):
             raise InputError(f"{listing}: clip {number} is not an object with path, asset and split strings; "
                              "delete the file to render the dataset again")
+        inside_folder(listing.parent, clip["path"], listing, f"clip {number}'s path", hint="delete the file to "
+                      "render the dataset again")  # a dataset's clips lie in its folder  # fmt: skip
     return clips
 
 
