@@ -109,7 +109,7 @@ def part_per_frame(args: argparse.Namespace) -> dict:
                 chosen.append(Frame(image, frame.camera, mask_path=mask))
             write_transforms(capture_dir / "transforms.json", chosen, capture_dir)
         config = train.TrainConfig(steps=args.frame_steps, test_every=0, turntable_frames=0, psnr_samples=0,
-                                   checkpoint_every=0, device="cpu")  # fmt: skip
+                                   checkpoint_every=0, device="cpu", allow_outside_paths=True)  # links to the rig's
         done = root / "scene" / "metrics.json"
         if not done.is_file() or json.loads(done.read_text())["steps"] != args.frame_steps:
             train.run(config, capture_dir, root / "scene", overwrite=True)

@@ -54,6 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], default=None, help="highest SH degree of colours")
     p.add_argument("--background", default=None, metavar="COLOR",
                    help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
+    p.add_argument("--allow-outside-paths", action="store_true", default=None, help=options.ALLOW_OUTSIDE_HELP)
     p.add_argument("--seed", type=options.seed, default=None, metavar="N", help="random seed (default 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the scene's checkpoint (an interrupted run, or a finished one to train further)")
@@ -68,6 +69,7 @@ _OPTION_FIELDS = {
     "lifespans": "lifespans", "device": "device", "downscale": "downscale", "max_gaussians": "max_gaussians",
     "init_points": "random_init_points", "sh_degree": "sh_degree", "background": "background",
     "test_camera": "test_camera", "test_every": "test_every", "seed": "seed",
+    "allow_outside_paths": "allow_outside_paths",
 }  # fmt: skip
 
 
@@ -84,10 +86,10 @@ def _train_config(args: argparse.Namespace, scene_dir: Path):
 
 
 def _run_video_to_4d(args: argparse.Namespace) -> int:
-    from multiview import sfm, video4d
+    from multiview import video4d
     from multiview.errors import InputError
-    from multiview.outputs import checked_out_dir
-    from reconstruct import train4d
+    from multiview.outputs import checked_out_dir, output_lock
+    from reconstruct import train, train4d
 
     if not args.input.exists():
         raise InputError(f"{args.input} does not exist: give a video file, a folder of synchronized videos or a "
@@ -95,37 +97,42 @@ def _run_video_to_4d(args: argparse.Namespace) -> int:
     scene_dir = args.out / "scene"
     is_capture = video4d.is_capture(args.input)
     capture_dir = (args.input.parent if args.input.is_file() else args.input) if is_capture else args.out / "capture"
-    for folder in ([] if is_capture else [capture_dir]) + [scene_dir]:
+    for folder in [args.out, scene_dir] + ([] if is_capture else [capture_dir]):
         checked_out_dir(folder, [args.input])
     config = _train_config(args, scene_dir)
     config.validate()  # settings first, before minutes of SfM
-    if is_capture:
-        _check_capture(capture_dir, args.time_steps, args.max_size)
-    elif (capture_dir / "transforms.json").is_file() and not args.overwrite:
-        _check_made_from(capture_dir, args.input)
-    else:
-        capture_config = video4d.Video4DConfig(
-            **{name: value for name, value in (("time_steps", args.time_steps), ("max_size", args.max_size))
-               if value is not None},
-            sfm=sfm.SfmConfig(verbose=args.debug),
-        )  # fmt: skip
-        video4d.run(capture_config, args.input, capture_dir, overwrite=args.overwrite)
-    train4d.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+    with output_lock(args.out):  # one run per OUT, from the capture to the scene
+        train.check_out_dir(scene_dir, capture_dir, resume=args.resume, overwrite=args.overwrite)
+        if is_capture:
+            _check_capture(capture_dir, args)
+        elif (capture_dir / "transforms.json").is_file() and not args.overwrite:
+            _check_made_from(capture_dir, args.input)
+        else:
+            video4d.run(_capture_config(args), args.input, capture_dir, overwrite=args.overwrite)
+        train4d.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
     where = "" if is_capture else f"capture in {capture_dir}, "
     print(f"{where}4D scene in {scene_dir}", file=sys.stderr)
     return 0
 
 
-def _check_capture(capture_dir: Path, time_steps: int | None, max_size: int | None) -> None:
+def _capture_config(args: argparse.Namespace):
+    from multiview import sfm, video4d
+
+    given = {"time_steps": args.time_steps, "max_size": args.max_size}
+    return video4d.Video4DConfig(**{name: value for name, value in given.items() if value is not None},
+                                 sfm=sfm.SfmConfig(verbose=args.debug))  # fmt: skip
+
+
+def _check_capture(capture_dir: Path, args: argparse.Namespace) -> None:
     """A capture given as INPUT: its times are checked before training (``reconstruct.data4d.check_times``); the
     video options do not apply to it."""
     from multiview.capture import read_capture
     from multiview.console import warn
     from reconstruct.data4d import check_times
 
-    if time_steps is not None or max_size is not None:
+    if args.time_steps is not None or args.max_size is not None:
         warn("--time-steps and --max-size apply to videos; the capture is used as it is (--downscale reduces it)")
-    check_times(read_capture(capture_dir))
+    check_times(read_capture(capture_dir, bool(args.allow_outside_paths)))
 
 
 def _check_made_from(capture_dir: Path, source: Path) -> None:

@@ -78,10 +78,11 @@ def check_times(capture: Capture) -> tuple[np.ndarray, list[int]]:
     return distinct, sorted(0 if i is None else int(i) for i in ids)
 
 
-def load_scene4d(capture_dir: Path, downscale: int = 1, test_camera: int | None = None,
-                 test_every: int = 8) -> SceneData4D:  # fmt: skip
-    """Read a 4D capture, check its times and cameras, load its images (1 / ``downscale``) and split them."""
-    capture = read_capture(Path(capture_dir))
+def load_scene4d(capture_dir: Path, downscale: int = 1, test_camera: int | None = None, test_every: int = 8,
+                 allow_outside: bool = False) -> SceneData4D:  # fmt: skip
+    """Read a 4D capture, check its times and cameras, load its images (1 / ``downscale``) and split them.
+    ``allow_outside``: read files its transforms.json names outside its folder (refused otherwise)."""
+    capture = read_capture(Path(capture_dir), allow_outside)
     times, cameras = check_times(capture)
     if test_every < 0:
         raise InputError(f"--test-every {test_every}: use 0 to hold out no time step, or N for every N-th")
@@ -90,7 +91,7 @@ def load_scene4d(capture_dir: Path, downscale: int = 1, test_camera: int | None 
                          "out: drop --test-camera (every 8th time step is held out instead; --test-every sets it)")
     if test_camera is not None and test_camera not in cameras:
         raise InputError(f"--test-camera {test_camera}: {capture.root} has cameras {_id_list(cameras)}: pick one")
-    views = load_scene(capture.root, downscale, test_every=0).train  # every view, sorted by name
+    views = load_scene(capture.root, downscale, 0, allow_outside).train  # every view, sorted by name
     if len(cameras) > 1:
         held = cameras[-1] if test_camera is None else test_camera
         test = [view for view in views if (view.camera.camera_id or 0) == held]

@@ -37,7 +37,7 @@ from torch import Tensor
 from multiview.console import info, warn
 from multiview.errors import InputError
 from multiview.interrupts import deferred_interrupt
-from multiview.outputs import replace_dir
+from multiview.outputs import checked_out_dir, output_lock, replace_dir
 from reconstruct import metrics as M
 from reconstruct import train as train3d
 from reconstruct.checkpoint import TrainState, checkpoint_path, read_checkpoint, restore_state, save_checkpoint
@@ -102,6 +102,8 @@ class Train4DConfig:
     """auto (CUDA when available), cpu or cuda."""
     backend: str = "auto"
     """Rasterizer: auto (gsplat on CUDA, numba on the CPU), torch, numba or gsplat."""
+    allow_outside_paths: bool = False
+    """Read files the capture's transforms.json names outside its folder (refused otherwise)."""
     seed: int = 0
     """Seed of the initialisation, the view order, random backgrounds and densification."""
     checkpoint_every: int = 1000
@@ -140,7 +142,7 @@ class Train4DConfig:
 
 # What a resumed run may change (the rest comes from the checkpoint).
 _RUN_CONTROL = ("steps", "device", "backend", "downscale", "max_gaussians", "checkpoint_every", "psnr_samples",
-                "video_frames")  # fmt: skip
+                "video_frames", "allow_outside_paths")  # fmt: skip
 
 
 def run(config: Train4DConfig, capture_dir: Path, out_dir: Path, *, resume: bool = False, overwrite: bool = False,
@@ -151,10 +153,22 @@ def run(config: Train4DConfig, capture_dir: Path, out_dir: Path, *, resume: bool
     finished scene (trained further beside it, and replacing it once complete); its settings win, except
     ``_RUN_CONTROL``'s. ``on_step(state)`` runs after every step (a KeyboardInterrupt there stops like Ctrl-C).
     """
-    from reconstruct.evaluate4d import export_scene, print_summary
+    from reconstruct.evaluate4d import print_summary
 
     config.validate()
     out_dir = Path(out_dir).absolute()
+    checked_out_dir(out_dir, [capture_dir])
+    with output_lock(out_dir):  # one run per scene, as 3D training
+        report = _run_locked(config, capture_dir, out_dir, resume, overwrite, on_step)
+    print_summary(report, out_dir)
+    return out_dir
+
+
+def _run_locked(config: Train4DConfig, capture_dir: Path, out_dir: Path, resume: bool, overwrite: bool,
+                on_step: Callable[[TrainState], None] | None) -> dict:  # fmt: skip
+    """``run`` while holding ``out_dir``'s lock; returns the scene's report."""
+    from reconstruct.evaluate4d import export_scene
+
     work, resume_from = train3d._work_dir(out_dir, capture_dir, resume, overwrite)
     payload = read_checkpoint(checkpoint_path(resume_from), CHECKPOINT_KIND) if resume_from is not None else None
     if payload is not None:
@@ -163,7 +177,8 @@ def run(config: Train4DConfig, capture_dir: Path, out_dir: Path, *, resume: bool
             raise InputError(f"{checkpoint_path(resume_from)} is at step {payload['step']}, beyond --steps "
                              f"{config.steps}: pass a larger --steps")
     device = train3d._device(config.as_3d())
-    scene = load_scene4d(capture_dir, config.downscale, config.test_camera, config.test_every)
+    scene = load_scene4d(capture_dir, config.downscale, config.test_camera, config.test_every,
+                         config.allow_outside_paths)  # fmt: skip
     info(f"4D capture: {len(scene.times)} time steps, {len(scene.cameras)} camera(s), {len(scene.train)} training "
          f"and {len(scene.test)} held-out views ({scene.evaluated_on()})")
     if payload is not None:
@@ -190,8 +205,7 @@ def run(config: Train4DConfig, capture_dir: Path, out_dir: Path, *, resume: bool
             if not (work / entry.name).exists():
                 os.replace(entry, work / entry.name)
     replace_dir(work, out_dir)
-    print_summary(report, out_dir)
-    return out_dir
+    return report
 
 
 def saved_config(out_dir: Path) -> Train4DConfig | None:
