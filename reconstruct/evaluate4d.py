@@ -117,6 +117,16 @@ def matched_jitter(frames: Sequence[Splats]) -> dict:
             "mean_step": float(np.average(np.concatenate(steps), weights=w)), "matching": "nearest"}  # fmt: skip
 
 
+def lifespan_summary(splats: Splats4D) -> dict:
+    """How the lifespans are used: the mean share of the frame times at which a Gaussian is at least half as opaque
+    as at its peak, and how many Gaussians are so for less than half of them (things that appear or disappear)."""
+    u = torch.as_tensor((splats.times - splats.times[0]) / (splats.times[-1] - splats.times[0]), dtype=torch.float32)
+    fade = torch.exp(-splats.t_rate[:, None].float() * (u[None] - splats.t_center[:, None].float()) ** 2)  # [N, T]
+    visible = (fade >= 0.5).float().mean(dim=1)
+    return {"mean_visible_share": round(float(visible.mean()), 4) if len(splats) else None,
+            "short_lived": int((visible < 0.5).sum())}  # fmt: skip
+
+
 def _weighted(values: Tensor, weights: Tensor) -> float | None:
     total = float(weights.sum())
     return float((values * weights).sum() / total) if total > 0 else None
@@ -209,7 +219,7 @@ def _report(config, scene: SceneData4D, state: TrainState, splats: Splats4D, res
             "basis": splats.basis,
             "motion_points": splats.motion.shape[1],
             "rotation_points": splats.drot.shape[1],
-            "fading": int((splats.t_rate > 1.0).sum()),
+            **lifespan_summary(cpu),
         },
         "file_sizes": {
             "splats4d_ply": size_4d,
@@ -241,7 +251,8 @@ def print_summary(report: dict, out_dir: Path) -> None:
     jitter = report["jitter"]
     if jitter["mean_second_difference"] is not None:
         table.add_row("motion", f"{report['motion']['basis']}, jitter {jitter['mean_second_difference']:.3g} "
-                      f"(mean step {jitter['mean_step']:.3g}) per time step")
+                      f"(mean step {jitter['mean_step']:.3g}) per time step; {report['motion']['short_lived']:,} "
+                      "Gaussians visible less than half the time")
     sizes = report["file_sizes"]
     table.add_row("splats4d.ply", f"{sizes['splats4d_ply'] / 1e6:.2f} MB ({sizes['splats4d_over_one_frame']:.2f}x one "
                   f"frame's .ply; the {len(report['times'])} frames: {sizes['sequence_total'] / 1e6:.1f} MB)")
