@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-slow bench clean
+# Headless Chromium for the viewer's browser tests: Debian's package (playwright's own browser downloads are never used).
+CHROMIUM := /usr/bin/chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,10 +19,13 @@ demo: $(STAMP)
 	$(VENV)/bin/orbit4d video-to-3d examples/sacre_coeur --out outputs/demo --downscale 4 --steps 800 --overwrite
 	@echo "Posed capture in outputs/demo/capture; splats in outputs/demo/scene (splats.ply for SuperSplat / Blender, turntable.mp4, renders/ with depth, training.png)"
 
-test: $(STAMP)
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -49,34 +49,38 @@ def checked_out_dir(out_dir: Path, inputs: Iterable[Path] = (), option: str = "-
     return out_dir
 
 
-def writable_out_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Path:
+def writable_out_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = (),
+                     option: str = "--out") -> Path:  # fmt: skip
     """``checked_out_dir``, and OutputExistsError for an existing, non-empty ``out_dir`` unless ``overwrite``: what
     ``staged_dir`` checks first, for commands to check before long work."""
-    out_dir = checked_out_dir(out_dir, inputs)
+    out_dir = checked_out_dir(out_dir, inputs, option)
     try:
         exists = out_dir.is_dir() and any(out_dir.iterdir())
     except OSError as error:  # a folder that cannot be listed cannot be replaced either
-        raise unwritable(out_dir, out_dir, error) from None
+        raise unwritable(out_dir, out_dir, error, option) from None
     if exists and not overwrite:
-        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another --out")
+        raise OutputExistsError(f"{out_dir} already exists and is not empty: pass --overwrite or choose another "
+                                f"{option}")  # fmt: skip
     return out_dir
 
 
 @contextmanager
-def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+def staged_dir(out_dir: Path, overwrite: bool = False, inputs: Iterable[Path] = (),
+               option: str = "--out") -> Iterator[Path]:  # fmt: skip
     """Yield an empty sibling folder of ``out_dir``; on success it replaces ``out_dir`` in one rename.
 
     On failure the staging folder is removed and ``out_dir`` is untouched. Refuses an existing,
     non-empty ``out_dir`` unless ``overwrite``, and an ``out_dir`` that is or holds one of ``inputs``
     (``checked_out_dir``). Holds ``out_dir``'s lock throughout (``output_lock``), so a second writer is refused.
+    ``option``: what the user calls the output in messages.
     """
-    out_dir = writable_out_dir(out_dir, overwrite, inputs)
-    with output_lock(out_dir):
-        writable_out_dir(out_dir, overwrite, inputs)  # again: another run may have finished it meanwhile
+    out_dir = writable_out_dir(out_dir, overwrite, inputs, option)
+    with output_lock(out_dir, option):
+        writable_out_dir(out_dir, overwrite, inputs, option)  # again: another run may have finished it meanwhile
         try:
             staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
         except OSError as error:
-            raise unwritable(out_dir, out_dir.parent, error) from None
+            raise unwritable(out_dir, out_dir.parent, error, option) from None
         try:
             yield staging
         except BaseException:

@@ -14,7 +14,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from orbit4d import generate_cmd, train_cmd, video4d_cmd
+from orbit4d import generate_cmd, train_cmd, video4d_cmd, view_cmd
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _render_asset_parser(sub)
     train_cmd.add_parsers(sub)
     generate_cmd.add_parsers(sub)
+    view_cmd.add_parsers(sub)
     video4d_cmd.add_parsers(sub)
     return parser
 

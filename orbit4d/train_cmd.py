@@ -31,6 +31,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("capture", type=Path, help="a capture folder (transforms.json, images/, optional points3D.ply)")
     p.add_argument("--out", type=Path, required=True, metavar="SCENE", help="scene folder to write")
     _add_train_options(p)
+    p.add_argument("--view", action="store_true", help="watch training in the browser: the splats as they train, "
+                   "loss and PSNR (orbit4d view's viewer on 127.0.0.1; it stays open after training until Ctrl-C)")
+    p.add_argument("--port", type=int, default=8080, help="the viewer's port with --view (default 8080)")
     p.set_defaults(func=_run_train)
 
 
@@ -233,8 +236,22 @@ def _run_train(args: argparse.Namespace) -> int:
     from reconstruct import train
 
     config = _train_config(args, args.out)
-    train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite)
-    print(f"scene written to {args.out}", file=sys.stderr)
+    if not args.view:
+        train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite)
+        print(f"scene written to {args.out}", file=sys.stderr)
+        return 0
+    from viewers.server import training_viewer
+
+    config.validate()
+    viewer, on_step = training_viewer(args.capture, config.steps, port=args.port)
+    try:
+        print(f"watch training at {viewer.url}", file=sys.stderr, flush=True)
+        train.run(config, args.capture, args.out, resume=args.resume, overwrite=args.overwrite, on_step=on_step)
+        print(f"scene written to {args.out}; the viewer stays open at {viewer.url} (Ctrl-C to stop)", file=sys.stderr,
+              flush=True)  # fmt: skip
+        viewer.wait()
+    finally:
+        viewer.stop()
     return 0
 
 

@@ -150,6 +150,19 @@ SURVEY = [
                               ("eval-generator", "--weights {weights_empty} --data {dataset}")]],
     row("finetune-busy-out", "finetune {ft_busy}", BUSY),
     row("eval-scene-busy-out", "eval {scene}", BUSY),  # SCENE/eval while SCENE is being trained
+    # the viewer's static export and videos
+    row("view-zero-ply", "view {splats_zero} --export {out}", "zero.ply"),
+    row("view-lying-ply", "view {splats_lying} --export {out}", "lying.ply"),
+    row("view-out-is-input", "view {scene} --export {scene} --overwrite", "would replace the scene"),
+    row("view-unwritable-out", f"view {{splats}} --export {UNWRITABLE}", "cannot write in /proc",
+        "choose a folder you can write to"),
+    row("view-busy-out", "view {splats} --export {busy}", BUSY),
+    row("render-zero-ply", "render {splats_zero} --out {out}.mp4", "zero.ply"),
+    row("render-not-a-video", "render {splats} --out {out}.gif", "name the video .mp4"),
+    row("render-frames-zero", "render {splats} --out {out}.mp4 --frames 0", "--frames"),
+    row("render-unwritable-out", f"render {{splats}} --out {UNWRITABLE}.mp4", "cannot write in /proc",
+        "choose a folder you can write to"),
+    row("render-busy-out", "render {splats} --out {busy}", BUSY),
 ]  # fmt: skip
 
 COMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
@@ -191,7 +204,8 @@ def holder(corpus, tmp_path_factory):
 
 def _busy_out(corpus: dict, r: Row) -> Path:
     """The output the ``holder`` holds for a busy row (the scene itself for an evaluation into SCENE/eval)."""
-    special = {"finetune-busy-out": corpus["ft_busy_out"], "eval-scene-busy-out": corpus["scene"]}
+    special = {"finetune-busy-out": corpus["ft_busy_out"], "eval-scene-busy-out": corpus["scene"],
+               "render-busy-out": corpus["root"].parent / "busy" / "render" / "out.mp4"}
     return special.get(r.id, corpus["root"].parent / "busy" / r.argv[0] / "out")
 
 
