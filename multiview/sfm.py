@@ -165,13 +165,15 @@ class _Attempt:
         }
 
 
-def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, source: Path | None = None) -> SfmResult:
+def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, source: Path | None = None,
+        mask_dir: Path | None = None) -> SfmResult:  # fmt: skip
     """Pose the images of ``image_dir`` and write the largest model to ``work_dir/sparse/0``.
 
     ``ordered``: the images are frames of one video, in file-name order (one shared camera, sequential
     matching). ``source``: what the user gave (a video, a photo folder), named in messages instead of
-    ``image_dir`` when the images are intermediate frames. Raises :class:`InputError` for a folder without
-    at least two images and :class:`SfmError` when no image can be registered.
+    ``image_dir`` when the images are intermediate frames. ``mask_dir``: COLMAP masks (``<image name>.png``,
+    black where no feature is kept: what moves in a dynamic scene). Raises :class:`InputError` for a folder
+    without at least two images and :class:`SfmError` when no image can be registered.
     """
     start = time.perf_counter()
     image_dir, work_dir = Path(image_dir).absolute(), Path(work_dir).absolute()
@@ -184,7 +186,7 @@ def run(config: SfmConfig, image_dir: Path, work_dir: Path, ordered: bool, sourc
     info(f"sfm: {len(names)} images, {plan.matcher} matching, {config.mapper} mapping")
     with colmap_logging(config.verbose):
         pycolmap.set_random_seed(config.seed)
-        inputs = _Inputs(config, image_dir, names, work_dir, single_camera)
+        inputs = _Inputs(config, image_dir, names, work_dir, single_camera, mask_dir)
         attempts = [_run_attempt(1, plan, None, inputs)]
         retry = _retry_plan(attempts[0], config, len(names))
         if retry is not None:
@@ -324,6 +326,7 @@ class _Inputs:
     names: list[str]
     work_dir: Path
     single_camera: bool
+    mask_dir: Path | None = None
 
 
 def _run_attempt(index: int, plan: MatchPlan, previous: _Attempt | None, inputs: _Inputs) -> _Attempt:
@@ -355,13 +358,15 @@ def _prepare_database(attempt: _Attempt, previous: _Attempt | None, inputs: _Inp
     if not features_db.exists():
         info(f"sfm: extracting up to {plan.max_num_features} SIFT features from {len(inputs.names)} images")
         _extract_features(
-            features_db, inputs.config, plan.max_num_features, inputs.image_dir, inputs.names, inputs.single_camera
+            features_db, inputs.config, plan.max_num_features, inputs.image_dir, inputs.names, inputs.single_camera,
+            inputs.mask_dir,
         )
     shutil.copyfile(features_db, attempt.database)
 
 
 def _extract_features(
-    database: Path, config: SfmConfig, max_num_features: int, image_dir: Path, names: list[str], single_camera: bool
+    database: Path, config: SfmConfig, max_num_features: int, image_dir: Path, names: list[str], single_camera: bool,
+    mask_dir: Path | None = None,
 ) -> None:
     options = pycolmap.FeatureExtractionOptions()
     options.num_threads = config.num_threads
@@ -375,7 +380,8 @@ def _extract_features(
         image_dir,
         image_names=names,
         camera_mode=pycolmap.CameraMode.SINGLE if single_camera else pycolmap.CameraMode.PER_IMAGE,
-        reader_options=pycolmap.ImageReaderOptions(camera_model=config.camera_model),
+        reader_options=pycolmap.ImageReaderOptions(camera_model=config.camera_model,
+                                                   **({"mask_path": str(mask_dir)} if mask_dir else {})),
         extraction_options=options,
         device=pycolmap.Device.cpu,
     )

@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from orbit4d import export_cmd, generate_cmd, train_cmd, view_cmd
+from orbit4d import export_cmd, generate_cmd, train_cmd, video4d_cmd, view_cmd
 
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
@@ -36,6 +36,7 @@ OUT_OF_MEMORY_HINTS = {
     "generate": "fewer --frames",
     "render-asset": "a smaller --size",
     "export": "a smaller --resolution",
+    "video-to-4d": f"a smaller --max-size or fewer --time-steps for the capture; {_TRAIN_HINT} for training",
 }
 
 
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate_cmd.add_parsers(sub)
     view_cmd.add_parsers(sub)
     export_cmd.add_parsers(sub)
+    video4d_cmd.add_parsers(sub)
     return parser
 
 

@@ -54,10 +54,10 @@ def checkpoint_path(scene_dir: Path) -> Path:
     return Path(scene_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
 
 
-def save_checkpoint(path: Path, state: TrainState) -> Path:
-    """Write ``state`` to ``path`` atomically; return ``path``."""
+def save_checkpoint(path: Path, state: TrainState, kind: str = FORMAT) -> Path:
+    """Write ``state`` to ``path`` atomically; return ``path``. ``kind``: the format name (4D training has its own)."""
     payload = {
-        "format": FORMAT,
+        "format": kind,
         "version": VERSION,
         "step": state.step,
         "params": {name: p.detach().cpu() for name, p in state.params.items()},
@@ -86,8 +86,9 @@ def save_checkpoint(path: Path, state: TrainState) -> Path:
     return path
 
 
-def read_checkpoint(path: Path) -> dict:
-    """The raw checkpoint dictionary (tensors on the CPU); InputError if missing, corrupt or foreign."""
+def read_checkpoint(path: Path, kind: str = FORMAT) -> dict:
+    """The raw checkpoint dictionary (tensors on the CPU); InputError if missing, corrupt or foreign (another
+    ``kind`` than ``save_checkpoint``'s: a 4D run's checkpoint is no 3D one)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist: there is no checkpoint to resume; run without --resume")
@@ -97,8 +98,9 @@ def read_checkpoint(path: Path) -> dict:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"{path} is not a readable checkpoint ({reason[:120]}): delete it and train "
                          "without --resume") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path} is not an orbit4d training checkpoint: delete it and train without --resume")
+    if not isinstance(payload, dict) or payload.get("format") != kind:
+        what = "a 4D " if kind != FORMAT else "an "
+        raise InputError(f"{path} is not {what}orbit4d training checkpoint: delete it and train without --resume")
     if payload.get("version") != VERSION:
         raise InputError(f"{path} is a version {payload.get('version')} checkpoint, this orbit4d reads version "
                          f"{VERSION}: train again without --resume")
