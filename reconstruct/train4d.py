@@ -40,6 +40,7 @@ from multiview.interrupts import deferred_interrupt
 from multiview.outputs import checked_out_dir, output_lock, replace_dir
 from reconstruct import metrics as M
 from reconstruct import train as train3d
+from reconstruct.schedule import Schedule
 from reconstruct.checkpoint import TrainState, checkpoint_path, read_checkpoint, restore_state, save_checkpoint
 from reconstruct.data import SceneData
 from reconstruct.data4d import SceneData4D, load_scene4d
@@ -333,10 +334,11 @@ def train_loop(config: Train4DConfig, scene: SceneData4D, state: TrainState, dev
     densifier = densifier_for(config)
     tables = SmoothnessTables.for_scene(config.basis, (state.params["motion"].shape[1], state.params["drot"].shape[1]),
                                         scene.times, device)  # fmt: skip
-    samples = train3d._sample_steps(config.as_3d())
+    schedule = Schedule(config.steps)
+    fractions = train3d._sample_fractions(config.as_3d())
     window = train3d._Window(max(1, config.steps // train3d.CURVE_POINTS))
     between_steps = True
-    if samples and state.step == 0:
+    if fractions and state.step == 0:
         state.history.append(sample_psnr(config, scene, state))
     with train3d._progress(config.steps, state.step) as progress, deferred_interrupt() as interrupted:
         try:
@@ -352,13 +354,13 @@ def train_loop(config: Train4DConfig, scene: SceneData4D, state: TrainState, dev
                 state.seconds += time.perf_counter() - tic
                 state.step += 1
                 between_steps = True
-                progress(state.step, loss, step_psnr, len(state.params["means"]))
+                progress(state.step, loss, step_psnr, len(state.params["means"]), config.steps)
                 window.add(state, loss, step_psnr)
                 if on_step is not None:
                     on_step(state)
                 if interrupted():
                     raise KeyboardInterrupt
-                if state.step in samples:
+                if any(schedule.crossed(state.step, fraction) for fraction in fractions):
                     state.history.append(sample_psnr(config, scene, state))
                 if config.checkpoint_every and state.step % config.checkpoint_every == 0:
                     _save(state, work)
