@@ -191,10 +191,12 @@ class OrbitPipeline:
 
     # --- files ----------------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: Path) -> Path:
+    def save_pretrained(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
+        """The model folder; ``dtype`` (e.g. float16: half the size on disk) the tensors are stored in, else their
+        own. ``from_pretrained`` loads either into the dtype asked for."""
         folder = Path(folder)
         for name in ("unet", "vae", "image_encoder"):
-            save_model(getattr(self, name), folder / name)
+            save_model(getattr(self, name), folder / name, dtype)
         index = {"_class_name": "OrbitPipeline", "vae": type(self.vae).__name__, "orbit": asdict(self.defaults)}
         (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return folder

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +88,7 @@ def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool
     """Generate the orbit of the object in ``image_path`` into the capture folder ``out_dir``; return it."""
     tic = time.perf_counter()
     config.validate()
-    if config.weights is None:
-        raise InputError("no --weights given: pass a model folder (model_index.json, unet/, vae/, image_encoder/); "
-                         "`orbit4d finetune` trains one, and converted SV3D / SVD checkpoints work too")
+    config = replace(config, weights=weights_or_embedded(config.weights))
     writable_out_dir(out_dir, overwrite, inputs=[image_path, config.weights])  # before minutes of sampling
     device = _device(config.device)
     dtype = _dtype(device, config.half)
@@ -151,6 +149,18 @@ def _print_summary(out_dir: Path, orbit, config: GenerateConfig, device: str, se
     table.add_row("time", f"{seconds:.1f} s on {device}")
     table.add_row("outputs", "images/, transforms.json, input.png, report.json (orbit4d train reads it)")
     console.print(table)
+
+
+def weights_or_embedded(weights: Path | None) -> Path:
+    """``weights``, or the embedded model when None; InputError when that is missing from this installation."""
+    from generate import EMBEDDED_MODEL
+
+    if weights is not None:
+        return Path(weights)
+    if not (EMBEDDED_MODEL / "model_index.json").is_file():
+        raise InputError(f"no --weights given and the embedded model is missing ({EMBEDDED_MODEL}): reinstall "
+                         "orbit4d, or pass a model folder or an SV3D checkpoint with --weights")
+    return EMBEDDED_MODEL
 
 
 def load_pipeline(weights: Path, dtype: torch.dtype) -> OrbitPipeline:
