@@ -90,8 +90,10 @@ class FinetuneConfig:
     warmup_steps: int = 0
     ema_decay: float = 0.999
     """Decay of the exported exponential moving average; 0: export the trained weights as they are."""
-    p_mean: float = -1.2
-    """Mean of log sigma during training (EDM: -1.2; SVD fine-tuning uses 1.0 at high resolution)."""
+    p_mean: float = 0.0
+    """Mean of log sigma during training. Latents have unit deviation here (the VAE's scaling factor), so EDM's -1.2
+    for images of deviation 0.5 is about -0.5; orbits are decided at high noise (the silhouette at unseen azimuths),
+    which more weight there helps: 0 (SVD fine-tuning uses 1.0 at high resolution)."""
     p_std: float = 1.2
     """Standard deviation of log sigma during training."""
     cond_dropout: float = 0.1
@@ -110,6 +112,9 @@ class FinetuneConfig:
     """Steps between checkpoints (and at the end); 0: only at the end."""
     mixed_precision: str = "no"
     """accelerate's mixed precision: no, fp16 or bf16 (GPU)."""
+    frozen_from: str | None = None
+    """A run (finished or under way) on the same data whose fitted VAE, image tower and encoded clips this one
+    reuses, so that variants of the UNet are compared on equal terms without fitting and encoding again."""
     export_dtype: str = "float32"
     """How ``model/`` stores its weights: float32, or float16 (half the size; loads into float32 all the same)."""
     eval_every: int = 0
@@ -129,7 +134,7 @@ class FinetuneConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"{path} is not readable JSON ({error})") from None
         config = dataclass_from_json(cls, raw, str(path))
-        paths = {key: str((path.parent / value).resolve()) for key in ("data", "out", "base", "assets")
+        paths = {key: str((path.parent / value).resolve()) for key in ("data", "out", "base", "assets", "frozen_from")
                  if (value := getattr(config, key)) is not None}  # fmt: skip
         config = replace(config, **paths)
         try:
@@ -193,7 +198,7 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
     with _moved_back_on_failure(work, out, main and resume_from == out):  # nothing trained yet
         state_path = work / "checkpoint" / "state.pt"
         pipeline = _starting_pipeline(config, train_clips).to(accelerator.device)
-        _prepare_vae(pipeline, train_clips, config, work / "checkpoint" / "vae", resume)
+        _prepare_frozen(pipeline, train_clips, config, work / "checkpoint", resume)
         encoded = _encoded_clips(pipeline, train_clips, work / "checkpoint" / "latents.safetensors", accelerator)
         test_clips = OrbitClips(Path(config.data), "test") if config.eval_clips and main else None
         if test_clips is not None and not resume:
@@ -483,21 +488,42 @@ def fit_vae(pipeline: OrbitPipeline, clips: OrbitClips, steps: int, config: Fine
     return losses
 
 
-def _prepare_vae(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig, folder: Path,
-                 resume: bool) -> None:  # fmt: skip
-    """Fit a fresh model's VAE once (saved in the checkpoint folder; a resumed run loads it back), and scale its
-    latents to unit standard deviation, the data scale the EDM preconditioning assumes (sigma_data 1)."""
+def _prepare_frozen(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneConfig, checkpoint: Path,
+                    resume: bool) -> None:  # fmt: skip
+    """The frozen parts, once: a fresh model's VAE fitted (its latents scaled to unit deviation, the data scale of the
+    EDM preconditioning, sigma_data 1) and saved in ``checkpoint`` with the image tower, so that a resumed run loads
+    them back; or both (and the encoded clips) taken from the run ``config.frozen_from``."""
     from generate.weights import load_model, save_model
 
+    source = _frozen_source(config) if config.frozen_from else None
+    if source is not None and not (checkpoint / "vae").is_dir():
+        for name in ("vae", "image_encoder"):
+            shutil.copytree(source / name, checkpoint / name, dirs_exist_ok=True)
+        if (source / "latents.safetensors").is_file():
+            shutil.copy2(source / "latents.safetensors", checkpoint / "latents.safetensors")
+    if (resume or source is not None) and (checkpoint / "vae").is_dir():
+        pipeline.vae = load_model(type(pipeline.vae), checkpoint / "vae").to(pipeline.device)
+        if (checkpoint / "image_encoder").is_dir():
+            pipeline.image_encoder = load_model(type(pipeline.image_encoder), checkpoint / "image_encoder")\
+                .to(pipeline.device)  # fmt: skip
+        return
     steps = config.vae_steps if config.vae_steps is not None else (0 if config.base else 300)
     if steps == 0:
         return
-    if resume and folder.is_dir():
-        pipeline.vae = load_model(type(pipeline.vae), folder).to(pipeline.device)
-        return
     fit_vae(pipeline, clips, steps, config)
     _unit_latents(pipeline, clips, config)
-    save_model(pipeline.vae, folder)
+    save_model(pipeline.vae, checkpoint / "vae")
+    save_model(pipeline.image_encoder, checkpoint / "image_encoder")
+
+
+def _frozen_source(config: FinetuneConfig) -> Path:
+    """The checkpoint folder of the run ``config.frozen_from`` (finished or under way) that holds a fitted VAE."""
+    run_folder = Path(config.frozen_from)
+    for folder in (run_folder / "checkpoint", partial_folder(run_folder) / "checkpoint"):
+        if (folder / "vae").is_dir() and (folder / "image_encoder").is_dir():
+            return folder
+    raise InputError(f"frozen_from {run_folder}: no fitted VAE and image tower in its checkpoint (nor in "
+                     f"{partial_folder(run_folder)}): let that run fit them first, or leave frozen_from out")
 
 
 @torch.no_grad()

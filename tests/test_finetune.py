@@ -53,7 +53,7 @@ def test_dataset_serves_clips_in_sv3d_order(dataset):
 def test_finetuning_lowers_the_loss_and_raises_heldout_psnr(dataset, tmp_path):
     out = run(config(dataset, tmp_path / "run"))
     losses = json.loads((out / "losses.json").read_text())["losses"]
-    assert len(losses) == 200 and sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
+    assert len(losses) == 200 and sum(losses[-20:]) / 20 < 0.75 * sum(losses[:20]) / 20
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["end_psnr"] > evaluation["start_psnr"] + 1.0, evaluation
     pipeline = OrbitPipeline.from_pretrained(out / "model")  # usable by orbit4d generate --weights
