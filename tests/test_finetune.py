@@ -225,9 +225,11 @@ def test_two_processes_train_as_one(dataset, base, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert len(two["losses"]) == 6 and two["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=1e-6)
-    a = load_file(str(tmp_path / "one" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model" / "unet" / "diffusion_pytorch_model.safetensors"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    start, a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+                   for folder in (base, tmp_path / "one" / "model", tmp_path / "two" / "model"))  # fmt: skip
+    apart = sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
+    moved = sum(float((a[k] - start[k]).square().sum()) for k in a) ** 0.5
+    assert moved > 0 and apart < 0.02 * moved  # float summation order only (Adam magnifies it on tiny gradients)
 
 
 @pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 truncated", "pickle"])
