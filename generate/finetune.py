@@ -467,22 +467,33 @@ def _draws(shape, config: FinetuneConfig, generator: torch.Generator) -> tuple[f
 
 
 def fit_vae(pipeline: OrbitPipeline, clips: OrbitClips, steps: int, config: FinetuneConfig) -> list[float]:
-    """Train the VAE as an autoencoder on random frames (L2 + a small KL); returns the losses. Seeded."""
+    """Train the VAE as an autoencoder on random frames; returns the losses. Seeded.
+
+    Nearly deterministic: the decoder learns from the posterior's mean plus a little noise (a tenth of the latents'
+    own deviation, so that scaling the latents up cannot hide from it), not from the posterior's sample: with a KL
+    term too weak to matter the sampled noise starts at the latents' own size and costs sharpness for hundreds of
+    steps (21 dB of reconstruction after 1,500 steps of that, on 64 px orbit frames). The learning rate falls to a
+    tenth over the last fifth of the steps."""
     vae = pipeline.vae
     vae.requires_grad_(True).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(config.seed + 1)
     losses = []
-    for _ in range(steps):
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3 if step < 0.8 * steps else 1e-4
         frames = torch.cat([clips.random_clip(generator).frames for _ in range(2)]).to(pipeline.device)
         x = frames * 2 - 1
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(x.device)
-        loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x) + 1e-6 * posterior.kl().mean()
+        mean = vae.encode(x).latent_dist.mean
+        noise = torch.randn(mean.shape, generator=generator).to(x.device)
+        z = mean + 0.1 * mean.detach().std() * noise
+        loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if not console.is_terminal and (step + 1) % max(1, steps // 10) == 0:
+            info(f"VAE step {step + 1}/{steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
     vae.requires_grad_(False).eval()
     info(f"VAE fitted in {steps} steps: loss {losses[0]:.4f} -> {sum(losses[-10:]) / len(losses[-10:]):.4f}")
     return losses

@@ -68,14 +68,16 @@ ARCHITECTURES = {
     "tiny": Architecture(),
     "small": Architecture(block_out_channels=(64, 128, 128), layers_per_block=2, attention_heads=8,
                           vae_channels=(32, 64, 64), clip_width=128, clip_layers=4, clip_heads=4, clip_patch=16,
-                          clip_image_size=128, embedding_dim=128, condition_embed_dims=(64, 128, 128)),  # fmt: skip
+                          clip_image_size=128, embedding_dim=128, condition_embed_dims=(64, 128, 128),
+                          latent_channels=8),  # fmt: skip
     "small-rays": Architecture(block_out_channels=(64, 128, 128), layers_per_block=2, attention_heads=8,
                                vae_channels=(32, 64, 64), clip_width=128, clip_layers=4, clip_heads=4, clip_patch=16,
                                clip_image_size=128, embedding_dim=128, condition_embed_dims=(64, 128, 128),
-                               ray_maps=True),  # fmt: skip
+                               latent_channels=8, ray_maps=True),  # fmt: skip
     "lite": Architecture(block_out_channels=(64, 128, 128), layers_per_block=1, attention_heads=8,
                          vae_channels=(32, 64, 64), clip_width=128, clip_layers=4, clip_heads=4, clip_patch=16,
-                         clip_image_size=128, embedding_dim=128, condition_embed_dims=(64, 128, 128)),  # fmt: skip
+                         clip_image_size=128, embedding_dim=128, condition_embed_dims=(64, 128, 128),
+                         latent_channels=8),  # fmt: skip
     "sv3d": Architecture(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_heads=(5, 10, 20, 20),
                          vae_channels=(128, 256, 512, 512), clip_width=1280, clip_layers=32, clip_heads=16,
                          clip_patch=14, clip_image_size=224, embedding_dim=1024,
