@@ -32,7 +32,8 @@ from multiview.capture import read_capture
 from multiview.console import info, track
 from multiview.errors import InputError
 from multiview.frames import to_8bit
-from multiview.outputs import write_json
+from multiview.outputs import output_lock, write_json
+from multiview.paths import inside_folder
 
 ASSET_SUFFIXES = (".glb", ".gltf", ".obj")
 DATASET_FILE = "dataset.json"
@@ -79,26 +80,29 @@ def find_assets(folder: Path) -> list[Path]:
     return assets
 
 
-def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path, workers: int = 1) -> Path:
+def build_orbit_dataset(config: DatasetConfig, assets_dir: Path, out_dir: Path, workers: int = 1,
+                        option: str = "--data") -> Path:  # fmt: skip
     """Render the orbit clips of every asset in ``assets_dir`` into ``out_dir`` (created); return ``out_dir``.
 
     Resumable: clips already rendered (their ``transforms.json`` written) are kept, an interrupted one is rendered
     again, so a build stopped at any point continues where it was. ``workers`` Blender processes render in parallel.
-    ``recipe.json`` records the settings first: a folder begun with other settings or assets is refused.
+    ``recipe.json`` records the settings first: a folder begun with other settings or assets is refused, as is one
+    another run is writing. ``option``: what the user calls ``out_dir`` in messages.
     """
     assets = find_assets(assets_dir)
     _check_holdout(config, assets, assets_dir)
     out_dir = Path(out_dir)
-    _claim_folder(out_dir, config, assets)
-    jobs = _clip_jobs(config, assets, out_dir)
-    todo = [job for job in jobs if not (out_dir / job["path"] / "transforms.json").is_file()]
-    if todo:
-        info(f"rendering {len(todo)} of {len(jobs)} orbit clips ({len(jobs) - len(todo)} already there) with "
-             f"{workers} Blender process{'es' if workers > 1 else ''}")
-    _render_clips(todo, config, out_dir, workers)
-    clips = [{key: job[key] for key in ("path", "asset", "elevation_deg", "background", "world_light", "sun", "split")}
-             for job in jobs]  # fmt: skip
-    write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
+    with output_lock(out_dir, option):  # one writer per dataset folder (finetune and eval-generator render into it)
+        _claim_folder(out_dir, config, assets)
+        jobs = _clip_jobs(config, assets, out_dir)
+        todo = [job for job in jobs if not (out_dir / job["path"] / "transforms.json").is_file()]
+        if todo:
+            info(f"rendering {len(todo)} of {len(jobs)} orbit clips ({len(jobs) - len(todo)} already there) with "
+                 f"{workers} Blender process{'es' if workers > 1 else ''}")
+        _render_clips(todo, config, out_dir, workers)
+        clips = [{key: job[key] for key in ("path", "asset", "elevation_deg", "background", "world_light", "sun",
+                                            "split")} for job in jobs]  # fmt: skip
+        write_json(out_dir / DATASET_FILE, {"config": asdict(config), "clips": clips})
     info(f"{len(clips)} orbit clips of {len(assets)} assets in {out_dir}")
     return out_dir
 
@@ -270,6 +274,8 @@ def _read_listing(listing: Path) -> list[dict]:
         if not (isinstance(clip, dict) and all(isinstance(clip.get(key), str) for key in ("path", "asset", "split"))):
             raise InputError(f"{listing}: clip {number} is not an object with path, asset and split strings; "
                              "delete the file to render the dataset again")
+        inside_folder(listing.parent, clip["path"], listing, f"clip {number}'s path", hint="delete the file to "
+                      "render the dataset again")  # a dataset's clips lie in its folder  # fmt: skip
     return clips
 
 

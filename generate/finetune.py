@@ -24,6 +24,7 @@ folder again). Ctrl-C or SIGTERM saves a checkpoint after the step under way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from generate.schedulers import Denoiser
 from multiview.console import console, info, warn
 from multiview.errors import InputError, OutputExistsError
 from multiview.interrupts import deferred_interrupt
-from multiview.outputs import checked_out_dir, replace_dir, write_json
+from multiview.outputs import checked_out_dir, output_lock, replace_dir, write_json
 from multiview.settings import dataclass_from_json
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -184,12 +185,26 @@ def run(config: FinetuneConfig, resume: bool = False, on_step=None) -> Path:
     from accelerate import Accelerator
 
     config.validate()
-    out = Path(config.out)
-    _ensure_dataset(config)
-    train_clips = OrbitClips(Path(config.data), "train")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    work, resume_from = _run_folders(config, resume)  # every process looks before anything moves
+    with output_lock(config.out, "out") if main else contextlib.nullcontext():  # one run per out; main holds it
+        work, resume_from = _run_folders(config, resume)  # every process looks before anything moves or renders
+        try:
+            return _run_in(config, accelerator, work, resume_from, resume, on_step)
+        except BaseException:
+            if main and resume_from is None and work.is_dir() and not _state_path(work).is_file():
+                shutil.rmtree(work, ignore_errors=True)  # a new run that saved nothing: no .partial left behind
+            raise
+
+
+def _run_in(config: FinetuneConfig, accelerator, work: Path, resume_from: Path | None, resume: bool,
+            on_step) -> Path:  # fmt: skip
+    """``run`` in the folder ``work`` (from ``_run_folders``), the output's lock held."""
+    out, main = Path(config.out), accelerator.is_main_process
+    if main:
+        _ensure_dataset(config)
+    accelerator.wait_for_everyone()
+    train_clips = OrbitClips(Path(config.data), "train")
     saved = None if resume_from is None else _read_state(_state_path(resume_from), config)
     accelerator.wait_for_everyone()
     if main:
@@ -242,7 +257,7 @@ def _run_folders(config: FinetuneConfig, resume: bool) -> tuple[Path, Path | Non
     changes nothing (every process of a multi-GPU run asks)."""
     out = Path(config.out)
     partial = partial_folder(out)
-    checked_out_dir(out, [Path(p) for p in (config.data, config.base, config.assets) if p is not None])
+    checked_out_dir(out, [Path(p) for p in (config.data, config.base, config.assets) if p is not None], "out")
     if resume:  # an interrupted run first: it is newer than a finished one it would replace
         for folder in (partial, out):
             if _state_path(folder).is_file():
@@ -402,7 +417,7 @@ def _ensure_dataset(config: FinetuneConfig) -> None:
     dataset = DatasetConfig(num_frames=config.frames, image_size=config.image_size,
                             clips_per_asset=config.clips_per_asset, holdout=config.holdout,
                             holdout_assets=config.holdout_assets, seed=config.seed)  # fmt: skip
-    build_orbit_dataset(dataset, Path(config.assets), Path(config.data), workers=config.workers)
+    build_orbit_dataset(dataset, Path(config.assets), Path(config.data), workers=config.workers, option="data")
 
 
 def _print_summary(out: Path, losses: list[float], seconds: float) -> None:

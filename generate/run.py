@@ -27,7 +27,7 @@ from multiview.capture import Frame, write_transforms
 from multiview.console import console
 from multiview.errors import InputError
 from multiview.frames import to_8bit
-from multiview.outputs import staged_dir, writable_out_dir, write_json
+from multiview.outputs import output_lock, staged_dir, writable_out_dir, write_json
 
 
 MAX_GUIDANCE = 100.0  # classifier-free guidance scales beyond this only amplify noise (SV3D: 2.5; images: 3-15)
@@ -86,10 +86,16 @@ class GenerateConfig:
 
 def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool = False) -> Path:
     """Generate the orbit of the object in ``image_path`` into the capture folder ``out_dir``; return it."""
-    tic = time.perf_counter()
     config.validate()
     config = replace(config, weights=weights_or_embedded(config.weights))
     writable_out_dir(out_dir, overwrite, inputs=[image_path, config.weights])  # before minutes of sampling
+    _check_image(image_path)  # before loading the model
+    with output_lock(out_dir):  # held from before sampling: a second run on out_dir is refused at once
+        return _run_locked(config, image_path, out_dir, overwrite)
+
+
+def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool) -> Path:
+    tic = time.perf_counter()
     device = _device(config.device)
     dtype = _dtype(device, config.half)
     pipeline = load_pipeline(Path(config.weights), dtype).to(device)
@@ -170,6 +176,12 @@ def load_pipeline(weights: Path, dtype: torch.dtype) -> OrbitPipeline:
 
         return load_sv3d(weights, dtype=dtype)
     return OrbitPipeline.from_pretrained(weights, dtype)
+
+
+def _check_image(path: Path) -> None:
+    """InputError when ``path`` is missing or does not decode (what ``prepare_image`` refuses, said before the model
+    loads)."""
+    prepare_image(path, 8)
 
 
 def prepare_image(path: Path, size: int, object_ratio: float = 0.85) -> np.ndarray:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multiview.asset_files import check_asset_references
 from multiview.camera import Camera
 from multiview.conventions import ZUP_FROM_YUP, blender_world_from_cam
 from multiview.errors import InputError
@@ -226,14 +227,16 @@ def _models_inside(folder: Path, shown: int = 4) -> str:
     return f": give the path of one of the model files inside ({', '.join(found[:shown])}{more})"
 
 
-def load_asset(path: Path) -> AssetInfo:
+def load_asset(path: Path, allow_outside: bool = False) -> AssetInfo:
     """Import ``path`` (glTF, GLB or OBJ) into a fresh empty Blender scene, quietly.
 
     Hidden objects (e.g. the glTF importer's bone shapes) and the asset's own lights are deleted: what stays is
-    what renders. Raises InputError for a missing or unsupported file, a failed import, no renderable geometry, or
-    texture images that are missing or unreadable (Cycles would paint them magenta).
+    what renders. Raises InputError for a missing or unsupported file, buffers, textures or materials named outside
+    its folder (unless ``allow_outside``), a failed import, no renderable geometry or surface, or texture images that
+    are missing or unreadable (Cycles would paint them magenta).
     """
     path = check_asset_path(path).absolute()
+    check_asset_references(path, allow_outside)
     bpy = import_bpy()
     with quiet_blender() as log_path:
         bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -261,9 +264,23 @@ def load_asset(path: Path) -> AssetInfo:
         actions[0] if actions else None,
     )
     info = AssetInfo(path, tuple(actions), active, ZUP_FROM_YUP.copy(), bpy.app.version_string)
-    if posed_mesh().faces.size == 0:
+    mesh = posed_mesh()
+    if mesh.faces.size == 0:
         raise InputError(f"{path} has no geometry (its meshes have no faces): export the model with its faces")
+    if not has_surface(mesh):
+        raise InputError(f"{path} has no surface: all {len(mesh.faces):,} of its faces have zero area (degenerate "
+                         "geometry renders nothing): export the model with real faces")  # fmt: skip
     return info
+
+
+def has_surface(mesh: PosedMesh) -> bool:
+    """Whether the triangles of ``mesh`` cover any area, relative to its size (not all collapsed to lines or points)."""
+    corners = mesh.vertices[mesh.faces]  # [faces, 3, 3]
+    with np.errstate(all="ignore"):
+        doubled = np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=-1)
+        extent = float(np.ptp(mesh.vertices, axis=0).max())
+        total = float(np.nansum(doubled)) / 2
+    return extent > 0 and math.isfinite(extent) and total > 1e-9 * extent**2
 
 
 def _check_textures(path: Path) -> None:

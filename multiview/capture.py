@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from multiview.camera import Camera
+from multiview.colmap_files import check_binary_model
 from multiview.console import info, warn
 from multiview.conventions import (
     cam_from_world_from_opengl_c2w,
@@ -42,6 +43,7 @@ from multiview.conventions import (
 )
 from multiview.errors import InputError
 from multiview.outputs import write_json
+from multiview.paths import exists, inside_folder
 
 if TYPE_CHECKING:
     import pycolmap
@@ -61,6 +63,8 @@ _INTRINSIC_KEYS = (
 )  # fmt: skip
 _SUPPORTED_MODELS = {None, "PINHOLE", "SIMPLE_PINHOLE", "OPENCV"}  # nerfstudio names; fisheye / 360 are not
 _ROTATION_TOLERANCE = 1e-3  # instant-ngp files are orthonormal to ~1e-6; anything worse is not a pose
+MAX_FOCAL_PER_SIDE = 1e4  # focal length / image side: a 0.006 degree field of view; beyond it a number is broken
+MAX_COORDINATE = 1e15  # camera positions beyond this leave float32 no room for the scene's squared distances
 _REQUIRED = object()
 
 
@@ -186,17 +190,18 @@ def _relative_name(path: Path, root: Path) -> str:
 # --- transforms.json: reading ----------------------------------------------------------------------------------
 
 
-def read_transforms(path: Path) -> list[Frame]:
+def read_transforms(path: Path, allow_outside: bool = False) -> list[Frame]:
     """Frames of a nerfstudio or instant-ngp ``transforms.json`` whose images exist (one warning for the rest).
 
-    Raises InputError when the file is unreadable or none of its images exist.
+    Raises InputError when the file is unreadable or none of its images exist. ``allow_outside``: see
+    ``load_transforms``.
     """
-    listing = load_transforms(path)
+    listing = load_transforms(path, allow_outside)
     warn_skipped(listing.missing, len(listing.frames) + len(listing.missing), Path(path))
     return listing.frames
 
 
-def load_transforms(path: Path) -> TransformsListing:
+def load_transforms(path: Path, allow_outside: bool = False) -> TransformsListing:
     """Parse a nerfstudio / instant-ngp ``transforms.json``; missing images are returned, not warned about.
 
     Understood: top-level or per-frame intrinsics (``fl_x``/``fl_y`` or ``camera_angle_x``/``camera_angle_y``, ``cx``,
@@ -204,21 +209,29 @@ def load_transforms(path: Path) -> TransformsListing:
     ``transform_matrix`` 4x4 or 3x4, ``time``, ``camera_id``, ``mask_path``, ``depth_file_path``,
     ``normal_file_path``, ``ply_file_path``. Ignored:
     ``aabb_scale``, ``scale``, ``offset``, ``sharpness``, ``applied_transform`` and other keys.
+
+    Every file it names must lie in its folder (``multiview.paths.inside_folder``: InputError for ``..``, absolute
+    paths and links that lead out) unless ``allow_outside``; two frames naming one image are refused.
     """
     path = Path(path).absolute()
     meta = _load_transforms_json(path)
     frames: list[Frame] = []
     missing: list[str] = []
     missing_masks = 0
+    first_use: dict[Path, int] = {}
     for index, entry in enumerate(meta["frames"]):
         if not isinstance(entry, dict) or "file_path" not in entry:
             raise InputError(f"{path}: frame {index} has no file_path: every frame needs one")
-        image_path = _find_image(path.parent, str(entry["file_path"]))
+        image_path = _listed_file(path, entry["file_path"], f"frame {index}'s file_path", allow_outside)
         if image_path is None:
-            missing.append(str(entry["file_path"]))
+            missing.append(entry["file_path"])
             continue
-        extras = {field: _find_image(path.parent, str(entry[key])) for key, field in _OPTIONAL_FILES.items()
-                  if entry.get(key)}
+        if image_path in first_use:
+            raise InputError(f"{path}: frames {first_use[image_path]} and {index} both name the image "
+                             f"{entry['file_path']!r}: remove the duplicate frame (each frame is its own photo)")
+        first_use[image_path] = index
+        extras = {field: _listed_file(path, entry[key], f"frame {index}'s {key}", allow_outside)
+                  for key, field in _OPTIONAL_FILES.items() if entry.get(key)}  # fmt: skip
         missing_masks += "mask_path" in extras and extras["mask_path"] is None
         camera = _camera_from_entry(meta, entry, image_path, f"{path} (frame {index}, {entry['file_path']})")
         frames.append(Frame(image_path, camera, **extras))
@@ -229,7 +242,7 @@ def load_transforms(path: Path) -> TransformsListing:
         )
     if missing_masks:
         warn(f"{missing_masks} mask(s) listed in {path} are missing: those frames are used without a mask")
-    return TransformsListing(frames, missing, _find_points(path, meta))
+    return TransformsListing(frames, missing, _find_points(path, meta, allow_outside))
 
 
 def warn_skipped(names: Sequence[str], total: int, source: Path) -> None:
@@ -252,24 +265,23 @@ def _load_transforms_json(path: Path) -> dict:
     return meta
 
 
-def _find_image(base: Path, name: str) -> Path | None:
-    """``name`` resolved against ``base``; tries common extensions when the file itself is absent."""
-    path = Path(os.path.normpath(base / name))
-    if path.is_file():
-        return path
-    for extension in IMAGE_EXTENSIONS:
-        candidate = path.with_name(path.name + extension)
-        if candidate.is_file():
-            return candidate
+def _listed_file(transforms: Path, name: object, what: str, allow_outside: bool) -> Path | None:
+    """The file ``name`` (an entry ``what`` of ``transforms``) names, inside the file's folder unless
+    ``allow_outside``; tries common extensions when the file itself is absent; None when there is none."""
+    inside_folder(transforms.parent, name, transforms, what, allow_outside)
+    for candidate in (name, *(f"{name}{extension}" for extension in IMAGE_EXTENSIONS)):
+        path = inside_folder(transforms.parent, candidate, transforms, what, allow_outside)
+        if exists(path):
+            return path
     return None
 
 
-def _find_points(path: Path, meta: dict) -> Path | None:
+def _find_points(path: Path, meta: dict, allow_outside: bool) -> Path | None:
     name = meta.get("ply_file_path")
     if not name:
         return None
-    ply = Path(os.path.normpath(path.parent / str(name)))
-    if not ply.is_file():
+    ply = inside_folder(path.parent, name, path, "ply_file_path", allow_outside)
+    if not exists(ply):
         warn(f"{path} names ply_file_path {name}, which does not exist: continuing without points")
         return None
     return ply
@@ -287,6 +299,9 @@ def _camera_from_entry(meta: dict, entry: dict, image_path: Path, where: str) ->
     fx, fy = _focal_lengths(params, width, height, where)
     cx = _number(params, "cx", where, default=width / 2)
     cy = _number(params, "cy", where, default=height / 2)
+    if max(abs(cx) / width, abs(cy) / height) > MAX_FOCAL_PER_SIDE:
+        raise InputError(f"{where}: principal point ({cx:g}, {cy:g}) lies far outside the {width}x{height} image: fix "
+                         "cx and cy in the file")  # fmt: skip
     K = opencv_K_from_colmap_K(np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]))
     camera_id = _number(entry, "camera_id", where, default=None)
     return Camera(
@@ -344,8 +359,9 @@ def _focal_lengths(params: dict, width: int, height: int, where: str) -> tuple[f
         fy = 0.5 * height / math.tan(0.5 * _field_of_view(params, "camera_angle_y", where))
     else:
         fy = fx
-    if fx <= 0 or fy <= 0:
-        raise InputError(f"{where}: focal lengths must be positive, got {fx}, {fy}: fix the file")
+    if not (0 < fx <= MAX_FOCAL_PER_SIDE * max(width, height) and 0 < fy <= MAX_FOCAL_PER_SIDE * max(width, height)):
+        raise InputError(f"{where}: focal lengths (fl_x, fl_y) {fx:g}, {fy:g} px for a {width}x{height} image: they "
+                         f"must be positive and at most {MAX_FOCAL_PER_SIDE:g} times the image size: fix the file")
     return fx, fy
 
 
@@ -378,13 +394,17 @@ def _pose(entry: dict, where: str) -> np.ndarray:
     if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
         raise InputError(f"{where}: transform_matrix must be a finite 4x4 (or 3x4) matrix: fix the file")
     R = c2w[:3, :3]
-    is_rigid = (
-        np.abs(R @ R.T - np.eye(3)).max() < _ROTATION_TOLERANCE
-        and np.linalg.det(R) > 0
-        and np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0])
-    )
+    with np.errstate(all="ignore"):  # a rotation of 1e300s overflows: not a rotation, said below in one line
+        is_rigid = (
+            np.abs(R @ R.T - np.eye(3)).max() < _ROTATION_TOLERANCE
+            and np.linalg.det(R) > 0
+            and np.allclose(c2w[3], [0.0, 0.0, 0.0, 1.0])
+        )
     if not is_rigid:
         raise InputError(f"{where}: transform_matrix is not a rigid camera-to-world transform: fix the file")
+    if np.abs(c2w[:3, 3]).max() > MAX_COORDINATE:
+        raise InputError(f"{where}: transform_matrix puts the camera at {np.abs(c2w[:3, 3]).max():.3g}, beyond "
+                         f"{MAX_COORDINATE:g} from the origin: fix the file")  # fmt: skip
     return cam_from_world_from_opengl_c2w(c2w)
 
 
@@ -533,9 +553,10 @@ def _read_ply_ascii(body: bytes, skip_lines: int, count: int, properties: list, 
 # --- whole captures --------------------------------------------------------------------------------------------
 
 
-def read_capture(root: Path) -> Capture:
+def read_capture(root: Path, allow_outside: bool = False) -> Capture:
     """Read a capture folder (or its ``transforms.json``): frames from ``transforms.json``, points from its
-    ``ply_file_path`` (or points3D.ply)."""
+    ``ply_file_path`` (or points3D.ply). ``allow_outside``: read files it names outside its folder (``load_transforms``
+    refuses them otherwise)."""
     root = Path(root).absolute()
     if root.name == TRANSFORMS_FILE and root.is_file():
         root = root.parent
@@ -544,7 +565,7 @@ def read_capture(root: Path) -> Capture:
         raise InputError(f"{root} does not exist: give a capture folder (orbit4d capture or import makes one)")
     if not transforms.is_file():
         raise InputError(f"{root} has no {TRANSFORMS_FILE}: not a capture folder; make one with `orbit4d import`")
-    listing = load_transforms(transforms)
+    listing = load_transforms(transforms, allow_outside)
     warn_skipped(listing.missing, len(listing.frames) + len(listing.missing), transforms)
     ply = listing.ply_path or (root / POINTS_FILE if (root / POINTS_FILE).is_file() else None)
     points, colors = read_points_ply(ply) if ply is not None else (None, None)
@@ -611,6 +632,7 @@ def read_colmap_model(model_dir: Path) -> "pycolmap.Reconstruction":
     model_dir = Path(model_dir)
     if not any((model_dir / f"{name}{ext}").is_file() for name in ("cameras", "images") for ext in (".bin", ".txt")):
         raise InputError(f"{model_dir} holds no COLMAP model (cameras.bin/.txt): pass the model folder, e.g. sparse/0")
+    check_binary_model(model_dir)  # pycolmap trusts the counts in the files: a lying one costs gigabytes
     try:
         return pycolmap.Reconstruction(model_dir)
     except Exception as error:  # pycolmap raises assorted types (ValueError, RuntimeError) for corrupt models

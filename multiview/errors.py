@@ -17,5 +17,13 @@ class SfmError(Orbit4dError):
     """Structure from motion could not pose the input."""
 
 
-class OutputExistsError(Orbit4dError):
-    """The output folder exists and ``--overwrite`` was not given."""
+class OutputError(Orbit4dError):
+    """The output cannot be written where asked: it would replace something, or the folder is not writable."""
+
+
+class OutputExistsError(OutputError):
+    """The output folder exists and ``--overwrite`` was not given (or it is or holds an input)."""
+
+
+class OutputBusyError(OutputError):
+    """Another run is writing the same output right now (``multiview.outputs.output_lock``)."""

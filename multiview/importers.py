@@ -8,6 +8,7 @@ sources are undistorted to pinhole with pycolmap, as the capture format asks.
 from __future__ import annotations
 
 import PIL.Image  # isort: skip  (before pycolmap; see multiview.capture)
+import PIL.ExifTags  # isort: skip
 
 import json
 import os
@@ -22,6 +23,8 @@ import numpy as np
 from multiview.camera import Camera
 from multiview.capture import (
     IMAGES_DIR,
+    MAX_COORDINATE,
+    MAX_FOCAL_PER_SIDE,
     POINTS_FILE,
     REPORT_FILE,
     TRANSFORMS_FILE,
@@ -39,7 +42,9 @@ from multiview.capture import (
 from multiview.console import track, warn
 from multiview.conventions import cam_from_world_from_llff, opencv_K_from_colmap_K
 from multiview.errors import InputError, OutputExistsError
+from multiview.npy import load_npy
 from multiview.outputs import write_json
+from multiview.paths import check_relative, destination_names, exists, inside_folder, is_within
 
 if TYPE_CHECKING:
     import pycolmap
@@ -54,22 +59,27 @@ MASKS_DIR = "masks"
 _UNDECODABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError)
 
 
-def import_capture(src: Path, out_dir: Path, image_dir: Path | None = None, undistort: bool = True) -> Path:
+def import_capture(src: Path, out_dir: Path, image_dir: Path | None = None, undistort: bool = True,
+                   allow_outside: bool = False) -> Path:  # fmt: skip
     """Write a capture into ``out_dir`` (created if absent, must be empty) from ``src``; return ``out_dir``.
 
     ``src`` is a COLMAP model folder or project folder (model in sparse/0, images in images/), a nerfstudio or
     instant-ngp ``transforms.json`` or its folder, or an LLFF ``poses_bounds.npy`` or its folder. ``image_dir``
     overrides where COLMAP and LLFF images are looked for. ``undistort=False`` keeps a distorted transforms.json
     source as it is (OPENCV camera model) instead of undistorting its images.
+
+    Images (and masks, depth maps, points) the source names outside its folder (the transforms.json's folder, the
+    COLMAP or LLFF image folder) are refused unless ``allow_outside``; then they are copied into the capture's
+    ``images/`` under their own file names (made unique), beside the others, which keep their names.
     """
     src, out_dir = Path(src).absolute(), Path(out_dir).absolute()
     _prepare_out_dir(out_dir)
     source_format, path = detect_source(src)
     if source_format == "colmap":
-        return _import_colmap(path, out_dir, image_dir)
+        return _import_colmap(path, out_dir, image_dir, allow_outside)
     if source_format == "transforms":
-        return _import_transforms(path, out_dir, undistort)
-    return _import_llff(path, out_dir, image_dir)
+        return _import_transforms(path, out_dir, undistort, allow_outside)
+    return _import_llff(path, out_dir, image_dir, allow_outside)
 
 
 def detect_source(src: Path) -> tuple[str, Path]:
@@ -128,27 +138,32 @@ def _prepare_out_dir(out_dir: Path) -> None:
 # --- COLMAP ----------------------------------------------------------------------------------------------------
 
 
-def _import_colmap(model_dir: Path, out_dir: Path, image_dir: Path | None) -> Path:
-    """``capture_from_colmap`` once the model's cameras and poses are known to be sound; registered images that do
-    not decode are left out (one warning), through a copy of the model in which they are deregistered."""
+def _import_colmap(model_dir: Path, out_dir: Path, image_dir: Path | None, allow_outside: bool = False) -> Path:
+    """``capture_from_colmap`` once the model's cameras, poses and image names are known to be sound; registered
+    images that do not decode are left out (one warning), and images named outside the image folder (allowed by
+    ``allow_outside``) renamed, through a copy of the model."""
     reconstruction = read_colmap_model(model_dir)
-    check_colmap_model(reconstruction, model_dir)
+    check_colmap_model(reconstruction, model_dir, allow_outside)
     images = Path(image_dir).absolute() if image_dir is not None else find_colmap_images(model_dir, reconstruction)
     registered = sorted(image.name for image in reconstruction.images.values() if image.has_pose)
-    present = [name for name in registered if (images / name).is_file()]
-    unreadable = _undecodable(images / name for name in present)
-    if not unreadable:
+    paths = {name: inside_folder(images, name, model_dir, "image name", allow_outside) for name in registered}
+    present = [name for name in registered if exists(paths[name])]
+    unreadable = _undecodable(paths[name] for name in present)
+    outside = [name for name in present if not is_within(paths[name], images) and paths[name] not in unreadable]
+    if not unreadable and not outside:
         return capture_from_colmap(model_dir, images, out_dir)
     _warn_undecodable(unreadable, len(registered), images)
     if len(unreadable) == len(present):
         raise _no_readable_images(images, len(registered))
     missing = sorted(set(registered) - set(present))
     warn_skipped(missing, len(registered), model_dir)
-    left_out = missing + [_relative_name(path, images) for path in unreadable]
+    left_out = missing + [name for name in present if paths[name] in unreadable]
     for frame_id in {reconstruction.find_image_with_name(name).frame_id for name in left_out}:
         reconstruction.deregister_frame(frame_id)
     readable_model = out_dir / ".readable_model"
     readable_model.mkdir()
+    if outside:  # every image linked into one folder under a name inside it, as pycolmap reads them from one
+        images = _linked_images(reconstruction, paths, images, readable_model / "images")
     reconstruction.write(readable_model)
     capture_from_colmap(readable_model, images, out_dir)
     shutil.rmtree(readable_model)
@@ -160,34 +175,55 @@ def _import_colmap(model_dir: Path, out_dir: Path, image_dir: Path | None) -> Pa
     return out_dir
 
 
-def check_colmap_model(reconstruction: "pycolmap.Reconstruction", model_dir: Path) -> None:
+def _linked_images(reconstruction: "pycolmap.Reconstruction", paths: dict[str, Path], images: Path,
+                   folder: Path) -> Path:  # fmt: skip
+    """Link every registered image of ``reconstruction`` (at ``paths`` by name) into ``folder``: those in the image
+    folder ``images`` under their names, those outside it under their file names (made unique), renamed so in the
+    model; return ``folder``."""
+    registered = [image for image in reconstruction.images.values() if image.has_pose and exists(paths[image.name])]
+    names = destination_names([paths[image.name] for image in registered], images)
+    for image, name in zip(registered, names):
+        link = folder / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(paths[image.name], link)
+        image.name = name.as_posix()
+    return folder
+
+
+def check_colmap_model(reconstruction: "pycolmap.Reconstruction", model_dir: Path, allow_outside: bool = False) -> None:
     """InputError naming ``model_dir`` and the first registered image whose camera has a non-finite or non-positive
-    focal length or size, or whose pose is not a finite rigid transform."""
+    focal length or size, whose pose is not a finite rigid transform, or whose name leads out of the image folder
+    (an absolute path, ``..``; unless ``allow_outside``)."""
     for image in sorted(reconstruction.images.values(), key=lambda image: image.name):
         if not image.has_pose:
             continue
+        check_relative(image.name, model_dir, "image name", allow_outside)
         camera = reconstruction.cameras[image.camera_id]
         where = f"{model_dir}: image {image.name} (camera {image.camera_id})"
         params = np.asarray(camera.params, dtype=np.float64)
         if not np.isfinite(params).all():
             raise InputError(f"{where} has non-finite camera parameters {params.tolist()}: re-export the model")
         focal = params[list(camera.focal_length_idxs())]
-        if (focal <= 0).any() or camera.width < 1 or camera.height < 1:
+        largest = MAX_FOCAL_PER_SIDE * max(camera.width, camera.height)
+        if (focal <= 0).any() or (focal > largest).any() or camera.width < 1 or camera.height < 1:
             raise InputError(
                 f"{where} has focal length {focal.tolist()} and size {camera.width}x{camera.height}: both must be "
-                "positive: re-export the model"
+                f"positive, the focal length at most {MAX_FOCAL_PER_SIDE:g} times the size: re-export the model"
             )
         pose = np.asarray(image.cam_from_world().matrix(), dtype=np.float64)
         if not _is_rotation(pose[:3, :3], ROTATION_TOLERANCE) or not np.isfinite(pose).all():
             raise InputError(f"{where}: its pose is not a finite rigid transform: re-export the model")
+        if np.abs(pose[:3, 3]).max() > MAX_COORDINATE:
+            raise InputError(f"{where}: its pose is {np.abs(pose[:3, 3]).max():.3g} from the origin, beyond "
+                             f"{MAX_COORDINATE:g}: re-export the model")  # fmt: skip
 
 
 # --- nerfstudio / instant-ngp ----------------------------------------------------------------------------------
 
 
-def _import_transforms(path: Path, out_dir: Path, undistort: bool) -> Path:
+def _import_transforms(path: Path, out_dir: Path, undistort: bool, allow_outside: bool = False) -> Path:
     start = time.perf_counter()
-    listing = load_transforms(path)
+    listing = load_transforms(path, allow_outside)
     total = len(listing.frames) + len(listing.missing)
     warn_skipped(listing.missing, total, path)
     unreadable = _undecodable(frame.image_path for frame in listing.frames)
@@ -195,12 +231,12 @@ def _import_transforms(path: Path, out_dir: Path, undistort: bool) -> Path:
     readable = [frame for frame in listing.frames if frame.image_path not in unreadable]
     if not readable:
         raise _no_readable_images(path, total)
-    image_root = _common_folder(frame.image_path for frame in readable)
+    _check_sizes(readable, path)
     distorted = any(not frame.camera.is_pinhole for frame in readable)
     if distorted and undistort:
-        frames = undistort_frames(readable, image_root, out_dir)
+        frames = _undistorted(readable, path.parent, out_dir)
     else:
-        frames = _copy_frames(readable, image_root, out_dir)
+        frames = _copy_frames(readable, path.parent, out_dir)
     ply_name = None
     if listing.ply_path is not None:
         xyz, rgb = read_points_ply(listing.ply_path)
@@ -213,24 +249,60 @@ def _import_transforms(path: Path, out_dir: Path, undistort: bool) -> Path:
     return out_dir
 
 
+def _check_sizes(frames: Sequence[Frame], path: Path) -> None:
+    """InputError naming the first image whose size (as stored, or as its EXIF orientation turns it) is not the one
+    ``path`` gives its camera: training would refuse it, and undistortion would work at the wrong size."""
+    for frame in frames:
+        expected = (frame.camera.width, frame.camera.height)
+        with PIL.Image.open(frame.image_path) as image:
+            sizes = {image.size}
+            if image.getexif().get(PIL.ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # stored on its side
+                sizes.add(image.size[::-1])
+        if expected not in sizes:
+            raise InputError(f"{path}: {frame.image_path.name} is {image.size[0]}x{image.size[1]} but the file says "
+                             f"{expected[0]}x{expected[1]}: fix w and h (or remove them), or use the images the "
+                             "cameras were made for")  # fmt: skip
+
+
+def _undistorted(frames: Sequence[Frame], folder: Path, out_dir: Path) -> list[Frame]:
+    """``undistort_frames`` into ``out_dir``; images outside ``folder`` (allowed) are gathered beside the others
+    first, as pycolmap undistorts from one folder."""
+    if all(is_within(frame.image_path, folder) for frame in frames):
+        return undistort_frames(frames, _common_folder(frame.image_path for frame in frames), out_dir)
+    gathered = out_dir / ".sources"
+    copies = _copy_frames(frames, folder, gathered)
+    undistorted = undistort_frames(copies, gathered / IMAGES_DIR, out_dir)
+    shutil.rmtree(gathered)
+    return undistorted
+
+
 def _common_folder(paths) -> Path:
     return Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
 
 
-def _copy_frames(frames: Sequence[Frame], image_root: Path, out_dir: Path) -> list[Frame]:
-    """Copy images to ``out_dir/images`` and masks to ``out_dir/masks``, keeping names relative to their roots."""
-    masks = [frame.mask_path for frame in frames if frame.mask_path is not None]
-    mask_root = _common_folder(masks) if masks else None
+def _copy_frames(frames: Sequence[Frame], folder: Path, out_dir: Path) -> list[Frame]:
+    """Copy images to ``out_dir/images`` and masks to ``out_dir/masks``: those in the source's ``folder`` keep their
+    names relative to the folder that holds them all, those outside it (as allowed) their file names, made unique."""
+    images = _destinations([frame.image_path for frame in frames], folder, out_dir / IMAGES_DIR)
+    masks = _destinations([frame.mask_path for frame in frames if frame.mask_path is not None], folder,
+                          out_dir / MASKS_DIR)  # fmt: skip
     copied = []
     for frame in track(frames, "copying images"):
-        image = _copy_into(frame.image_path, image_root, out_dir / IMAGES_DIR)
-        mask = _copy_into(frame.mask_path, mask_root, out_dir / MASKS_DIR) if frame.mask_path is not None else None
+        image = _copy_to(frame.image_path, images[frame.image_path])
+        mask = _copy_to(frame.mask_path, masks[frame.mask_path]) if frame.mask_path is not None else None
         copied.append(Frame(image, frame.camera, mask))
     return copied
 
 
-def _copy_into(path: Path, root: Path, destination_root: Path) -> Path:
-    destination = destination_root / Path(path).relative_to(root)
+def _destinations(paths: Sequence[Path], folder: Path, destination_root: Path) -> dict[Path, Path]:
+    """Where each of ``paths`` is copied under ``destination_root`` (``destination_names`` relative to the folder
+    that holds those inside ``folder``)."""
+    inside = [path for path in paths if is_within(path, folder)]
+    root = _common_folder(inside) if inside else folder
+    return {path: destination_root / name for path, name in zip(paths, destination_names(paths, root))}
+
+
+def _copy_to(path: Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(path, destination)
     return destination
@@ -263,11 +335,13 @@ def cameras_from_llff(poses_bounds: np.ndarray, image_sizes: Sequence[tuple[int,
     return cameras
 
 
-def _import_llff(path: Path, out_dir: Path, image_dir: Path | None) -> Path:
+def _import_llff(path: Path, out_dir: Path, image_dir: Path | None, allow_outside: bool = False) -> Path:
     start = time.perf_counter()
     poses_bounds = _load_poses_bounds(path)
     image_dir = Path(image_dir).absolute() if image_dir is not None else path.parent / IMAGES_DIR
     images = _llff_images(image_dir, len(poses_bounds), path)
+    for image in images:  # links that lead out of the image folder
+        inside_folder(image_dir, image.name, image_dir, "image", allow_outside)
     check_poses_bounds(poses_bounds, path, [image.name for image in images])
     unreadable = _undecodable(images)
     _warn_undecodable(unreadable, len(images), image_dir)
@@ -288,7 +362,7 @@ def _import_llff(path: Path, out_dir: Path, image_dir: Path | None) -> Path:
 
 def _load_poses_bounds(path: Path) -> np.ndarray:
     try:
-        poses_bounds = np.load(path, allow_pickle=False)
+        poses_bounds = load_npy(path)
     except (OSError, ValueError) as error:
         raise InputError(f"{path} is not a readable .npy array ({error}): re-export it with imgs2poses") from None
     if poses_bounds.ndim != 2 or poses_bounds.shape[1] != 17 or len(poses_bounds) == 0:
@@ -306,16 +380,20 @@ def check_poses_bounds(poses_bounds: np.ndarray, path: Path, image_names: Sequen
     for index, pose in enumerate(poses):
         row = f"{path}: row {index}" + (f" ({image_names[index]})" if index < len(image_names) else "")
         height, width, focal = pose[:, 4]
-        if min(height, width, focal) <= 0:
+        if min(height, width, focal) <= 0 or focal > MAX_FOCAL_PER_SIDE * max(height, width):
             raise InputError(
-                f"{row} has height {height:g}, width {width:g}, focal length {focal:g}: all three must be positive "
-                "(LLFF rows are [R | t | h w f], near, far): fix the file or re-export it with imgs2poses"
+                f"{row} has height {height:g}, width {width:g}, focal length {focal:g}: all three must be positive, "
+                f"the focal length at most {MAX_FOCAL_PER_SIDE:g} times the size (LLFF rows are [R | t | h w f], "
+                "near, far): fix the file or re-export it with imgs2poses"
             )
         if not _is_rotation(pose[:, :3], ROTATION_TOLERANCE):
             raise InputError(
                 f"{row}: its 3x3 rotation is not orthonormal with determinant +1 (a scaled, mirrored or empty pose): "
                 "fix the file or re-export it with imgs2poses"
             )
+        if np.abs(pose[:, 3]).max() > MAX_COORDINATE:
+            raise InputError(f"{row}: its camera is {np.abs(pose[:, 3]).max():.3g} from the origin, beyond "
+                             f"{MAX_COORDINATE:g}: fix the file or re-export it with imgs2poses")  # fmt: skip
 
 
 def _llff_images(image_dir: Path, count: int, path: Path) -> list[Path]:
@@ -347,7 +425,8 @@ def _is_rotation(matrix: np.ndarray, tolerance: float) -> bool:
     """Whether the finite [3, 3] ``matrix`` is orthonormal within ``tolerance`` with determinant +1."""
     if not np.isfinite(matrix).all():
         return False
-    return bool(np.abs(matrix @ matrix.T - np.eye(3)).max() < tolerance and np.linalg.det(matrix) > 0)
+    with np.errstate(all="ignore"):  # entries of 1e300 overflow: not a rotation, which the caller says in one line
+        return bool(np.abs(matrix @ matrix.T - np.eye(3)).max() < tolerance and np.linalg.det(matrix) > 0)
 
 
 def _undecodable(paths: Iterable[Path]) -> dict[Path, str]:

@@ -132,16 +132,17 @@ def _print_summary(report: dict, out_dir: Path) -> None:
 
 
 def run_import(src: Path, out_dir: Path, overwrite: bool = False, triangulate: bool = False,
-               verbose: bool = False) -> Path:  # fmt: skip
+               verbose: bool = False, allow_outside: bool = False) -> Path:  # fmt: skip
     """Convert an existing capture (COLMAP, nerfstudio / instant-ngp, LLFF) into ``out_dir``.
 
     ``triangulate``: when the source has no points, triangulate them from its known cameras (``multiview.triangulate``).
+    ``allow_outside``: import files the source names outside its folder (``importers.import_capture``).
     """
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src} does not exist: give a COLMAP model folder, a transforms.json or an LLFF folder")
     with staged_dir(out_dir, overwrite, inputs=[src]) as stage:
-        importers.import_capture(src, stage)
+        importers.import_capture(src, stage, allow_outside=allow_outside)
         if triangulate:
             add_points(stage, verbose, source=src)
     info(f"Imported {src} → {out_dir}")

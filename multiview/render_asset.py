@@ -85,6 +85,8 @@ class RenderConfig:
     """Cycles samples per pixel of the colour images (depth, normals and masks always take one)."""
     seed: int = 0
     """Seed of Cycles' sampling and of the "sphere" layout, 0 to 2^63 - 1 (Cycles gets it modulo 2^31)."""
+    allow_outside_paths: bool = False
+    """Read buffers, textures and materials the asset names outside its folder (refused otherwise)."""
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -155,7 +157,7 @@ def render_asset(config: RenderConfig, model: Path, out_dir: Path) -> Path:
     with _interrupts_between_views() as stop_point:
         blender.import_bpy()  # interrupted while Blender initializes, Python crashes (SIGSEGV)
         stop_point()
-        asset = blender.load_asset(model)
+        asset = blender.load_asset(model, config.allow_outside_paths)
         stop_point()
         timeline = _timeline(config, asset)
         if timeline.frames[0] is not None:
@@ -248,10 +250,14 @@ def _check_asset_in_view(config: RenderConfig, cameras: list[Camera], model: Pat
 
 
 def _warn_of_empty_views(config: RenderConfig, model: Path, tally: _Tally, views: int) -> None:
+    """A warning naming the views that show nothing of the asset; InputError when that is every view (a capture of
+    empty images is no capture: nothing is written)."""
+    advice = f"check --radius {config.radius:g}, --fov {config.fov_deg:g} and --elevation"
+    if tally.empty_views == views:
+        raise InputError(f"{model} shows in none of the {views} views (every image would be empty): {advice}, and "
+                         "that the model has visible surfaces")  # fmt: skip
     if tally.empty_views:
-        which = "none" if tally.empty_views == views else f"{tally.empty_views}"
-        warn(f"{model.name} shows in {which} of the {views} views ({'all' if which == 'none' else 'those'} images "
-             f"are empty): check --radius {config.radius:g}, --fov {config.fov_deg:g} and --elevation")  # fmt: skip
+        warn(f"{model.name} shows in {tally.empty_views} of the {views} views (those images are empty): {advice}")
 
 
 @dataclass

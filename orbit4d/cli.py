@@ -7,9 +7,11 @@ its stage when it runs.
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from orbit4d import generate_cmd, train_cmd
@@ -17,6 +19,11 @@ from orbit4d import generate_cmd, train_cmd
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
 EXIT_INTERRUPTED = 130
+# OSErrors that say where a file could not be written or read, not that orbit4d is wrong: one line, not a bug report.
+_DISK_ERRORS = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+                errno.EROFS: "the disk is read-only: choose another --out",
+                errno.ENOSPC: "the disk is full: free some space or choose another --out",
+                errno.EDQUOT: "the disk quota is exhausted: free some space or choose another --out"}  # fmt: skip
 # What lowers each command's memory (the trainer's own out-of-memory errors name the exact values).
 _TRAIN_HINT = "a larger --downscale, or --max-gaussians (and --init-points without SfM points)"
 OUT_OF_MEMORY_HINTS = {
@@ -61,6 +68,8 @@ def _capture_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _import_parser(sub: argparse._SubParsersAction) -> None:
+    from orbit4d import options
+
     p = sub.add_parser(
         "import",
         help="bring an existing capture (COLMAP, nerfstudio / instant-ngp, LLFF) into orbit4d's layout",
@@ -72,6 +81,8 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--triangulate", action="store_true",
                    help="when the source has no sparse points (instant-ngp, LLFF), triangulate them from its known "
                    "cameras with COLMAP (better splat initialisation; about a minute per 50 photos)")
+    p.add_argument("--allow-outside-paths", action="store_true", help=options.ALLOW_OUTSIDE_HELP + "; such files are "
+                   "copied into the capture's images/ under their own names")
     _add_common(p)
     p.set_defaults(func=_run_import)
 
@@ -105,6 +116,8 @@ def _render_asset_parser(sub: argparse._SubParsersAction) -> None:
                    "renders every time (default 1)")
     p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel")
     p.add_argument("--seed", type=options.seed, default=0, help="seed for the sphere layout and the renderer")
+    p.add_argument("--allow-outside-paths", action="store_true", help=options.ALLOW_OUTSIDE_HELP + " (glTF buffers "
+                   "and textures, OBJ materials)")
     p.set_defaults(func=_run_render_asset)
 
 
@@ -150,12 +163,13 @@ def _run_import(args: argparse.Namespace) -> int:
     from multiview import process
 
     process.run_import(args.src, args.out, overwrite=args.overwrite, triangulate=args.triangulate,
-                       verbose=args.debug)
+                       verbose=args.debug, allow_outside=args.allow_outside_paths)
     return 0
 
 
 def _run_render_asset(args: argparse.Namespace) -> int:
     from multiview import blender, render_asset
+    from multiview.asset_files import check_asset_references
     from multiview.errors import InputError
     from multiview.outputs import staged_dir
 
@@ -175,8 +189,10 @@ def _run_render_asset(args: argparse.Namespace) -> int:
         time_steps=args.time_steps,
         samples=args.samples,
         seed=args.seed,
+        allow_outside_paths=args.allow_outside_paths,
     )
     blender.check_asset_path(args.model)  # before the staging folder: a missing file, a folder, a .fbx
+    check_asset_references(args.model, args.allow_outside_paths)  # and files it names outside its folder
     with staged_dir(args.out, args.overwrite, inputs=[args.model]) as stage:
         render_asset.render_asset(config, args.model, stage)
     print(f"capture written to {args.out}", file=sys.stderr)
@@ -199,10 +215,22 @@ def main(argv: list[str] | None = None) -> int:
         import pycolmap  # noqa: F401
     previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            if not args.debug:  # a library's warning is one line, without the source line that raised it
+                warnings.showwarning = _one_line_warning
+            return _run(args)
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
+def _one_line(message: object) -> str:
+    """``message`` on one line (a file name or a library's reason can hold line breaks)."""
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -214,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except Orbit4dError as error:
-        print(f"orbit4d {args.command}: error: {error}", file=sys.stderr)
+        print(f"orbit4d {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"orbit4d {args.command}: interrupted; outputs already written are intact", file=sys.stderr)
@@ -223,7 +251,17 @@ def _run(args: argparse.Namespace) -> int:
         hint = OUT_OF_MEMORY_HINTS.get(args.command, "a smaller input")
         print(f"orbit4d {args.command}: error: out of memory; try {hint}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as error:
+        if error.errno not in _DISK_ERRORS:
+            return _internal_error(args, error)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"orbit4d {args.command}: error: {where}{error.strerror}: {_DISK_ERRORS[error.errno]}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except Exception as error:  # a bug: say so in one line, the traceback is one flag away
-        print(f"orbit4d {args.command}: internal error: {type(error).__name__}: {error} "
-              "(rerun with --debug for the traceback and report it)", file=sys.stderr)
-        return EXIT_INTERNAL_ERROR
+        return _internal_error(args, error)
+
+
+def _internal_error(args: argparse.Namespace, error: Exception) -> int:
+    print(f"orbit4d {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
+          "(rerun with --debug for the traceback and report it)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR

@@ -38,10 +38,14 @@ def _assets_parser(sub: argparse._SubParsersAction) -> None:
 def _run_assets(args: argparse.Namespace) -> int:
     from generate.assets import FactoryConfig, write_assets
     from multiview.errors import InputError
+    from multiview.outputs import checked_out_dir, output_lock
 
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: use at least 1")
-    write_assets(FactoryConfig(count=args.count, seed=args.seed), args.out, workers=args.workers)
+    config = FactoryConfig(count=args.count, seed=args.seed)
+    config.validate()
+    with output_lock(checked_out_dir(args.out)):  # assets already there are kept: a stopped run continues
+        write_assets(config, args.out, workers=args.workers)
     return 0
 
 
@@ -137,30 +141,34 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
 
     from generate.dataset import DATASET_FILE, DatasetConfig, OrbitClips, build_orbit_dataset
     from generate.pipeline import OrbitPipeline
+    from generate.run import weights_or_embedded
     from multiview.errors import InputError
-    from multiview.outputs import staged_dir, write_json
+    from multiview.outputs import output_lock, staged_dir, writable_out_dir, write_json
     from orbit4d.eval_generator import contact_sheet, evaluate
 
     if args.steps < 1:
         raise InputError(f"--steps {args.steps}: use at least 1")
     if args.max_clips is not None and args.max_clips < 1:
         raise InputError(f"--max-clips {args.max_clips}: use at least 1 (leave it out to evaluate every held-out clip)")
-    from generate.run import weights_or_embedded
-
+    if not (args.data / DATASET_FILE).is_file() and args.assets is None:
+        raise InputError(f"{args.data} has no {DATASET_FILE}: pass --assets to render it")
     args.weights = weights_or_embedded(args.weights)
-    pipeline = OrbitPipeline.from_pretrained(args.weights)
-    if not (args.data / DATASET_FILE).is_file():
-        if args.assets is None:
-            raise InputError(f"{args.data} has no {DATASET_FILE}: pass --assets to render it")
-        d = pipeline.defaults
-        build_orbit_dataset(DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius,
-                                          fov_deg=d.fov_deg), args.assets, args.data)  # fmt: skip
-    report, pairs = evaluate(pipeline, OrbitClips(args.data, "test"), args.steps, args.seed, args.sampler,
-                             args.max_clips, weights=args.weights)  # fmt: skip
-    with staged_dir(args.out, args.overwrite, inputs=[args.weights, args.data]) as stage:
-        write_json(stage / "metrics.json", {**report, "weights": str(args.weights.absolute()),
-                                            "data": str(args.data.absolute())})  # fmt: skip
-        PIL.Image.fromarray(contact_sheet(pairs)).save(stage / "contact_sheet.png")
+    inputs = [args.weights, args.data, *([args.assets] if args.assets else [])]
+    writable_out_dir(args.out, args.overwrite, inputs)  # before loading, rendering or generating anything
+    with output_lock(args.out):
+        clips = OrbitClips(args.data, "test") if (args.data / DATASET_FILE).is_file() else None  # checked first
+        pipeline = OrbitPipeline.from_pretrained(args.weights)
+        if clips is None:
+            d = pipeline.defaults
+            build_orbit_dataset(DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius,
+                                              fov_deg=d.fov_deg), args.assets, args.data)  # fmt: skip
+            clips = OrbitClips(args.data, "test")
+        report, pairs = evaluate(pipeline, clips, args.steps, args.seed, args.sampler, args.max_clips,
+                                 weights=args.weights)  # fmt: skip
+        with staged_dir(args.out, args.overwrite, inputs=inputs) as stage:
+            write_json(stage / "metrics.json", {**report, "weights": str(args.weights.absolute()),
+                                                "data": str(args.data.absolute())})  # fmt: skip
+            PIL.Image.fromarray(contact_sheet(pairs)).save(stage / "contact_sheet.png")
     print(f"PSNR {_shown(report['psnr'], '.2f')} dB, SSIM {_shown(report['ssim'], '.4f')} over {len(pairs)} held-out "
           f"clips; written to {args.out}", file=sys.stderr)  # fmt: skip
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed and numpy's default_rng take a signed 64-bit seed
+ALLOW_OUTSIDE_HELP = ("read files that the input names outside its own folder (absolute paths, '..', links leading "
+                      "out); refused otherwise")  # fmt: skip
 
 
 def seed(text: str) -> int:

@@ -61,22 +61,24 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--align-poses", action="store_true", default=None,
                    help="also measure with each view's pose fitted to the splats (BARF's test-time pose optimisation; "
                    "default: when the scene was trained with --pose-opt)")
+    p.add_argument("--allow-outside-paths", action="store_true", default=None, help=options.ALLOW_OUTSIDE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     from dataclasses import replace
 
     from multiview.errors import InputError
-    from multiview.outputs import staged_dir
+    from multiview.outputs import output_lock, staged_dir
     from reconstruct import evaluate
 
     if not args.splats.exists():
         raise InputError(f"{args.splats} does not exist: give a scene folder (orbit4d train --out) or a .ply file")
-    scene_dir = args.splats if args.splats.is_dir() else None
+    scene_dir = args.splats if args.splats.is_dir() else _scene_of(args.splats)
     trained = evaluate.read_trained_scene(scene_dir) if scene_dir else None
     capture = args.capture or (trained.capture if trained else None)
     if capture is None:
@@ -85,14 +87,29 @@ def _run_eval(args: argparse.Namespace) -> int:
     if out is None:
         raise InputError(f"{args.splats} is a file: pass --out for metrics.json and renders/")
     given = {"downscale": args.downscale, "test_every": args.test_every, "background": args.background,
-             "antialiased": args.antialiased, "align_poses": args.align_poses}  # fmt: skip
+             "antialiased": args.antialiased, "align_poses": args.align_poses,
+             "allow_outside_paths": args.allow_outside_paths}  # fmt: skip
     config = replace(trained.config if trained else evaluate.EvalConfig(),
                      **{name: value for name, value in given.items() if value is not None})  # fmt: skip
-    splats_path = scene_dir / "splats.ply" if scene_dir else args.splats
-    with staged_dir(out, args.overwrite, inputs=[args.splats, capture]) as stage:
-        evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
+    splats_path = args.splats if args.splats.is_file() else scene_dir / "splats.ply"
+    inside_scene = scene_dir is not None and Path(scene_dir).absolute() in Path(out).absolute().parents
+    with output_lock(scene_dir) if inside_scene else contextlib.nullcontext():  # SCENE/eval: not while it trains
+        with staged_dir(out, args.overwrite, inputs=[args.splats, capture]) as stage:
+            evaluate.run(config, splats_path, capture, stage, trained.color_corrections if trained else None)
     evaluate.print_summary(json.loads((out / "metrics.json").read_text()), out)
     return 0
+
+
+def _scene_of(ply: Path) -> Path | None:
+    """The scene folder a ``.ply`` lies in (orbit4d train's: a metrics.json beside it that names its capture), whose
+    settings evaluating it takes; None for splats from elsewhere."""
+    import json
+
+    try:
+        metrics = json.loads((ply.parent / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ply.parent if isinstance(metrics, dict) and "capture" in metrics else None
 
 
 def _video_to_3d_parser(sub: argparse._SubParsersAction) -> None:
@@ -167,6 +184,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-every", type=int, default=None, metavar="N",
                    help="hold out every N-th view for evaluation (default 8, 3DGS's llffhold); 0: train on all views "
                    "(evaluated on them)")
+    p.add_argument("--allow-outside-paths", action="store_true", default=None, help=options.ALLOW_OUTSIDE_HELP)
     p.add_argument("--lr-scale", type=float, default=None, metavar="X",
                    help="multiply every learning rate (0.5 if it diverges)")
     p.add_argument("--seed", type=options.seed, default=None, metavar="N", help="random seed (default 0)")
@@ -191,6 +209,7 @@ _OPTION_FIELDS = {
     "pose_opt": "pose_opt",
     "appearance": "appearance",
     "test_every": "test_every",
+    "allow_outside_paths": "allow_outside_paths",
     "lr_scale": "lr_scale",
     "seed": "seed",
 }
@@ -255,21 +274,23 @@ def _capture_then_train(args: argparse.Namespace, capture, inputs: list[Path]) -
     """OUT/capture made by ``capture(folder)`` from ``inputs[0]`` (kept when it exists and was made from it, unless
     --overwrite), then splats in OUT/scene. Neither folder may be or hold one of ``inputs`` (the weights, say)."""
     from multiview.console import info
-    from multiview.outputs import checked_out_dir
+    from multiview.outputs import checked_out_dir, output_lock
     from reconstruct import train
 
     capture_dir, scene_dir = args.out / "capture", args.out / "scene"
-    for folder in (capture_dir, scene_dir):
+    for folder in (args.out, capture_dir, scene_dir):  # OUT too: --overwrite replaces what it holds
         checked_out_dir(folder, inputs)
     config = _train_config(args, scene_dir)
     config.validate()  # settings are checked before minutes of capture or sampling
-    if (capture_dir / "transforms.json").is_file() and not args.overwrite:
-        _check_made_from(capture_dir, inputs[0])
-        info(f"reusing the capture in {capture_dir}, made from {inputs[0]} with its own settings (pass --overwrite "
-             "to redo it)")
-    else:
-        capture(capture_dir)
-    train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+    with output_lock(args.out):  # one run per OUT, from the capture to the scene
+        train.check_out_dir(scene_dir, capture_dir, resume=args.resume, overwrite=args.overwrite)  # before capturing
+        if (capture_dir / "transforms.json").is_file() and not args.overwrite:
+            _check_made_from(capture_dir, inputs[0])
+            info(f"reusing the capture in {capture_dir}, made from {inputs[0]} with its own settings (pass "
+                 "--overwrite to redo it)")
+        else:
+            capture(capture_dir)
+        train.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
     print(f"capture in {capture_dir}, scene in {scene_dir}", file=sys.stderr)
     return 0
 

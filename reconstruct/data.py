@@ -28,6 +28,7 @@ from multiview.capture import Capture, Frame, read_capture
 from multiview.console import track, warn
 from multiview.errors import InputError
 from multiview.frames import to_8bit
+from multiview.npy import load_npy
 
 
 MIN_IMAGE_SIDE = 8  # pixels, after --downscale: smaller images leave nothing to learn from (and no turntable)
@@ -60,7 +61,7 @@ class View:
         if self.depth_path is None:
             return None
         try:
-            depth = np.load(self.depth_path, allow_pickle=False)
+            depth = load_npy(self.depth_path)
         except (OSError, ValueError) as error:
             raise InputError(f"{self.depth_path} is not a readable .npy depth map ({error}): re-render the capture "
                              "or remove depth_file_path from transforms.json") from None
@@ -101,11 +102,12 @@ class SceneData:
         return any(view.mask is not None for view in self.train + self.test)
 
 
-def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8) -> SceneData:
-    """Read the capture at ``capture_dir`` and load its images, resized once by 1 / ``downscale``."""
+def load_scene(capture_dir: Path, downscale: int = 1, test_every: int = 8, allow_outside: bool = False) -> SceneData:
+    """Read the capture at ``capture_dir`` and load its images, resized once by 1 / ``downscale``. ``allow_outside``:
+    read files its transforms.json names outside its folder (refused otherwise)."""
     if downscale < 1:
         raise InputError(f"--downscale {downscale}: use an integer of at least 1 (2 halves each image side)")
-    capture = read_capture(Path(capture_dir))
+    capture = read_capture(Path(capture_dir), allow_outside)
     frames = sorted(capture.frames, key=lambda frame: _name(frame, capture.root))
     distorted = [f for f in frames if not f.camera.is_pinhole]
     if distorted:

@@ -52,6 +52,8 @@ class EvalConfig:
     align_poses: bool = False
     """Also measure the views with their poses fitted to the splats (``align_poses``), as for splats trained with
     ``pose_opt``: metrics.json's "pose_aligned", beside the plain metrics."""
+    allow_outside_paths: bool = False
+    """Read files the capture's transforms.json names outside the capture's folder (refused otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def run(config: EvalConfig, splats_path: Path, capture_dir: Path, out_dir: Path,
     if len(splats) == 0:
         raise InputError(f"{splats_path} holds no Gaussians: there is nothing to evaluate")
     # every view held out is a valid split to measure another tool's splats on: evaluate on them all
-    scene = load_scene(capture_dir, config.downscale, 0 if config.test_every == 1 else config.test_every)
+    scene = load_scene(capture_dir, config.downscale, 0 if config.test_every == 1 else config.test_every,
+                       config.allow_outside_paths)  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() and config.backend in ("auto", "gsplat") else "cpu")
     views = scene.test or scene.train
     which = "" if config.test_every == 1 else " held-out" if scene.test else " training"

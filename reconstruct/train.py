@@ -38,7 +38,7 @@ from torch import Tensor
 from multiview.console import console, info, warn
 from multiview.errors import InputError, Orbit4dError, OutputExistsError
 from multiview.interrupts import deferred_interrupt
-from multiview.outputs import checked_out_dir, replace_dir, write_json
+from multiview.outputs import checked_out_dir, output_lock, replace_dir, write_json
 from reconstruct import metrics as M
 from reconstruct.checkpoint import (
     TrainState,
@@ -140,6 +140,8 @@ class TrainConfig:
     """Divide image width and height by this once at load (2: a quarter of the pixels)."""
     test_every: int = 8
     """Hold out every n-th view (sorted by name, from the first) for evaluation; 0: hold out none."""
+    allow_outside_paths: bool = False
+    """Read files the capture's transforms.json names outside the capture's folder (refused otherwise)."""
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     backend: str = "auto"
@@ -182,17 +184,17 @@ class TrainConfig:
 
     def validate(self) -> None:
         """InputError naming the option for values training cannot use."""
-        positive = {"steps": self.steps, "downscale": self.downscale,
-                    "random_init_points": 1 if self.random_init_points is None else self.random_init_points}
-        for name, value in positive.items():
+        positive = {"--steps": self.steps, "--downscale": self.downscale,
+                    "--init-points": 1 if self.random_init_points is None else self.random_init_points}
+        for option, value in positive.items():
             if value < 1:
-                raise InputError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+                raise InputError(f"{option} {value}: must be at least 1")
         if self.test_every < 0:
             raise InputError(f"--test-every {self.test_every}: use 0 to hold out none, or N for every N-th view")
         if self.max_gaussians is not None and self.max_gaussians < 1:
             raise InputError(f"--max-gaussians {self.max_gaussians}: must be at least 1")
         if not 0 <= self.sh_degree <= 3:
-            raise InputError(f"sh_degree {self.sh_degree}: use 0, 1, 2 or 3")
+            raise InputError(f"--sh-degree {self.sh_degree}: use 0, 1, 2 or 3")
         if not (self.lr_scale > 0 and math.isfinite(self.lr_scale)):
             raise InputError(f"--lr-scale {self.lr_scale}: use a positive number (0.5 halves every learning rate)")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -215,7 +217,7 @@ PRESETS: dict[str, dict] = {
 # memory, how long to train, where, and what to measure.
 _RUN_CONTROL = (
     "steps", "device", "backend", "lr_scale", "downscale", "max_gaussians", "checkpoint_every", "psnr_samples",
-    "turntable_frames",
+    "turntable_frames", "allow_outside_paths",
 )  # fmt: skip
 
 
@@ -238,6 +240,16 @@ def run(
     """
     config.validate()
     out_dir = Path(out_dir).absolute()
+    checked_out_dir(out_dir, [capture_dir])
+    with output_lock(out_dir):  # one run per scene: .partial and out_dir are this run's until it ends
+        report = _run_locked(config, capture_dir, out_dir, resume, overwrite, on_step)
+    _print_summary(report, out_dir)
+    return out_dir
+
+
+def _run_locked(config: TrainConfig, capture_dir: Path, out_dir: Path, resume: bool, overwrite: bool,
+                on_step: Callable[[TrainState], None] | None) -> dict:  # fmt: skip
+    """``run`` while holding ``out_dir``'s lock; returns the scene's report."""
     work, resume_from = _work_dir(out_dir, capture_dir, resume, overwrite)
     payload = read_checkpoint(checkpoint_path(resume_from)) if resume_from is not None else None
     if payload is not None:
@@ -246,7 +258,7 @@ def run(
             raise InputError(f"{checkpoint_path(resume_from)} is at step {payload['step']}, beyond --steps "
                              f"{config.steps}: pass a larger --steps")
     device = _device(config)
-    scene = load_scene(capture_dir, config.downscale, config.test_every)
+    scene = load_scene(capture_dir, config.downscale, config.test_every, config.allow_outside_paths)
     if payload is not None:
         state = _resumed_state(payload, config, scene, device)
         info(f"resuming {resume_from} at step {state.step} of {config.steps}")
@@ -279,8 +291,7 @@ def run(
             if not (work / entry.name).exists():
                 os.replace(entry, work / entry.name)
     replace_dir(work, out_dir)
-    _print_summary(report, out_dir)
-    return out_dir
+    return report
 
 
 def saved_config(out_dir: Path) -> TrainConfig | None:
@@ -298,6 +309,12 @@ EXTENDS_SCENE = ".extends-scene"
 
 def _partial_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.partial"
+
+
+def check_out_dir(out_dir: Path, capture_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
+    """What ``run`` refuses about ``out_dir`` before it trains (OutputExistsError, InputError), for commands to check
+    before long work that comes first (a capture)."""
+    _work_dir(Path(out_dir).absolute(), capture_dir, resume, overwrite)
 
 
 def _work_dir(out_dir: Path, capture_dir: Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:

@@ -303,3 +303,16 @@ def test_the_model_makes_what_the_dataset_holds(dataset, tmp_path):
     base = ARCHITECTURES["tiny"].build(small, seed=3).save_pretrained(tmp_path / "base2")
     with pytest.raises(InputError, match="makes 2 to 2 frames .* have 4 frames of 32 px"):
         run(config(dataset, tmp_path / "run2", base=str(base), steps=1, eval_clips=0, vae_steps=None))
+    assert not partial_folder(tmp_path / "run2").exists()  # a refused run leaves no .partial folder behind
+
+
+def test_out_is_refused_before_the_dataset_is_rendered(tmp_path):
+    """finetune rendered its whole dataset (minutes of Blender) before refusing its out."""
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "a.glb").write_bytes(b"never rendered")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("not a run")
+    settings = FinetuneConfig(data=str(tmp_path / "data"), out=str(tmp_path / "taken"), assets=str(tmp_path / "assets"))
+    with pytest.raises(OutputExistsError, match="not a finetune run folder"):
+        run(settings)
+    assert not (tmp_path / "data").exists() and not partial_folder(tmp_path / "taken").exists()

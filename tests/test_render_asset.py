@@ -227,7 +227,7 @@ def test_animation_moves_only_the_objects_it_targets(tmp_path):
     """Two triangles; animation "Shift" moves B only (A's slot in the other action must not be borrowed)."""
     path = tmp_path / "two.gltf"
     path.write_text(json.dumps(_two_triangles_gltf()))
-    config = RenderConfig(num_views=1, width=32, height=32, samples=1, animation="Shift", time_steps=2)
+    config = RenderConfig(num_views=4, width=32, height=32, samples=1, animation="Shift", time_steps=2)
     root = render_asset(config, path, tmp_path)
     (v0, _), (v1, _) = _load_mesh(root, 0), _load_mesh(root, 1)
     moved = np.linalg.norm(v1 - v0, axis=-1) > 1e-4
@@ -591,14 +591,21 @@ def test_cameras_that_see_almost_nothing_are_refused(shared_data, tmp_path, conf
 
 
 def test_views_that_miss_the_asset_are_reported(tmp_path, capsys):
-    """A flat quad seen exactly edge-on: every mask is empty, and the user is told which options to look at."""
+    """A flat quad seen exactly edge-on from one ring: those masks are empty, and the user is told which options to
+    look at; seen edge-on from every view, it is refused (a capture of empty images exits 0 no more)."""
     path = tmp_path / "quad.gltf"
     path.write_text(json.dumps(_matte_quad_gltf(np.array([0.5, 0.5, 0.5]))))
-    config = RenderConfig(num_views=2, elevations_deg=(0.0,), width=16, height=16, samples=1)
-    root = render_asset(config, path, tmp_path)
+    config = RenderConfig(num_views=2, elevations_deg=(0.0, 45.0), width=16, height=16, samples=1)
+    (tmp_path / "some").mkdir()
+    root = render_asset(config, path, tmp_path / "some")
     assert not np.asarray(Image.open(root / "masks" / "t000_c000.png")).any()
+    assert np.asarray(Image.open(root / "masks" / "t000_c001.png")).any()
     warning = " ".join(capsys.readouterr().err.split())
-    assert "quad.gltf shows in none of the 2 views" in warning and "--radius" in warning and "--elevation" in warning
+    assert "quad.gltf shows in 1 of the 2 views" in warning and "--radius" in warning and "--elevation" in warning
+    (tmp_path / "none").mkdir()
+    with pytest.raises(InputError, match="shows in none of the 2 views .*--elevation"):
+        render_asset(RenderConfig(num_views=2, elevations_deg=(0.0,), width=16, height=16, samples=1), path,
+                     tmp_path / "none")  # fmt: skip
 
 
 def test_signals_are_held_until_a_stop_point():

@@ -948,7 +948,11 @@ def test_eval_measures_a_scene_as_training_did_and_any_ply(capture, reference_sc
     code, err = cli(capsys, "eval", scene)
     assert code == 1 and "--overwrite" in error_line(err)
     code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture)
-    assert code == 1 and "--out" in error_line(err)
+    assert code == 1 and "--overwrite" in error_line(err)  # a scene's .ply is measured into SCENE/eval, as the scene
+    bare = tmp_path / "bare.ply"
+    bare.write_bytes((scene / "splats.ply").read_bytes())
+    code, err = cli(capsys, "eval", bare, "--capture", capture)
+    assert code == 1 and "pass --out" in error_line(err)
     code, err = cli(capsys, "eval", tmp_path / "nowhere.ply", "--capture", capture, "--out", tmp_path / "n")
     assert code == 1 and "nowhere.ply does not exist" in error_line(err)
     code, err = cli(capsys, "eval", scene, "--out", tmp_path / "bg", "--background", "random")
@@ -975,8 +979,9 @@ def test_eval_measures_a_scene_as_training_did_and_any_ply(capture, reference_sc
 
 def test_eval_applies_the_colour_corrections_a_scene_was_trained_with(tmp_path, capsys):
     """A scene trained with --appearance on photos whose exposure drifts round the orbit is measured again as
-    training measured it, its held-out views in their neighbours' colours (from metrics.json); a bare .ply carries no
-    corrections and is measured in the mean colours, which here score lower."""
+    training measured it, its held-out views in their neighbours' colours (from metrics.json), and so is its splats.ply
+    (the metrics.json beside it); a bare .ply carries no corrections and is measured in the mean colours, which here
+    score lower."""
     from multiview.capture import read_capture
 
     capture = make_capture(tmp_path / "capture")
@@ -992,8 +997,14 @@ def test_eval_applies_the_colour_corrections_a_scene_was_trained_with(tmp_path, 
     assert trained["color_corrections"]["held_out"].startswith("interpolated")
     assert measured["color_corrections"]["held_out"] == trained["color_corrections"]["held_out"]
     assert measured["psnr"] == pytest.approx(trained["psnr"], abs=1e-5)
-    code, err = cli(capsys, "eval", scene / "splats.ply", "--capture", capture, "--out", tmp_path / "plain",
-                    "--background", "black")  # fmt: skip
+    code, err = cli(capsys, "eval", scene / "splats.ply", "--overwrite")  # a scene's .ply: the scene's metrics.json
+    assert code == 0, err
+    again = json.loads((scene / "eval" / "metrics.json").read_text())
+    assert again["color_corrections"]["held_out"] == trained["color_corrections"]["held_out"]
+    assert again["psnr"] == pytest.approx(trained["psnr"], abs=1e-5)
+    bare = tmp_path / "bare.ply"
+    bare.write_bytes((scene / "splats.ply").read_bytes())
+    code, err = cli(capsys, "eval", bare, "--capture", capture, "--out", tmp_path / "plain", "--background", "black")
     assert code == 0, err
     plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
     assert plain["color_corrections"] is None
