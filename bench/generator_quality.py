@@ -114,7 +114,7 @@ def main() -> None:
         assets = evaluation_assets(args.assets, args.holdout, args.shared, args.out / "assets")
         config = DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius, fov_deg=d.fov_deg,
                                clips_per_asset=1, elevation_range_deg=(10.0, 20.0), holdout="all",
-                               background="white", seed=1234)  # fmt: skip
+                               background="white", samples=64, seed=1234)  # fmt: skip
         build_orbit_dataset(config, assets, data, workers=2)
     tic = time.perf_counter()
     report, pairs = evaluate(pipeline, OrbitClips(data, "test"), args.steps, args.seed, weights=weights)

@@ -103,8 +103,9 @@ class FinetuneConfig:
     """Noise added to the input view's (pre-encoded) latent, the value the UNet is told (sampling tells it its own,
     1e-5 by default)."""
     vae_steps: int | None = None
-    """Steps that first fit the VAE as an autoencoder on the clips' frames (a fresh model's VAE decodes noise);
-    None: 300 for a fresh ``architecture``, 0 when starting from ``base`` (its VAE is kept frozen)."""
+    """Steps that first fit a learned VAE as an autoencoder on the clips' frames (a fresh model's VAE decodes noise);
+    None: 300 for a fresh ``architecture``, 0 when starting from ``base`` (its VAE is kept frozen). A patch
+    autoencoder (pixels folded: the small presets) has nothing to fit."""
     eval_clips: int = 2
     """Held-out clips whose PSNR is measured before and after training (evaluation.json); 0: none."""
     eval_steps: int = 10
@@ -533,10 +534,13 @@ def _prepare_frozen(pipeline: OrbitPipeline, clips: OrbitClips, config: Finetune
             pipeline.image_encoder = load_model(type(pipeline.image_encoder), checkpoint / "image_encoder")\
                 .to(pipeline.device)  # fmt: skip
         return
+    learned = any(True for _ in pipeline.vae.parameters())  # a PatchAutoencoder has nothing to fit
     steps = config.vae_steps if config.vae_steps is not None else (0 if config.base else 300)
-    if steps == 0:
-        return
-    fit_vae(pipeline, clips, steps, config)
+    steps = steps if learned else 0
+    if config.base is not None and steps == 0:
+        return  # a base model's VAE, as it is
+    if steps:
+        fit_vae(pipeline, clips, steps, config)
     _unit_latents(pipeline, clips, config)
     save_model(pipeline.vae, checkpoint / "vae")
     save_model(pipeline.image_encoder, checkpoint / "image_encoder")
