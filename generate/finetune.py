@@ -352,6 +352,8 @@ def _train(config: FinetuneConfig, accelerator, pipeline: OrbitPipeline, unet, o
                     accelerator.wait_for_everyone()
                 if curve is not None and config.eval_every and step % config.eval_every == 0:
                     curve.measure(step)
+            if interrupted():  # asked to stop during the last step's evaluation: not after minutes of exporting
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             if between_steps and main:
                 _save_state(state_path, step, losses, trainable, optimizer, ema)
