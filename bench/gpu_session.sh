@@ -17,6 +17,14 @@
 #   run: bench/gpu_session.sh train CAPTURE              # bench/train_vs_gsplat.py (0.3 dB / 10% targets)
 #   run: bench/gpu_session.sh generator                  # bench/generator_bench.py --device cuda --sv3d
 #
+#   run: bench/gpu_session.sh setup train-generator outputs/gen_pack 3000   # the embedded generator trained further
+#
+# The generator's own call carries less (the checkout holds the shipped model, ~35 MB): here first
+#   bench/gpu_session.sh wheels-generator                # diffusers alone (.whl-gen/)
+#   python bench/generator_gpu.py pack /work/gen/orbits64 outputs/gen_pack --clips 1000   # ~15 MiB of JPEG clips
+# then one call, carry [".whl-gen", "outputs/gen_pack"], and back here
+#   python bench/generator_gpu.py unpack FILES_AT/generator   # the parts joined into generate/embedded/orbit-small
+#
 # e.g. one call, carry [".whl", "outputs/avocado_gpu"], the open comparison first (about 8 minutes in all):
 #   bench/gpu_session.sh setup train outputs/avocado_gpu tests parity generator
 # `setup` must come first on a fresh machine.
@@ -37,6 +45,12 @@ while [ $# -gt 0 ]; do
         -d .whl gsplat==1.5.3 av==18.1.0 diffusers==0.42.1 importlib_metadata
       du -ch .whl/*.whl | tail -1
       ;;
+    wheels-generator)
+      python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl-gen diffusers==0.42.1 importlib_metadata
+      du -ch .whl-gen/*.whl | tail -1
+      ;;
     capture)  # SRC DST: the parts of a capture training reads (not depth, normals, ground truth)
       src=$1 dst=$2; shift 2
       mkdir -p "$dst"
@@ -46,7 +60,8 @@ while [ $# -gt 0 ]; do
       du -sh "$dst"
       ;;
     setup)
-      python3 -m pip install -q --no-deps --no-index --target "$SITE" .whl/*.whl
+      python3 -m pip install -q --no-deps --no-index --target "$SITE" $(ls .whl/*.whl .whl-gen/*.whl 2>/dev/null)
+      if [ ! -d .whl ]; then continue; fi  # the generator's call carries no gsplat
       python3 - <<'EOF'
 import time, torch
 tic = time.time()
@@ -73,8 +88,13 @@ EOF
     generator)
       python3 bench/generator_bench.py --device cuda --sv3d | tee "$OUT/generator_cuda.md"
       ;;
+    train-generator)  # PACK STEPS: the shipped model trained further on a packed share of the orbit dataset
+      pack=$1 steps=$2; shift 2
+      python3 bench/generator_gpu.py train "$pack" --steps "$steps" --out "$OUT/generator" 2>&1 | tail -40
+      ;;
     *)
-      echo "unknown step $step: use wheels, capture SRC DST, setup, tests, parity, train CAPTURE or generator" >&2
+      echo "unknown step $step: use wheels, wheels-generator, capture SRC DST, setup, tests, parity, train CAPTURE," \
+        "generator or train-generator PACK STEPS" >&2
       exit 2
       ;;
   esac

@@ -11,5 +11,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 EMBEDDED_MODEL = Path(__file__).resolve().parent / "embedded" / "orbit-small"
-"""The model folder that ships in the repository: what ``orbit4d generate`` and ``image-to-3d`` use without
-``--weights``."""
+"""The small orbit generator that ships with orbit4d (``MODEL_CARD.md`` beside it says how it was trained and what it
+can do): ``orbit4d generate`` and ``image-to-3d`` use it when no ``--weights`` are given."""

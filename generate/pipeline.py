@@ -8,7 +8,7 @@ Model folder (``save_pretrained`` / ``from_pretrained``), diffusers' layout with
 
     model_index.json       the pipeline: orbit defaults (frames, size, field of view, radius), VAE class
     unet/                  OrbitUNet: config.json + diffusion_pytorch_model.safetensors
-    vae/                   AutoencoderKL or AutoencoderKLTemporalDecoder
+    vae/                   AutoencoderKL, AutoencoderKLTemporalDecoder or PatchAutoencoder (pixels folded, no weights)
     image_encoder/         CLIPVisionTower
 """
 
@@ -25,13 +25,14 @@ from torch import Tensor
 
 from generate.cameras import Orbit, plucker_rays, sv3d_orbit, triangular_guidance
 from generate.models.image_encoder import CLIPVisionTower
+from generate.models.patches import PatchAutoencoder
 from generate.models.unet import OrbitUNet
 from generate.schedulers import DDIMScheduler, Denoiser, EulerEDMScheduler
 from generate.weights import WeightsError, load_model, refuse_pickle, save_model
 from multiview.settings import dataclass_from_json
 
 INDEX_NAME = "model_index.json"
-VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderKLTemporalDecoder)}
+VAE_CLASSES = {cls.__name__: cls for cls in (AutoencoderKL, AutoencoderKLTemporalDecoder, PatchAutoencoder)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class OrbitDefaults:
         return sv3d_orbit(self.num_frames if num_frames is None else num_frames,
                           self.elevation_deg if elevation_deg is None else elevation_deg,
                           self.radius, self.fov_deg, self.image_size)  # fmt: skip
+
+
+def vae_scale(vae) -> int:
+    """How many pixels a latent stands for along each side."""
+    if isinstance(vae, PatchAutoencoder):
+        return vae.config.patch_size
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def frame_conditions(unet: OrbitUNet, orbit: Orbit, cond_aug: float) -> Tensor:
@@ -88,7 +96,7 @@ class OrbitPipeline:
                  image_encoder: CLIPVisionTower, defaults: OrbitDefaults = OrbitDefaults()) -> None:  # fmt: skip
         self.unet, self.vae, self.image_encoder, self.defaults = unet, vae, image_encoder, defaults
         self.denoiser = Denoiser()
-        self.vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale = vae_scale(vae)
 
     @property
     def device(self) -> torch.device:
@@ -191,10 +199,12 @@ class OrbitPipeline:
 
     # --- files ----------------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: Path) -> Path:
+    def save_pretrained(self, folder: Path, dtype: torch.dtype | None = None) -> Path:
+        """The model folder; ``dtype`` (e.g. float16: half the size on disk) the tensors are stored in, else their
+        own. ``from_pretrained`` loads either into the dtype asked for."""
         folder = Path(folder)
         for name in ("unet", "vae", "image_encoder"):
-            save_model(getattr(self, name), folder / name)
+            save_model(getattr(self, name), folder / name, dtype)
         index = {"_class_name": "OrbitPipeline", "vae": type(self.vae).__name__, "orbit": asdict(self.defaults)}
         (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         return folder

@@ -45,14 +45,17 @@ def check_tensor(tensor: torch.Tensor, expected: torch.Tensor, key: str, source:
                            "diverged run); download or train it again")
 
 
-def save_model(model, folder: Path) -> Path:
-    """``config.json`` + ``diffusion_pytorch_model.safetensors`` in ``folder`` (a diffusers ``ModelMixin``)."""
+def save_model(model, folder: Path, dtype: torch.dtype | None = None) -> Path:
+    """``config.json`` + ``diffusion_pytorch_model.safetensors`` in ``folder`` (a diffusers ``ModelMixin``); floating
+    tensors stored in ``dtype`` when given."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config["_class_name"] = type(model).__name__
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=list) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     tmp = folder / f".{WEIGHTS_NAME}.tmp"
     save_file(state, str(tmp))
     tmp.replace(folder / WEIGHTS_NAME)

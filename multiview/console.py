@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
@@ -32,3 +33,14 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence ``info``, ``warn`` and progress bars within the block (worker processes whose parent reports)."""
+    previous = console.quiet
+    console.quiet = True
+    try:
+        yield
+    finally:
+        console.quiet = previous

@@ -11,10 +11,42 @@ from orbit4d import options
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``generate``, ``finetune`` and ``eval-generator`` on the ``orbit4d`` sub-command parser."""
+    """Register ``generate``, ``assets``, ``finetune`` and ``eval-generator`` on the ``orbit4d`` sub-command parser."""
     _generate_parser(sub)
+    _assets_parser(sub)
     _finetune_parser(sub)
     _eval_generator_parser(sub)
+
+
+def _assets_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "assets",
+        help="make procedural 3D assets (GLB) to train the orbit generator on",
+        description="Write COUNT procedural objects (composed primitives, surfaces of revolution, extrusions, tori, "
+        "tubes; bent, twisted, tapered and bumped; striped, checked, dotted, noisy, graded or labelled textures, matte "
+        "to glossy) as GLB files with assets.json. Asset k of seed S is always the same object; assets already in "
+        "OUT are kept, so an interrupted run continues.",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the .glb files")
+    p.add_argument("--count", type=int, default=2000, metavar="N", help="how many assets (default 2000)")
+    p.add_argument("--seed", type=options.seed, default=0, help="which family of assets (default 0)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="processes making them (default 1)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.set_defaults(func=_run_assets)
+
+
+def _run_assets(args: argparse.Namespace) -> int:
+    from generate.assets import FactoryConfig, write_assets
+    from multiview.errors import InputError
+    from multiview.outputs import checked_out_dir, output_lock
+
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: use at least 1")
+    config = FactoryConfig(count=args.count, seed=args.seed)
+    config.validate()
+    with output_lock(checked_out_dir(args.out)):  # assets already there are kept: a stopped run continues
+        write_assets(config, args.out, workers=args.workers)
+    return 0
 
 
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +85,8 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="capture folder to write")
     p.add_argument("--weights", type=Path, default=None, metavar="PATH",
                    help="model folder (model_index.json, unet/, vae/, image_encoder/; safetensors only) or an SV3D "
-                   "checkpoint (sv3d_p.safetensors / sv3d_u.safetensors, converted on load)")
+                   "checkpoint (sv3d_p.safetensors / sv3d_u.safetensors, converted on load); default: the small "
+                   "model that ships with orbit4d")
     p.add_argument("--frames", type=int, default=None, metavar="N", help="views in the orbit (model default)")
     p.add_argument("--elevation", type=float, default=None, metavar="DEG", help="camera elevation (model default)")
     p.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
@@ -88,7 +121,8 @@ def _eval_generator_parser(sub: argparse._SubParsersAction) -> None:
         "rendered ground truth: PSNR and SSIM per azimuth and overall in OUT/metrics.json, and a contact sheet. "
         "The dataset is rendered from --assets first when DATA has no dataset.json.",
     )
-    p.add_argument("--weights", type=Path, required=True, metavar="PATH", help="model folder to evaluate")
+    p.add_argument("--weights", type=Path, default=None, metavar="PATH",
+                   help="model folder to evaluate (default: the embedded model)")
     p.add_argument("--data", type=Path, required=True, metavar="DIR", help="dataset folder (dataset.json)")
     p.add_argument("--assets", type=Path, default=None, metavar="DIR",
                    help="folder of 3D assets to render DATA from when it is new")
@@ -107,6 +141,7 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
 
     from generate.dataset import DATASET_FILE, DatasetConfig, OrbitClips, build_orbit_dataset
     from generate.pipeline import OrbitPipeline
+    from generate.run import weights_or_embedded
     from multiview.errors import InputError
     from multiview.outputs import output_lock, staged_dir, writable_out_dir, write_json
     from orbit4d.eval_generator import contact_sheet, evaluate
@@ -117,6 +152,7 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
         raise InputError(f"--max-clips {args.max_clips}: use at least 1 (leave it out to evaluate every held-out clip)")
     if not (args.data / DATASET_FILE).is_file() and args.assets is None:
         raise InputError(f"{args.data} has no {DATASET_FILE}: pass --assets to render it")
+    args.weights = weights_or_embedded(args.weights)
     inputs = [args.weights, args.data, *([args.assets] if args.assets else [])]
     writable_out_dir(args.out, args.overwrite, inputs)  # before loading, rendering or generating anything
     with output_lock(args.out):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("bpy", reason="the orbit dataset is rendered with Blender: pip install 'orbit4d[render]'")
 
+import generate.dataset  # noqa: E402
+from generate.assets import FactoryConfig, write_assets  # noqa: E402
 from generate.dataset import DatasetConfig, OrbitClips, build_orbit_dataset  # noqa: E402
 from generate.finetune import FinetuneConfig, heldout_psnr, partial_folder, run  # noqa: E402
 from multiview.errors import InputError, OutputExistsError  # noqa: E402
@@ -25,13 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory) -> Path:
-    """The Duck, four 4-view orbits at 32 px; the last orbit held out (other elevation and background)."""
-    model = shared_data / "models" / "Duck.glb"
-    if not model.is_file():
-        pytest.skip(f"{model} missing from the shared data")
-    assets = tmp_path_factory.mktemp("assets")
-    shutil.copy(model, assets)
+def dataset(tmp_path_factory) -> Path:
+    """A procedural asset, four 4-view orbits at 32 px; the last orbit held out (other elevation and background)."""
+    assets = write_assets(FactoryConfig(count=1, seed=7), tmp_path_factory.mktemp("assets"))
     config = DatasetConfig(num_frames=4, image_size=32, clips_per_asset=4, holdout="orbits", samples=4)
     return build_orbit_dataset(config, assets, tmp_path_factory.mktemp("orbits") / "data")
 
@@ -55,7 +53,7 @@ def test_dataset_serves_clips_in_sv3d_order(dataset):
 def test_finetuning_lowers_the_loss_and_raises_heldout_psnr(dataset, tmp_path):
     out = run(config(dataset, tmp_path / "run"))
     losses = json.loads((out / "losses.json").read_text())["losses"]
-    assert len(losses) == 200 and sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20
+    assert len(losses) == 200 and sum(losses[-20:]) / 20 < 0.75 * sum(losses[:20]) / 20
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["end_psnr"] > evaluation["start_psnr"] + 1.0, evaluation
     pipeline = OrbitPipeline.from_pretrained(out / "model")  # usable by orbit4d generate --weights
@@ -177,16 +175,61 @@ def test_a_finished_run_is_kept_until_trained_further(dataset, base, tmp_path):
         run(config(dataset, tmp_path / "afile" / "run", steps=3, **settings))
 
 
-def test_an_interrupted_dataset_render_is_rendered_again(shared_data, tmp_path):
-    """Ctrl-C during a clip's render leaves its folders without transforms.json: the next run renders it anew."""
-    (tmp_path / "assets").mkdir()
-    shutil.copy(shared_data / "models" / "Duck.glb", tmp_path / "assets")
-    clip = tmp_path / "data" / "clips" / "Duck_0"
-    (clip / "images").mkdir(parents=True)  # what the interrupted render left
+def test_an_interrupted_dataset_build_resumes_without_rendering_again(tmp_path, monkeypatch):
+    """Ctrl-C during the second clip: the first clip is kept as it was, the second (left half-written) is rendered
+    anew, and a folder begun with another recipe is refused."""
+    assets = write_assets(FactoryConfig(count=2, seed=3), tmp_path / "assets")
     settings = DatasetConfig(num_frames=2, image_size=16, clips_per_asset=1, holdout="assets", holdout_assets=0,
                              samples=1)  # fmt: skip
-    data = build_orbit_dataset(settings, tmp_path / "assets", tmp_path / "data")
-    assert len(list((clip / "images").iterdir())) == 2 and OrbitClips(data, "train").clip(0).frames.shape[0] == 2
+    render = generate.dataset._render_clip
+
+    def interrupted(job, config, out_dir):
+        if job["asset"] == "asset_00001.glb":
+            (Path(out_dir) / job["path"] / "images").mkdir(parents=True)  # what a render stopped mid-way leaves
+            raise KeyboardInterrupt
+        render(job, config, out_dir)
+
+    monkeypatch.setattr(generate.dataset, "_render_clip", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_orbit_dataset(settings, assets, tmp_path / "data")
+    first = tmp_path / "data" / "clips" / "asset_00000_0" / "transforms.json"
+    stamp = first.stat().st_mtime_ns
+    rendered = []
+    monkeypatch.setattr(generate.dataset, "_render_clip", lambda job, *a: rendered.append(job) or render(job, *a))
+    data = build_orbit_dataset(settings, assets, tmp_path / "data")
+    assert [job["asset"] for job in rendered] == ["asset_00001.glb"] and first.stat().st_mtime_ns == stamp
+    assert len(OrbitClips(data, "train")) == 2 and OrbitClips(data, "train").clip(1).frames.shape[0] == 2
+    with pytest.raises(InputError, match="holds orbit clips of another recipe"):
+        build_orbit_dataset(replace(settings, image_size=32), assets, tmp_path / "data")
+
+
+def test_two_processes_train_as_one(dataset, base, tmp_path):
+    """torch.distributed on the CPU (gloo), two processes of batch 1 against one process of batch 2: the same global
+    batch, so the same clips, noise, gradients and loss curve."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    settings = dict(base=str(base), eval_clips=0, vae_steps=None, steps=6, ema_decay=0.0)
+    one = json.loads((run(config(dataset, tmp_path / "one", batch_size=2, **settings)) / "losses.json").read_text())
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({**asdict(config(dataset, tmp_path / "two", batch_size=1, **settings))}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), "-m", "orbit4d", "finetune", str(path)],
+                          capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert len(two["losses"]) == 6 and two["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=1e-6)
+    start, a, b = (load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+                   for folder in (base, tmp_path / "one" / "model", tmp_path / "two" / "model"))  # fmt: skip
+    apart = sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
+    moved = sum(float((a[k] - start[k]).square().sum()) for k in a) ** 0.5
+    assert moved > 0 and apart < 0.02 * moved  # float summation order only (Adam magnifies it on tiny gradients)
 
 
 @pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 truncated", "pickle"])

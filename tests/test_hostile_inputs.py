@@ -57,6 +57,8 @@ SURVEY = [
     row("eval-metrics-not-an-object", "eval {scene_bad_metrics}", "metrics.json", "--capture"),
     row("render-asset-lying-glb", "render-asset {asset_lying_glb} --out {out}", "lying.glb", "promises"),
     row("render-asset-zero-glb", "render-asset {asset_zero_glb} --out {out}", "zero.glb"),
+    row("assets-count-zero", "assets --out {out} --count 0", "count 0: ask for at least 1 asset"),
+    row("assets-not-assets", "assets --out {capture}", "not empty and has no assets.json"),
     row("generate-zero-photo", "generate {photo_zero} --weights {weights_empty} --out {out}", "zero.png"),
     row("generate-pickled-weights", "generate {photo} --weights {weights_pickle} --out {out}", "pickle.safetensors"),
     row("generate-lying-weights", "generate {photo} --weights {weights_lying} --out {out}", "lying.safetensors"),
@@ -139,7 +141,7 @@ SURVEY = [
                               ("eval", "{splats} --capture {capture}"), ("video-to-3d", "{photos}"),
                               ("image-to-3d", "{photo} --weights {weights_empty}"),
                               ("generate", "{photo} --weights {weights_empty}"), ("render-asset", "{asset}"),
-                              ("eval-generator", "--weights {weights_empty} --data {dataset}")]],
+                              ("eval-generator", "--weights {weights_empty} --data {dataset}"), ("assets", "")]],
     row("finetune-unwritable-out", "finetune {ft_unwritable}", "cannot write in /proc"),
     # outputs another process is writing (held by the ``holder`` fixture): refused at once, naming it
     *[row(f"{command}-busy-out", f"{command} {inputs} --out {{busy}}", BUSY)
@@ -147,7 +149,7 @@ SURVEY = [
                               ("eval", "{splats} --capture {capture}"), ("video-to-3d", "{photos}"),
                               ("image-to-3d", "{photo} --weights {weights_empty}"),
                               ("generate", "{photo} --weights {weights_empty}"), ("render-asset", "{asset}"),
-                              ("eval-generator", "--weights {weights_empty} --data {dataset}")]],
+                              ("eval-generator", "--weights {weights_empty} --data {dataset}"), ("assets", "")]],
     row("finetune-busy-out", "finetune {ft_busy}", BUSY),
     row("eval-scene-busy-out", "eval {scene}", BUSY),  # SCENE/eval while SCENE is being trained
     # the viewer's static export and videos

@@ -1,0 +1,135 @@
+"""How well the orbit generator sees round objects it never trained on (issue 15's bar).
+
+For each evaluation asset (the procedural assets the training set held out, and the permissive models of
+``../shared/data/models``: Fox, Avocado, spot), Blender renders one orbit at the model's frame count and size, at an
+elevation drawn from 10-20 degrees, on white; the model generates the orbit from the first view, with the exact
+cameras; every other view is compared with Blender's: PSNR, SSIM, LPIPS (when its weights are on disk) and the
+foreground's IoU against the renderer's mask, beside two baselines, the input copied to every view and the input
+mirrored left-right. Writes OUT/metrics.json, OUT/table.md (overall, per azimuth, per group) and a contact sheet per
+asset (OUT/sheets/: ground truth above generated, the input last).
+
+    python bench/generator_quality.py --assets /work/gen/assets --holdout 40 --out outputs/generator_quality
+    python bench/generator_quality.py --weights runs/a/model --assets assets/ --holdout 40 --out outputs/gq --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
+EVALUATION_MODELS = ("Fox.glb", "Avocado", "spot")  # permissive; Duck's licence is not
+
+
+def evaluation_assets(procedural: Path, holdout: int, shared: Path, folder: Path) -> Path:
+    """``folder`` with links to the last ``holdout`` procedural assets (the training set's held-out ones) and the
+    shared evaluation models."""
+    from generate.dataset import find_assets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    held_out = find_assets(procedural)[-holdout:] if holdout else []
+    for source in [*held_out, *(shared / name for name in EVALUATION_MODELS if (shared / name).exists())]:
+        link = folder / source.name
+        if not link.exists():
+            link.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+    return folder
+
+
+def table(report: dict, groups: dict[str, dict]) -> str:
+    """Markdown: model against the baselines, overall, per group of assets and per azimuth."""
+    def row(name, r):
+        b = r["baselines"]
+        cells = [name, r.get("views", ""), f"{r['psnr']:.2f}", f"{b['copy']['psnr']:.2f}",
+                 f"{b['mirror']['psnr']:.2f}", f"{r['ssim']:.3f}", f"{b['copy']['ssim']:.3f}",
+                 f"{b['mirror']['ssim']:.3f}", _f(r["iou"]), _f(b["copy"]["iou"]), _f(b["mirror"]["iou"]),
+                 _f(r["lpips"]), _f(b["copy"]["lpips"]), _f(b["mirror"]["lpips"])]  # fmt: skip
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    head = ("| | views | PSNR model | PSNR copy | PSNR mirror | SSIM model | SSIM copy | SSIM mirror | IoU model | "
+            "IoU copy | IoU mirror | LPIPS model | LPIPS copy | LPIPS mirror |\n|" + "---|" * 14)
+    lines = [head, row("all (views averaged)", report)]
+    lines += [row(f"{name} ({g['clips']} assets)", g) for name, g in groups.items()]
+    lines += [row(f"azimuth {r['azimuth_deg']}°", r) for r in report["per_azimuth"]]
+    return "\n".join(lines)
+
+
+def _f(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def group_summaries(report: dict) -> dict[str, dict]:
+    """Per-clip scores averaged over procedural assets and over each shared model."""
+    import numpy as np
+
+    groups: dict[str, list[dict]] = {}
+    for clip in report["per_clip"]:
+        name = "procedural (held out)" if clip["asset"].startswith("asset_") else clip["asset"]
+        groups.setdefault(name, []).append(clip)
+    out = {}
+    for name, clips in groups.items():
+        def mean(get):
+            values = [v for v in (get(c) for c in clips) if v is not None]
+            return float(np.mean(values)) if values else None
+
+        keys = ("psnr", "ssim", "lpips", "iou")
+        out[name] = {**{k: mean(lambda c, k=k: c[k]) for k in keys}, "clips": len(clips),
+                     "baselines": {m: {k: mean(lambda c, k=k, m=m: c["baselines"][m][k]) for k in keys}
+                                   for m in ("copy", "mirror")}}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, default=None, help="model folder (default: the embedded model)")
+    parser.add_argument("--assets", type=Path, required=True, help="the procedural assets the model trained on")
+    parser.add_argument("--holdout", type=int, default=40, help="how many of them (the last by name) it never saw")
+    parser.add_argument("--shared", type=Path, default=SHARED_MODELS, help="folder with Fox.glb, Avocado/, spot/")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import PIL.Image
+    import torch
+
+    from generate import EMBEDDED_MODEL
+    from generate.dataset import DATASET_FILE, DatasetConfig, OrbitClips, build_orbit_dataset
+    from generate.pipeline import OrbitPipeline
+    from multiview.outputs import write_json
+    from orbit4d.eval_generator import contact_sheet, evaluate
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    weights = args.weights or EMBEDDED_MODEL
+    pipeline = OrbitPipeline.from_pretrained(weights)
+    d = pipeline.defaults
+    data = args.out / f"data_{d.num_frames}x{d.image_size}"
+    if not (data / DATASET_FILE).is_file():
+        assets = evaluation_assets(args.assets, args.holdout, args.shared, args.out / "assets")
+        config = DatasetConfig(num_frames=d.num_frames, image_size=d.image_size, radius=d.radius, fov_deg=d.fov_deg,
+                               clips_per_asset=1, elevation_range_deg=(10.0, 20.0), holdout="all",
+                               background="white", samples=64, seed=1234)  # fmt: skip
+        build_orbit_dataset(config, assets, data, workers=2)
+    tic = time.perf_counter()
+    report, pairs = evaluate(pipeline, OrbitClips(data, "test"), args.steps, args.seed, weights=weights)
+    seconds = time.perf_counter() - tic
+    groups = group_summaries(report)
+    (args.out / "sheets").mkdir(parents=True, exist_ok=True)
+    for clip, pair in zip(report["per_clip"], pairs):
+        PIL.Image.fromarray(contact_sheet([pair])).save(args.out / "sheets" / f"{Path(clip['asset']).stem}.png")
+    write_json(args.out / "metrics.json", {**report, "groups": groups, "weights": str(Path(weights).resolve()),
+                                           "seconds": round(seconds, 1)})  # fmt: skip
+    text = table(report, groups)
+    (args.out / "table.md").write_text(text + "\n")
+    print(text)
+    print(f"{len(pairs)} clips, {args.steps} sampling steps, {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
