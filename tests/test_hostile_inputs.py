@@ -45,6 +45,9 @@ SURVEY = [
     row("capture-zero-video", "capture {video_zero} --out {out}", "zero.mp4"),
     row("capture-text-video", "capture {video_text} --out {out}", "text.mp4"),
     row("video-to-3d-zero-video", "video-to-3d {video_zero} --out {out}", "zero.mp4"),
+    row("video-to-4d-zero-video", "video-to-4d {video_zero} --out {out}", "zero.mp4"),
+    row("video-to-4d-text-video", "video-to-4d {video_text} --out {out}", "text.mp4"),
+    row("video-to-4d-capture-without-times", "video-to-4d {capture} --out {out}", "time"),
     row("import-zero-transforms", "import {ns_zero} --out {out}", "transforms.json", "not readable JSON"),
     row("import-colmap-lying-points", "import {colmap_lying_points} --out {out}", "points3D.bin",
         "promises 1,000,000,000 3D points"),
@@ -141,7 +144,8 @@ SURVEY = [
                               ("eval", "{splats} --capture {capture}"), ("video-to-3d", "{photos}"),
                               ("image-to-3d", "{photo} --weights {weights_empty}"),
                               ("generate", "{photo} --weights {weights_empty}"), ("render-asset", "{asset}"),
-                              ("eval-generator", "--weights {weights_empty} --data {dataset}"), ("assets", "")]],
+                              ("eval-generator", "--weights {weights_empty} --data {dataset}"), ("assets", ""),
+                              ("video-to-4d", "{video_text}")]],
     row("finetune-unwritable-out", "finetune {ft_unwritable}", "cannot write in /proc"),
     # outputs another process is writing (held by the ``holder`` fixture): refused at once, naming it
     *[row(f"{command}-busy-out", f"{command} {inputs} --out {{busy}}", BUSY)
@@ -149,7 +153,8 @@ SURVEY = [
                               ("eval", "{splats} --capture {capture}"), ("video-to-3d", "{photos}"),
                               ("image-to-3d", "{photo} --weights {weights_empty}"),
                               ("generate", "{photo} --weights {weights_empty}"), ("render-asset", "{asset}"),
-                              ("eval-generator", "--weights {weights_empty} --data {dataset}"), ("assets", "")]],
+                              ("eval-generator", "--weights {weights_empty} --data {dataset}"), ("assets", ""),
+                              ("video-to-4d", "{video_text}")]],
     row("finetune-busy-out", "finetune {ft_busy}", BUSY),
     row("eval-scene-busy-out", "eval {scene}", BUSY),  # SCENE/eval while SCENE is being trained
     # the viewer's static export and videos

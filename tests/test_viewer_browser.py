@@ -365,7 +365,7 @@ def test_train_view_shows_training_live(browser, tmp_path):
         tab.first_picture(min_coverage=0.01)
         assert tab.unexpected_errors() == [] and tab.outside == []
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=120) == 0  # the viewer's threads wind down: slow on a loaded machine
         assert (tmp_path / "trained" / "splats.ply").is_file()
     finally:
         tab.close()
