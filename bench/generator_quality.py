@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,12 @@ def evaluation_assets(procedural: Path, holdout: int, shared: Path, folder: Path
     held_out = find_assets(procedural)[-holdout:] if holdout else []
     for source in [*held_out, *(shared / name for name in EVALUATION_MODELS if (shared / name).exists())]:
         link = folder / source.name
-        if not link.exists():
-            link.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+        if link.exists() or link.is_symlink():
+            continue
+        if source.is_dir():  # copied: find_assets does not descend into linked folders, nor do files leave theirs
+            shutil.copytree(source.resolve(), link)
+        else:
+            link.symlink_to(source.resolve())
     return folder
 
 

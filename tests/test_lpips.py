@@ -200,7 +200,7 @@ class OneClip:
         return 1
 
     def clip(self, index: int) -> SimpleNamespace:
-        return SimpleNamespace(input_view=self.frames[0], orbit=self.orbit, frames=self.frames)
+        return SimpleNamespace(input_view=self.frames[0], orbit=self.orbit, frames=self.frames, masks=None)
 
 
 def test_eval_generator_reports_lpips_when_weights_are_present(weights):
