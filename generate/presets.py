@@ -20,8 +20,8 @@ from generate.pipeline import OrbitDefaults, OrbitPipeline
 @dataclass(frozen=True)
 class Architecture:
     """Widths of a generator; ``tiny`` is the test size, ``small`` the CPU-trainable size (pixels folded in 4 x 4
-    patches, no learned VAE; ``small-rays`` with Plücker ray maps, ``lite`` with one layer a block: the candidates
-    measured against it), ``sv3d`` SV3D's."""
+    patches, no learned VAE; ``small-rays`` with Plücker ray maps and ``lite`` with one layer a block are the
+    candidates to measure against it: bench/RESULTS.md says which were), ``sv3d`` SV3D's."""
 
     block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
