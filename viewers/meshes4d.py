@@ -154,6 +154,8 @@ def export_scene_meshes4d(scene_dir: Path, *, overwrite: bool = False, config: M
     written. ``config``: the extraction's (default ``DEFAULT_CONFIG``). The folder is written beside and renamed into
     place when complete; existing meshes are replaced only with ``overwrite``.
     """
+    from rich.markup import escape
+
     from multiview.console import warn
     from multiview.outputs import output_lock, replace_dir
 
@@ -165,8 +167,8 @@ def export_scene_meshes4d(scene_dir: Path, *, overwrite: bool = False, config: M
     if blend is None:
         blend = _has_bpy()
         if not blend:
-            warn(f"{blend_path} not written: the .blend needs Blender's Python module, the render extra (pip install "
-                 f"'orbit4d[render]'); the meshes are .glb files in {out_dir}")
+            warn(escape(f"{BLEND_NAME} not written: it needs Blender's Python module, the render extra (pip install "
+                        f"'orbit4d[render]'); the meshes are the .glb files in {out_dir}"))
     elif blend:
         from multiview.blender import import_bpy
 
