@@ -104,11 +104,12 @@ def scene_folder(root: Path, splats: Splats, capture: Path) -> Path:
     return root
 
 
-def moving_scene4d(root: Path, times: np.ndarray, slide: np.ndarray, cameras: list[Camera],
-                   count: int = 3000) -> tuple[Path, Path]:  # fmt: skip
+def moving_scene4d(root: Path, times: np.ndarray, slide: np.ndarray, cameras: list[Camera], count: int = 3000,
+                   one_camera: bool = False) -> tuple[Path, Path]:  # fmt: skip
     """A 4D capture and scene in ``root`` (capture/, scene/ as ``orbit4d video-to-4d`` leaves them): a cone (the
     ``cone()``) sliding along ``slide`` [3] from ``-slide`` at the first time to ``+slide`` at the last, past a box
-    that stands still at y = -0.8; the rig of ``cameras`` films it at ``times`` (camera_id = their index). The scene's
+    that stands still at y = -0.8; the rig of ``cameras`` films it at ``times`` (camera_id = their index), or with
+    ``one_camera`` a camera moving through ``cameras``, one per time (a video: camera_id 0). The scene's
     splats lie on the surfaces and move exactly so (a ``poly`` motion with one coefficient: ``(2u - 1) slide``)."""
     import trimesh
 
@@ -125,8 +126,9 @@ def moving_scene4d(root: Path, times: np.ndarray, slide: np.ndarray, cameras: li
     for step, t in enumerate(times):
         u = (t - times[0]) / (times[-1] - times[0])
         moved = vertices + on_cone[:, None] * (2 * u - 1) * np.asarray(slide)
+        rig = [(0, cameras[step])] if one_camera else list(enumerate(cameras))
         frames += [raycast_view(root / "capture", f"t{step:02d}_c{k}", moved, faces,
-                                camera.replace(time=float(t), camera_id=k)) for k, camera in enumerate(cameras)]
+                                camera.replace(time=float(t), camera_id=k)) for k, camera in rig]
     write_transforms(root / "capture" / "transforms.json", frames, root / "capture")
     splats = splats_on_mesh(vertices, faces, count)
     n = len(splats)

@@ -181,3 +181,24 @@ def test_export_of_a_4d_scene_refuses_what_only_3d_scenes_have_in_one_line(optio
     lines = [line for line in err.strip().splitlines() if "error" in line]
     assert code == EXIT_USER_ERROR and len(lines) == 1 and "is a 4D scene" in lines[0], err
     assert not (scene / "meshes").exists()
+
+
+def test_a_video_time_step_is_meshed_from_its_view_and_the_path_a_rig_from_its_cameras():
+    """A rig's time step: its cameras at that time, with masks. One moving camera: its view at that time with its
+    mask, and its other poses without (another time's mask is of another time), the same pose once."""
+    from reconstruct.mesh import MeshView
+    from viewers.meshes4d import mesh_views_at
+
+    cameras = orbit(4, (20.0,), radius=3.0, fov_deg=45.0, width=8, height=8)
+    mask = np.ones((8, 8), bool)
+    rig = [MeshView(camera, mask) for _ in TIMES for camera in cameras]
+    rig_times = np.repeat(TIMES, len(cameras))
+    chosen = mesh_views_at(rig, rig_times, 1, TIMES, moving_camera=False)
+    assert [view.camera for view in chosen] == cameras and all(view.mask is mask for view in chosen)
+    path = [MeshView(camera, mask) for camera in cameras[:3]] + [MeshView(cameras[2], mask)]  # it stops at the end
+    path_times = np.array([0.0, 0.5, 1.0, 1.5])
+    chosen = mesh_views_at(path, path_times, 1, path_times, moving_camera=True)
+    assert [view.camera for view in chosen] == [cameras[1], cameras[0], cameras[2], cameras[2]]
+    assert chosen[0].mask is mask and all(view.mask is None for view in chosen[1:])
+    chosen = mesh_views_at(path, path_times, 3, path_times, moving_camera=True)
+    assert [view.camera for view in chosen] == [cameras[2], cameras[0], cameras[1]]  # not its own pose again

@@ -6,11 +6,15 @@
 (``viewers.blend.write_blend_sequence``).
 
 The views a time step is meshed from: the capture's views at that time, with their masks; for a capture that moves
-its camera (one camera, a video), also its poses at the other times, without masks (the splats at time k render from
-any pose, but another time's mask outlines the object where it was then). A rig sees each time from all its cameras
-already; a video sees each time from one pose only, and one pose fixes neither the region to mesh nor the back of what
-it sees: the camera's path does, as it did in training. The mesh's own orbit views (``MeshConfig.extra_views``) are
-added around the scene in both cases.
+its camera (one camera, a video), also up to ``MAX_PATH_VIEWS`` of its poses at the other times, without masks (the
+splats at time k render from any pose, but another time's mask outlines the object where it was then). A rig sees
+each time from all its cameras already. A video sees each time from one pose, and the mesh's own orbit views
+(``MeshConfig.extra_views``, added in both cases) are placed from the cameras given: from one camera they circle a
+point one unit ahead of it (``view_volume`` cannot intersect one optical axis), while the path's poses put them
+around what the camera looked at, as training saw it. On a cone sliding past a box filmed by one camera over a
+quarter turn (8 time steps, 64 px), the meshes came within 4 voxels of 89% of the true surface with the path's poses
+against 39% without (a rig of 6 cameras: 99.7%), at the same distance from it (2 voxels), in 2.3 s a time step
+against 0.6 s.
 
 All the meshes share one file frame (``viewers.meshes.export_frame`` of every time step's vertices together), so that
 what moves moves in the files and what stands still stays put: the sequence as a whole stands on y = 0.
@@ -93,7 +97,8 @@ def mesh_views_at(views: Sequence[MeshView], view_times: np.ndarray, time_index:
     now = np.abs(view_times - times[time_index]) <= TIME_TOLERANCE
     chosen = [view for view, here in zip(views, now) if here]
     if moving_camera:
-        others = [view for view, here in zip(views, now) if not here]
+        others = [view for view, here in zip(views, now) if not here and not any(
+            np.allclose(view.camera.cam_from_world, mine.camera.cam_from_world, atol=1e-9) for mine in chosen)]
         picks = np.unique(np.linspace(0, len(others) - 1, min(MAX_PATH_VIEWS, len(others))).round().astype(int))
         chosen += [MeshView(others[i].camera) for i in picks] if others else []
     return chosen
@@ -101,7 +106,7 @@ def mesh_views_at(views: Sequence[MeshView], view_times: np.ndarray, time_index:
 
 def scene_meshes4d(scene_dir: Path, config: MeshConfig = DEFAULT_CONFIG) -> SceneMeshes4D:
     """Extract the mesh of the 4D scene at ``scene_dir`` at each of its frame times, on the CPU."""
-    from multiview.console import info, track
+    from multiview.console import info
     from reconstruct.data import load_scene
     from reconstruct.splats4d import read_splats4d
 
@@ -121,7 +126,7 @@ def scene_meshes4d(scene_dir: Path, config: MeshConfig = DEFAULT_CONFIG) -> Scen
     moving = len({view.camera.camera_id or 0 for view in data.train}) == 1
     meshes, reports = [], []
     tic = time.perf_counter()
-    for index in track(range(len(splats.times)), "meshing time steps", total=len(splats.times)):
+    for index in range(len(splats.times)):  # a line each, not a bar: extract_mesh shows its own
         chosen = mesh_views_at(views, view_times, index, splats.times, moving)
         if not chosen:
             raise InputError(f"{capture} has no view at {splats.times[index]:g} s, a frame time of {splats_path}: "
@@ -132,6 +137,7 @@ def scene_meshes4d(scene_dir: Path, config: MeshConfig = DEFAULT_CONFIG) -> Scen
             raise InputError(f"time step {index} ({splats.times[index]:g} s): {error}") from None
         meshes.append(mesh)
         reports.append(report)
+        info(f"time step {index + 1}/{len(splats.times)}: {report.faces:,} triangles in {report.seconds:.1f} s")
     info(f"meshed {len(meshes)} time steps in {time.perf_counter() - tic:.0f} s")
     cameras: dict[int, list[tuple[float, Camera]]] = {}
     for frame in sorted(data.capture.frames, key=lambda frame: float(frame.camera.time)):
@@ -164,12 +170,9 @@ def export_scene_meshes4d(scene_dir: Path, *, overwrite: bool = False, config: M
     config.validate()
     scene4d_files(scene_dir)
     out_dir, blend_path = scene_dir / MESHES_DIR, scene_dir / BLEND_NAME
-    if blend is None:
-        blend = _has_bpy()
-        if not blend:
-            warn(escape(f"{BLEND_NAME} not written: it needs Blender's Python module, the render extra (pip install "
-                        f"'orbit4d[render]'); the meshes are the .glb files in {out_dir}"))
-    elif blend:
+    missing_bpy = blend is None and not _has_bpy()
+    blend = not missing_bpy if blend is None else blend
+    if blend:
         from multiview.blender import import_bpy
 
         import_bpy()  # InputError with the install hint, before the work
@@ -193,6 +196,9 @@ def export_scene_meshes4d(scene_dir: Path, *, overwrite: bool = False, config: M
             from viewers.blend import write_blend_sequence
 
             written.append(write_blend_sequence(blend_path, result))
+    if missing_bpy:
+        warn(escape(f"{BLEND_NAME} not written: it needs Blender's Python module, the render extra (pip install "
+                    f"'orbit4d[render]'); the meshes are the .glb files in {out_dir}"))
     return written
 
 
