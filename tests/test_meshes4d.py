@@ -162,7 +162,8 @@ def test_without_blender_the_glb_files_and_a_warning(moving, tmp_path):
         "from orbit4d.cli import main\n"
         f"sys.exit(main(['video-to-4d', {str(capture)!r}, '--out', {str(out)!r}, '--mesh']))"
     )  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO,
+                            check=False)
     assert result.returncode == 0, result.stderr
     said = " ".join(result.stderr.split())  # as one line, however the console wrapped it
     assert said.count("warning:") == 1 and "warning: meshes.blend not written" in said, result.stderr
