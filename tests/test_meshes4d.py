@@ -67,6 +67,9 @@ def test_one_mesh_per_time_step_moves_with_the_scene(moving, tmp_path):
         assert np.allclose(box_centres[k], box_centres[0], atol=voxel / 2), (k, box_centres)
     with pytest.raises(OutputExistsError, match="--overwrite"):
         export_scene_meshes4d(copy, config=QUICK, blend=False)
+    from orbit4d.cli import main
+
+    assert main(["export", str(copy), "--mesh", "glb"]) != 0  # the same through orbit4d export, before any work
     assert not list(copy.glob(".*")), "a lock or temporary folder was left behind"
 
 
