@@ -25,7 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "splats.ply); or a .blend with the mesh, its colours as a material and one camera per capture view "
         "(needs the render extra). --format writes the splats themselves for web viewers and editors: .splat "
         "(antimatter15's 32-byte rows, no view-dependent colour), .spz (Niantic's compressed format, about a tenth of "
-        "the .ply) or a copy as 3DGS .ply.",
+        "the .ply) or a copy as 3DGS .ply. For a 4D scene (orbit4d video-to-4d), --mesh glb writes a mesh per time "
+        "step (SCENE/meshes/mesh_NNNN.glb) and --blend SCENE/meshes.blend playing them.",
     )
     p.add_argument("scene", type=Path, help="a scene folder (orbit4d train --out); a splat file for --format")
     p.add_argument("--mesh", choices=MESH_KINDS, default=None,
@@ -103,6 +104,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
     if args.scale is not None and not 0 < args.scale < float("inf"):
         raise InputError(f"--scale {args.scale}: give the metres one scene unit spans, a positive number")
+    if (args.scene / "splats4d.ply").is_file() and not (args.scene / "splats.ply").is_file():
+        return _run_export4d(args)
     outputs = requested_outputs(args)
     meshed = [(kind, path) for kind, path in outputs if kind != "splats"]
     config = _mesh_config(args) if meshed else None
@@ -126,6 +129,32 @@ def _run_export(args: argparse.Namespace) -> int:
         if meshed:
             written += _write_meshes(args, config, [(kind, path) for kind, path in outputs if kind != "splats"])
     print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
+    return 0
+
+
+def _run_export4d(args: argparse.Namespace) -> int:
+    """A 4D scene (``orbit4d video-to-4d``): its meshes, one per time step (SCENE/meshes/mesh_NNNN.glb), and with
+    --blend SCENE/meshes.blend playing them (``viewers.meshes4d``)."""
+    from dataclasses import replace
+
+    from multiview.errors import InputError
+    from viewers.meshes4d import DEFAULT_CONFIG, export_scene_meshes4d
+
+    options = ((f"--mesh {args.mesh}", args.mesh not in (None, "glb")), ("--format", args.format is not None),
+               ("--out", args.out is not None), ("--capture", args.capture is not None),
+               ("--scale", args.scale is not None))  # fmt: skip
+    refused = [option for option, given in options if given]
+    if refused:
+        raise InputError(f"{args.scene} is a 4D scene: {', '.join(refused)} apply to 3D scenes; export its meshes "
+                         "with --mesh glb (SCENE/meshes/mesh_NNNN.glb) and --blend (SCENE/meshes.blend)")
+    if not args.mesh and not args.blend:
+        raise InputError("say what to export: --mesh glb (a mesh per time step), --blend (and a .blend playing them)")
+    chosen = {"faces": args.faces, "resolution": args.resolution, "depth": args.depth}
+    config = replace(DEFAULT_CONFIG, use_masks=not args.no_masks,
+                     **{name: value for name, value in chosen.items() if value is not None})  # fmt: skip
+    written = export_scene_meshes4d(args.scene, overwrite=args.overwrite, config=config, blend=args.blend)
+    print(f"wrote {len(written)} files: {written[0].parent}/mesh_*.glb"
+          + (f", {written[-1]}" if written[-1].suffix == ".blend" else ""), file=sys.stderr)
     return 0
 
 

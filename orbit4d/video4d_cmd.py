@@ -23,7 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "render-asset --layout rig, an imported multi-camera set). Writes DIR/capture (unless INPUT is a capture) "
         "and DIR/scene: splats4d.ply (the 4D file the viewer plays), sequence/frame_NNNN.ply (one 3DGS .ply per time "
         "step), metrics.json (held-out PSNR / SSIM over all time steps and per time step), renders/, playback.mp4, "
-        "checkpoint/. With several cameras one whole camera is held out (--test-camera).",
+        "checkpoint/, and with --mesh meshes/mesh_NNNN.glb and meshes.blend. With several cameras one whole camera is "
+        "held out (--test-camera).",
     )
     p.add_argument("input", type=Path, help="a video file, a folder of synchronized videos, or a capture folder with "
                    "times")
@@ -56,6 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="random (default), black, white or #rrggbb: behind splats and masked-out pixels")
     p.add_argument("--allow-outside-paths", action="store_true", default=None, help=options.ALLOW_OUTSIDE_HELP)
     p.add_argument("--seed", type=options.seed, default=None, metavar="N", help="random seed (default 0)")
+    p.add_argument("--mesh", action="store_true",
+                   help="after training, a mesh per time step: DIR/scene/meshes/mesh_NNNN.glb, and DIR/scene/"
+                   "meshes.blend playing them (with the render extra)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the scene's checkpoint (an interrupted run, or a finished one to train further)")
     p.add_argument("--overwrite", action="store_true", help="replace existing capture and scene folders once the new "
@@ -110,6 +114,13 @@ def _run_video_to_4d(args: argparse.Namespace) -> int:
         else:
             video4d.run(_capture_config(args), args.input, capture_dir, overwrite=args.overwrite)
         train4d.run(config, capture_dir, scene_dir, resume=args.resume, overwrite=args.overwrite)
+        if args.mesh:
+            from viewers.meshes4d import export_scene_meshes4d
+
+            written = export_scene_meshes4d(scene_dir, overwrite=True)  # the scene was just (re)written
+            blend = [path for path in written if path.suffix == ".blend"]
+            print(f"{len(written) - len(blend)} meshes in {scene_dir / 'meshes'}"
+                  + (f", the sequence in {blend[0]}" if blend else ""), file=sys.stderr)
     where = "" if is_capture else f"capture in {capture_dir}, "
     print(f"{where}4D scene in {scene_dir}", file=sys.stderr)
     return 0
