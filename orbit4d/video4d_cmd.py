@@ -117,7 +117,13 @@ def _run_video_to_4d(args: argparse.Namespace) -> int:
         if args.mesh:
             from viewers.meshes4d import export_scene_meshes4d
 
-            written = export_scene_meshes4d(scene_dir, overwrite=True)  # the scene was just (re)written
+            from multiview.errors import InputError
+
+            try:
+                written = export_scene_meshes4d(scene_dir, overwrite=True)  # the scene was just (re)written
+            except InputError as error:  # the scene stays: say so, and how to mesh it again
+                raise InputError(f"{error} (the 4D scene in {scene_dir} is complete; mesh it again with orbit4d "
+                                 f"export {scene_dir} --mesh glb)") from None
             blend = [path for path in written if path.suffix == ".blend"]
             print(f"{len(written) - len(blend)} meshes in {scene_dir / 'meshes'}"
                   + (f", the sequence in {blend[0]}" if blend else ""), file=sys.stderr)
