@@ -1,12 +1,12 @@
 """How well the orbit generator sees round objects it never trained on (issue 15's bar).
 
 For each evaluation asset (the procedural assets the training set held out, and the permissive models of
-``../shared/data/models``: Fox, Avocado, spot), Blender renders one orbit at the model's frame count and size, at an
-elevation drawn from 10-20 degrees, on white; the model generates the orbit from the first view, with the exact
-cameras; every other view is compared with Blender's: PSNR, SSIM, LPIPS (when its weights are on disk) and the
-foreground's IoU against the renderer's mask, beside two baselines, the input copied to every view and the input
-mirrored left-right. Writes OUT/metrics.json, OUT/table.md (overall, per azimuth, per group) and a contact sheet per
-asset (OUT/sheets/: ground truth above generated, the input last).
+``../shared/data/models``: Fox, Avocado, spot with its texture), Blender renders one orbit at the model's frame count
+and size, at an elevation drawn from 10-20 degrees, on white; the model generates the orbit from the first view,
+with the exact cameras; every other view is compared with Blender's: PSNR, SSIM, LPIPS (when its weights are on disk)
+and the foreground's IoU against the renderer's mask, beside two baselines, the input copied to every view and the
+input mirrored left-right. Writes OUT/metrics.json, OUT/table.md (overall, per azimuth, per group) and a contact
+sheet per asset (OUT/sheets/: ground truth above generated, the input last).
 
     python bench/generator_quality.py --assets /work/gen/assets --holdout 40 --out outputs/generator_quality
     python bench/generator_quality.py --weights runs/a/model --assets assets/ --holdout 40 --out outputs/gq --steps 10
@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "models"
-EVALUATION_MODELS = ("Fox.glb", "Avocado", "spot")  # permissive; Duck's licence is not
+EVALUATION_MODELS = ("Fox.glb", "Avocado")  # permissive; Duck's licence is not; spot: textured_spot()
 
 
 def evaluation_assets(procedural: Path, holdout: int, shared: Path, folder: Path) -> Path:
     """``folder`` with links to the last ``holdout`` procedural assets (the training set's held-out ones) and the
-    shared evaluation models."""
+    shared evaluation models, spot with its texture."""
     from generate.dataset import find_assets
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,20 @@ def evaluation_assets(procedural: Path, holdout: int, shared: Path, folder: Path
             shutil.copytree(source.resolve(), link)
         else:
             link.symlink_to(source.resolve())
+    if (shared / "spot" / "spot").is_dir() and not (folder / "spot").exists():
+        textured_spot(shared / "spot" / "spot", folder / "spot")
     return folder
+
+
+def textured_spot(source: Path, folder: Path) -> None:
+    """spot's triangle mesh with its texture: the OBJ as published names no material (Blender would render it in
+    its default near-white grey, whose foreground on white cannot be told), so the copy gets a .mtl that maps
+    spot_texture.png on its UVs."""
+    folder.mkdir(parents=True)
+    shutil.copy2(source / "spot_texture.png", folder / "spot_texture.png")
+    (folder / "spot.mtl").write_text("newmtl spot\nKd 1 1 1\nmap_Kd spot_texture.png\n")
+    text = (source / "spot_triangulated.obj").read_text()
+    (folder / "spot.obj").write_text("mtllib spot.mtl\nusemtl spot\n" + text)
 
 
 def table(report: dict, groups: dict[str, dict]) -> str:
@@ -97,7 +110,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=40, help="how many of them (the last by name) it never saw")
     parser.add_argument("--shared", type=Path, default=SHARED_MODELS, help="folder with Fox.glb, Avocado/, spot/")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=25, help="sampling steps")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -133,7 +146,7 @@ def main() -> None:
     text = table(report, groups)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
-    print(f"{len(pairs)} clips, {args.steps} sampling steps, {seconds:.0f} s")
+    print(f"{len(pairs)} clips, {report['steps']} sampling steps, {seconds:.0f} s")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from torch import Tensor
 from generate.cameras import plucker_rays
 from generate.dataset import (DATASET_FILE, DatasetConfig, EncodedClip, EncodedClips, OrbitClips, build_orbit_dataset,
                               encode_clips)
+from generate.lift import lift_views, with_lift_input
 from generate.pipeline import OrbitDefaults, OrbitPipeline, frame_conditions
 from generate.presets import ARCHITECTURES
 from generate.schedulers import Denoiser
@@ -78,6 +79,9 @@ class FinetuneConfig:
     """Model folder to start from; None: a freshly initialised ``architecture``."""
     architecture: str = "tiny"
     """Preset of a fresh model (generate.presets.ARCHITECTURES) when ``base`` is None."""
+    lift: bool = False
+    """Give the UNet the lifted views (``generate.lift``) as one more input per frame; a ``base`` without that input
+    gets it, its new weights zero (the base's outputs unchanged until training moves them)."""
     lora_rank: int = 0
     """0: full fine-tuning of the UNet; > 0: LoRA adapters of this rank on the attention projections only."""
     lora_alpha: float | None = None
@@ -108,8 +112,8 @@ class FinetuneConfig:
     autoencoder (pixels folded: the small presets) has nothing to fit."""
     eval_clips: int = 2
     """Held-out clips whose PSNR is measured before and after training (evaluation.json); 0: none."""
-    eval_steps: int = 10
-    """Sampling steps of that measurement."""
+    eval_steps: int | None = 10
+    """Sampling steps of that measurement (None: the model's own; guidance is always the model's own)."""
     checkpoint_every: int = 100
     """Steps between checkpoints (and at the end); 0: only at the end."""
     mixed_precision: str = "no"
@@ -465,6 +469,9 @@ def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list
     s = sigma[:, None, None, None, None]
     noisy = latents + s * noise
     extra = [image_latent[:, None].expand(-1, F, -1, -1, -1)]
+    if pipeline.unet.config.lift_channels:
+        extra.append(torch.stack([lifted_latents(pipeline, u, clip.orbit) for u, clip in zip(unscaled, batch)])
+                     * keep[:, None, None, None, None])  # fmt: skip
     if pipeline.unet.config.ray_channels:
         h, w = latents.shape[-2:]
         extra.append(torch.stack([plucker_rays(clip.orbit.cameras, h, w) for clip in batch]).to(device, dtype))
@@ -472,6 +479,14 @@ def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list
     model_input = torch.cat([denoiser.c_in(s) * noisy, *extra], dim=2)
     output = unet(model_input, denoiser.c_noise(sigma), embedding, conditions.to(device, dtype))
     return torch.nn.functional.mse_loss(output.float(), denoiser.target(latents, noise, s).float())
+
+
+@torch.no_grad()
+def lifted_latents(pipeline: OrbitPipeline, latent: Tensor, orbit) -> Tensor:
+    """[F, C, h, w] unscaled latents of the lifted views of the input view whose unscaled latent is ``latent``."""
+    image = (pipeline.vae.decode(latent[None].to(pipeline.dtype)).sample[0].float().cpu() / 2 + 0.5).clamp(0, 1)
+    lifted = lift_views(image, orbit).to(pipeline.device, pipeline.dtype) * 2 - 1
+    return pipeline.vae.encode(lifted).latent_dist.mode()
 
 
 def _draws(shape, config: FinetuneConfig, generator: torch.Generator) -> tuple[float, float, Tensor, Tensor]:
@@ -616,8 +631,11 @@ def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeli
     data = OrbitDefaults(num_frames=sample.orbit.num_frames, image_size=camera.width, fov_deg=round(fov, 4),
                          radius=float(round(sum(camera.center**2) ** 0.5, 4)), elevation_deg=10.0)  # fmt: skip
     if config.base is None:
-        return ARCHITECTURES[config.architecture].build(data, seed=config.seed)
+        architecture = ARCHITECTURES[config.architecture]
+        return replace(architecture, lift=architecture.lift or config.lift).build(data, seed=config.seed)
     pipeline = OrbitPipeline.from_pretrained(Path(config.base))
+    if config.lift and not pipeline.unet.config.lift_channels:
+        pipeline.unet = with_lift_input(pipeline.unet)
     limit, scale = pipeline.unet.config.num_frames, pipeline.vae_scale
     if data.num_frames > limit or data.image_size % scale:
         raise InputError(f"base {config.base} makes 2 to {limit} frames of a size divisible by {scale}, and the clips "
@@ -627,7 +645,8 @@ def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeli
     if (base.num_frames, base.image_size) != (data.num_frames, data.image_size):
         info(f"the fine-tuned model makes what the dataset holds, {data.num_frames} frames at {data.image_size} px "
              f"(the base model: {base.num_frames} at {base.image_size} px)")
-    pipeline.defaults = replace(data, elevation_deg=base.elevation_deg)
+    pipeline.defaults = replace(data, elevation_deg=base.elevation_deg, sample_steps=base.sample_steps,
+                                min_guidance=base.min_guidance, max_guidance=base.max_guidance)  # fmt: skip
     return pipeline
 
 

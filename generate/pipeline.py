@@ -1,7 +1,8 @@
 """``OrbitPipeline``: one image in, an orbit clip with known cameras out (SV3D's sampling, in diffusers' manner).
 
 The loop in ``__call__`` reads top to bottom: embed the input view (image embedding for cross attention, its latent
-with a little noise "cond_aug" for concatenation), draw noise, step the scheduler with classifier-free guidance
+with a little noise "cond_aug" for concatenation, its lifted views when the UNet takes them), draw noise, step the
+scheduler with classifier-free guidance
 whose scale grows with the distance from the input view, decode the latents a few frames at a time.
 
 Model folder (``save_pretrained`` / ``from_pretrained``), diffusers' layout with safetensors only::
@@ -24,6 +25,7 @@ from diffusers import AutoencoderKL, AutoencoderKLTemporalDecoder
 from torch import Tensor
 
 from generate.cameras import Orbit, plucker_rays, sv3d_orbit, triangular_guidance
+from generate.lift import lift_views
 from generate.models.image_encoder import CLIPVisionTower
 from generate.models.patches import PatchAutoencoder
 from generate.models.unet import OrbitUNet
@@ -44,12 +46,21 @@ class OrbitDefaults:
     fov_deg: float = 33.8
     radius: float = 2.0
     elevation_deg: float = 10.0
+    sample_steps: int = 25
+    """Sampling steps when not told (SV3D: 25 to 50; a model trained for its posterior mean, a few)."""
+    min_guidance: float = 1.0
+    """Classifier-free guidance at the input view when not told (SV3D: 1)."""
+    max_guidance: float = 2.5
+    """Classifier-free guidance opposite the input view when not told (SV3D: 2.5; 1: none)."""
 
     def validate(self, where: str) -> None:
         """WeightsError naming ``where`` for values no orbit can have."""
         if self.num_frames < 2 or self.image_size < 8:
             raise WeightsError(f"{where}: num_frames {self.num_frames} and image_size {self.image_size} must be at "
                                "least 2 and 8")
+        if self.sample_steps < 1 or not (0 <= self.min_guidance <= 100 and 0 <= self.max_guidance <= 100):
+            raise WeightsError(f"{where}: sample_steps {self.sample_steps} must be at least 1 and min_guidance "
+                               f"{self.min_guidance} and max_guidance {self.max_guidance} lie in [0, 100]")
         if not (0 < self.fov_deg < 180 and self.radius > 0 and -90 <= self.elevation_deg <= 90):
             raise WeightsError(f"{where}: fov_deg {self.fov_deg} must lie in (0, 180), radius {self.radius} be "
                                f"positive and elevation_deg {self.elevation_deg} in [-90, 90]")
@@ -120,18 +131,23 @@ class OrbitPipeline:
         self,
         image: Tensor,
         orbit: Orbit,
-        num_steps: int = 25,
+        num_steps: int | None = None,
         sampler: str = "euler",
-        min_guidance: float = 1.0,
-        max_guidance: float = 2.5,
+        min_guidance: float | None = None,
+        max_guidance: float | None = None,
         cond_aug: float = 1e-5,
         seed: int = 0,
         decode_chunk: int = 7,
         on_step: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """[F, 3, H, W] frames in [0, 1] of ``orbit`` around the object in ``image`` ([3, H, W] in [0, 1], white
-        background, the model's size). ``seed`` fixes every random draw; ``decode_chunk`` frames are decoded at once."""
+        background, the model's size). ``seed`` fixes every random draw; ``decode_chunk`` frames are decoded at once.
+        Steps and guidance left None are the model's own (``OrbitDefaults``)."""
         self.check_request(image, orbit)
+        d = self.defaults
+        num_steps = d.sample_steps if num_steps is None else num_steps
+        min_guidance = d.min_guidance if min_guidance is None else min_guidance
+        max_guidance = d.max_guidance if max_guidance is None else max_guidance
         device, dtype = self.device, self.dtype
         generator = torch.Generator().manual_seed(seed)
         frames, size = orbit.num_frames, image.shape[-1]
@@ -144,17 +160,26 @@ class OrbitPipeline:
         image_latent = self.vae.encode(noisy).latent_dist.mode()  # unscaled, as SVD / SV3D
         image_latent = image_latent[:, None].expand(1, frames, *image_latent.shape[1:])
         extra = [image_latent]
+        if self.unet.config.lift_channels:
+            lifted = lift_views(image.float().cpu(), orbit).to(device, dtype) * 2 - 1
+            extra.append(self.vae.encode(lifted).latent_dist.mode()[None])
         if self.unet.config.ray_channels:
             extra.append(plucker_rays(orbit.cameras, h, w)[None].to(device, dtype))
+        hidden = 1 + bool(self.unet.config.lift_channels)  # the first ``hidden`` of extra: zeros when unconditional
         conditions = frame_conditions(self.unet, orbit, cond_aug)[None].to(device, dtype)
         guidance = triangular_guidance(orbit, min_guidance, max_guidance).to(device, dtype)[None, :, None, None, None]
+        unguided = bool((guidance == 1).all())
 
         def denoise(x: Tensor, sigma: float) -> Tensor:
-            """Guided x_0 estimate: the unconditional branch sees a zero image embedding and latent (SV3D)."""
+            """Guided x_0 estimate: the unconditional branch sees a zero image embedding and latent (SV3D) and zero
+            lifted views; with guidance 1 everywhere it is not needed and not run."""
             s = torch.tensor(sigma, device=device, dtype=torch.float32)
             scaled = (self.denoiser.c_in(s) * x).to(dtype)
             cond_in = torch.cat([scaled, *extra], dim=2)
-            uncond_in = torch.cat([scaled, torch.zeros_like(image_latent), *extra[1:]], dim=2)
+            if unguided:
+                out = self.unet(cond_in, self.denoiser.c_noise(s).expand(1), embedding, conditions)
+                return self.denoiser.denoised(out.float(), x.float(), s).to(x.dtype)
+            uncond_in = torch.cat([scaled, *map(torch.zeros_like, extra[:hidden]), *extra[hidden:]], dim=2)
             out = self.unet(torch.cat([uncond_in, cond_in]), self.denoiser.c_noise(s).expand(2),
                             torch.cat([torch.zeros_like(embedding), embedding]), conditions.expand(2, -1, -1))  # fmt: skip
             uncond, cond = self.denoiser.denoised(out.float(), x.float(), s).chunk(2)

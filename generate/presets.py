@@ -39,13 +39,15 @@ class Architecture:
     embedding_dim: int = 32
     condition_embed_dims: tuple[int, ...] = (32, 64, 64)
     ray_maps: bool = False
+    lift: bool = False
+    """The lifted views (``generate.lift``) as one more input per frame."""
 
     def build(self, defaults: OrbitDefaults, seed: int = 0) -> OrbitPipeline:
         torch.manual_seed(seed)
         n = len(self.block_out_channels)
         latent_channels = 3 * self.patch_size**2 if self.patch_size else self.latent_channels
         unet = OrbitUNet(
-            in_channels=2 * latent_channels + (6 if self.ray_maps else 0),
+            in_channels=(3 if self.lift else 2) * latent_channels + (6 if self.ray_maps else 0),
             out_channels=latent_channels,
             down_block_types=("CrossAttnDownBlockSpatioTemporal",) * (n - 1) + ("DownBlockSpatioTemporal",),
             up_block_types=("UpBlockSpatioTemporal",) + ("CrossAttnUpBlockSpatioTemporal",) * (n - 1),
@@ -58,6 +60,7 @@ class Architecture:
             num_frames=defaults.num_frames,
             condition_embed_dims=self.condition_embed_dims,
             ray_channels=6 if self.ray_maps else 0,
+            lift_channels=latent_channels if self.lift else 0,
         )
         vae = PatchAutoencoder(patch_size=self.patch_size) if self.patch_size else AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=self.latent_channels,

@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 
 from generate.cameras import Orbit
-from generate.pipeline import OrbitPipeline
+from generate.pipeline import OrbitDefaults, OrbitPipeline
 from multiview.capture import Frame, write_transforms
 from multiview.console import console
 from multiview.errors import InputError
@@ -45,14 +45,14 @@ class GenerateConfig:
     """Frames of the orbit (the model's training count when None)."""
     elevation_deg: float | None = None
     """Camera elevation in degrees (the model's default when None)."""
-    steps: int = 25
-    """Sampling steps."""
+    steps: int | None = None
+    """Sampling steps (the model's own when None: model_index.json's orbit.sample_steps)."""
     sampler: str = "euler"
     """euler (EDM Euler, SV3D's sigmas) or ddim."""
-    min_guidance: float = 1.0
-    """Classifier-free guidance at the input view."""
-    max_guidance: float = 2.5
-    """Classifier-free guidance opposite the input view (linear in between)."""
+    min_guidance: float | None = None
+    """Classifier-free guidance at the input view (the model's own when None)."""
+    max_guidance: float | None = None
+    """Classifier-free guidance opposite the input view, linear in between (the model's own when None; SV3D: 2.5)."""
     cond_aug: float = 1e-5
     """Noise added to the input view before encoding (SV3D: 1e-5)."""
     object_ratio: float = 0.85
@@ -70,15 +70,21 @@ class GenerateConfig:
                              "the model's own count)")
         if self.elevation_deg is not None and not -90 <= self.elevation_deg <= 90:  # NaN fails too
             raise InputError(f"--elevation {self.elevation_deg}: use degrees from -90 to 90")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise InputError(f"sampling steps {self.steps} (--steps of generate, --sample-steps of image-to-3d): "
                              "use at least 1")
         if self.sampler not in ("euler", "ddim"):
             raise InputError(f"--sampler {self.sampler}: use euler or ddim")
         for name, value in (("MIN", self.min_guidance), ("MAX", self.max_guidance)):
-            if not 0 <= value <= MAX_GUIDANCE:  # NaN fails too
+            if value is not None and not 0 <= value <= MAX_GUIDANCE:  # NaN fails too
                 raise InputError(f"--guidance {self.min_guidance:g} {self.max_guidance:g}: {name} {value:g} must be a "
                                  f"number from 0 to {MAX_GUIDANCE:g} (1: no guidance; SV3D uses 1 2.5)")
+
+    def for_model(self, defaults: OrbitDefaults) -> GenerateConfig:
+        """This config with the settings left None taken from the model's ``defaults``."""
+        return replace(self, steps=defaults.sample_steps if self.steps is None else self.steps,
+                       min_guidance=defaults.min_guidance if self.min_guidance is None else self.min_guidance,
+                       max_guidance=defaults.max_guidance if self.max_guidance is None else self.max_guidance)  # fmt: skip
         if not (math.isfinite(self.cond_aug) and self.cond_aug >= 0):
             raise InputError(f"cond_aug {self.cond_aug}: use a finite noise level of at least 0 (SV3D: 1e-5)")
         if not 0 < self.object_ratio <= 1:  # NaN fails too
@@ -99,6 +105,7 @@ def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwri
     tic = time.perf_counter()
     weights = Path(config.weights)
     pipeline = open_pipeline(config, weights)
+    config = config.for_model(pipeline.defaults)
     image = prepare_image(image_path, pipeline.defaults.image_size, config.object_ratio)
     frames, orbit = sample_orbit(pipeline, config, image, weights)
     with staged_dir(out_dir, overwrite, inputs=[image_path, weights]) as stage:
@@ -136,6 +143,7 @@ def sample_orbit(pipeline: OrbitPipeline, config: GenerateConfig, image: np.ndar
     """([F, 3, S, S] frames in [0, 1], their orbit) around the object in ``image`` [S, S, 3] uint8 (white
     background, the model's size), with a progress bar; InputError for a request the model cannot serve, out of
     memory, or non-finite frames (``weights`` names the model in the message)."""
+    config = config.for_model(pipeline.defaults)
     size = pipeline.defaults.image_size
     orbit = pipeline.defaults.orbit(config.num_frames, config.elevation_deg)
     try:

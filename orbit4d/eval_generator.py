@@ -29,7 +29,7 @@ FOREGROUND_THRESHOLD = 0.1
 """A pixel of a predicted view is foreground where some channel differs from the background by more than this."""
 
 
-def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "euler", max_clips: int | None = None,
+def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: str = "euler", max_clips: int | None = None,
              weights: object = "the model") -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
     """(metrics, [(ground truth [F, 3, S, S], generated [F, 3, S, S])]) over the first ``max_clips`` clips.
 
@@ -39,6 +39,7 @@ def evaluate(pipeline, clips, steps: int = 25, seed: int = 0, sampler: str = "eu
     from) when it generates NaN or Inf: no score to report."""
     from reconstruct import metrics as M
 
+    steps = pipeline.defaults.sample_steps if steps is None else steps
     if steps < 1 or (max_clips is not None and max_clips < 1):
         raise ValueError(f"steps {steps} and max_clips {max_clips} must be at least 1")
     by_azimuth: dict[int, list[dict]] = defaultdict(list)

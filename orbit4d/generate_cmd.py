@@ -89,11 +89,13 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                    "model that ships with orbit4d")
     p.add_argument("--frames", type=int, default=None, metavar="N", help="views in the orbit (model default)")
     p.add_argument("--elevation", type=float, default=None, metavar="DEG", help="camera elevation (model default)")
-    p.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (default: the model's own; "
+                   "SV3D 25)")
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler",
                    help="euler: EDM Euler with SV3D's noise levels; ddim: deterministic DDIM")
-    p.add_argument("--guidance", type=float, nargs=2, default=[1.0, 2.5], metavar=("MIN", "MAX"),
-                   help="classifier-free guidance at the input view and opposite it (default 1 2.5)")
+    p.add_argument("--guidance", type=float, nargs=2, default=[None, None], metavar=("MIN", "MAX"),
+                   help="classifier-free guidance at the input view and opposite it (default: the model's own; "
+                   "SV3D 1 2.5)")
     p.add_argument("--seed", type=options.seed, default=0, help="random seed (same seed, same frames)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--half", action="store_true", help="fp16/bf16 on CUDA (ignored on CPU)")
@@ -127,7 +129,8 @@ def _eval_generator_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--assets", type=Path, default=None, metavar="DIR",
                    help="folder of 3D assets to render DATA from when it is new")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for metrics.json, contact_sheet.png")
-    p.add_argument("--steps", type=int, default=25, metavar="N", help="sampling steps (default 25)")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="sampling steps (default: the model's own; "
+                   "SV3D 25)")
     p.add_argument("--sampler", choices=["euler", "ddim"], default="euler")
     p.add_argument("--max-clips", type=int, default=None, metavar="N", help="evaluate at most N clips")
     p.add_argument("--seed", type=options.seed, default=0)
@@ -146,7 +149,7 @@ def _run_eval_generator(args: argparse.Namespace) -> int:
     from multiview.outputs import output_lock, staged_dir, writable_out_dir, write_json
     from orbit4d.eval_generator import contact_sheet, evaluate
 
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps {args.steps}: use at least 1")
     if args.max_clips is not None and args.max_clips < 1:
         raise InputError(f"--max-clips {args.max_clips}: use at least 1 (leave it out to evaluate every held-out clip)")

@@ -49,8 +49,8 @@ class ImageTo3DConfig:
     """Views of the orbit; None: the model's count (SV3D: 21)."""
     elevation_deg: float | None = None
     """Elevation of the photo's camera and of the orbit; None: the model's default (SV3D: 10)."""
-    sample_steps: int = 25
-    """Sampling steps of the generator."""
+    sample_steps: int | None = None
+    """Sampling steps of the generator; None: the model's own."""
     seed: int = 0
     """Seed of sampling, of the hull's points and of training."""
     device: str = "auto"
@@ -144,7 +144,7 @@ def make_capture(config: ImageTo3DConfig, photo: Path, capture_dir: Path, second
     seconds["framing"] = time.perf_counter() - tic
     tic = time.perf_counter()
     _stage(3, "orbit", f"generating {config.num_frames or defaults.num_frames} views at {defaults.image_size} px "
-           f"({config.sample_steps} sampling steps)")
+           f"({config.sample_steps or defaults.sample_steps} sampling steps)")
     frames, orbit = sample_orbit(pipeline, generate, image, weights)
     with staged_dir(capture_dir, overwrite, inputs) as stage:
         report = {"source_format": "image-to-3d", "source": str(photo.absolute()),

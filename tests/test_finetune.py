@@ -4,6 +4,7 @@ only its adapters, a resumed run repeats the uninterrupted loss curve, bad confi
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -316,3 +317,13 @@ def test_out_is_refused_before_the_dataset_is_rendered(tmp_path):
     with pytest.raises(OutputExistsError, match="not a finetune run folder"):
         run(settings)
     assert not (tmp_path / "data").exists() and not partial_folder(tmp_path / "taken").exists()
+
+
+def test_a_base_learns_to_use_the_lifted_views(dataset, base, tmp_path):
+    """lift: true widens a base without the input (generate.lift) and trains it; the model folder keeps it."""
+    out = run(config(dataset, tmp_path / "run", steps=3, base=str(base), lift=True, eval_clips=0, vae_steps=None))
+    losses = json.loads((out / "losses.json").read_text())["losses"]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    model = OrbitPipeline.from_pretrained(out / "model")
+    assert model.unet.config.lift_channels == model.unet.latent_channels
+    assert model.unet.conv_in.weight[:, 8:12].abs().max() > 0  # trained: no longer the zeros it started from

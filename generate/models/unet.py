@@ -6,9 +6,11 @@ the input view (512), concatenated (1,280 = SV3D_p's ``adm_in_channels``) and pr
 model takes ``conditions`` [B, F, K] and embeds slot k with ``condition_embed_dims[k]`` channels, which covers both:
 SVD's layout is ``(256, 256, 256)`` with the same values on every frame.
 
-The input is the noisy latents, the input view's latent (the same on every frame) and optionally Plücker ray maps
-(6 channels per latent pixel: ray direction and moment, CAT3D / CameraCtrl), concatenated on channels by the pipeline;
-``in_channels`` counts all of them. The input view also conditions every frame through cross attention
+The input is the noisy latents, the input view's latent (the same on every frame), optionally the latents of the
+lifted views (``generate.lift``: the input's silhouette lifted to a solid and drawn from each frame's camera,
+``lift_channels`` = the latent channels) and optionally Plücker ray maps (6 channels per latent pixel: ray direction
+and moment, CAT3D / CameraCtrl), concatenated on channels by the pipeline in that order; ``in_channels`` counts all
+of them. The input view also conditions every frame through cross attention
 (``encoder_hidden_states``: its image embedding, one token).
 """
 
@@ -55,12 +57,15 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
         num_frames: int = 21,
         condition_embed_dims: tuple[int, ...] = SV3D_CONDITION_DIMS,
         ray_channels: int = 0,
+        lift_channels: int = 0,
     ):
         if sum(condition_embed_dims) != projection_class_embeddings_input_dim:
             raise ValueError(f"condition_embed_dims {tuple(condition_embed_dims)} sum to {sum(condition_embed_dims)}, "
                              f"not projection_class_embeddings_input_dim {projection_class_embeddings_input_dim}")
         if ray_channels not in (0, 6):
             raise ValueError(f"ray_channels is 0 (no ray maps) or 6 (Plücker), got {ray_channels}")
+        if lift_channels not in (0, out_channels):
+            raise ValueError(f"lift_channels is 0 (no lifted views) or out_channels {out_channels}, got {lift_channels}")
         super().__init__(
             sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
             down_block_types=down_block_types, up_block_types=up_block_types, block_out_channels=block_out_channels,
@@ -89,7 +94,8 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
     def forward(self, sample: Tensor, c_noise: Tensor, encoder_hidden_states: Tensor, conditions: Tensor) -> Tensor:
         """The raw (v) prediction, [B, F, out_channels, h, w].
 
-        sample: [B, F, in_channels, h, w] noisy latents scaled by c_in, the input view's latent, ray maps.
+        sample: [B, F, in_channels, h, w] noisy latents scaled by c_in, the input view's latent, lifted views' latents,
+        ray maps.
         c_noise: [B] or scalar noise conditioning (EDM's 0.25 log sigma). encoder_hidden_states: [B, 1, D].
         conditions: [B, F, K] per-frame values embedded by ``embed_conditions``.
         """
