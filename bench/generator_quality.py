@@ -60,6 +60,18 @@ def textured_spot(source: Path, folder: Path) -> None:
     (folder / "spot.obj").write_text("mtllib spot.mtl\nusemtl spot\n" + text)
 
 
+class LiftedViews:
+    """The lifted views alone, called as a pipeline is: what the UNet is given before it learns anything."""
+
+    def __init__(self, defaults) -> None:
+        self.defaults = defaults
+
+    def __call__(self, image, orbit, num_steps=None, seed=0, sampler=None):
+        from generate.lift import lift_views
+
+        return lift_views(image, orbit)
+
+
 def table(report: dict, groups: dict[str, dict]) -> str:
     """Markdown: model against the baselines, overall, per group of assets and per azimuth."""
     def row(name, r):
@@ -112,6 +124,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lift-only", action="store_true",
+                        help="score the lifted views (generate.lift, the UNet's geometric guess) in place of the model")
     args = parser.parse_args()
 
     import PIL.Image
@@ -135,7 +149,8 @@ def main() -> None:
                                background="white", samples=64, seed=1234)  # fmt: skip
         build_orbit_dataset(config, assets, data, workers=2)
     tic = time.perf_counter()
-    report, pairs = evaluate(pipeline, OrbitClips(data, "test"), args.steps, args.seed, weights=weights)
+    model = LiftedViews(d) if args.lift_only else pipeline
+    report, pairs = evaluate(model, OrbitClips(data, "test"), args.steps, args.seed, weights=weights)
     seconds = time.perf_counter() - tic
     groups = group_summaries(report)
     (args.out / "sheets").mkdir(parents=True, exist_ok=True)

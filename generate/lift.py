@@ -9,9 +9,9 @@ they project to (so the back shows the front's colours, mirrored, as a symmetric
 drawn from every camera of the orbit with a depth buffer.
 
 It is right for surfaces of revolution and close for most compact objects; where it is wrong (a box seen at 45°, a
-flat card from the side, the colours of the back), the network learns the difference. Alone, on the 45 held-out
-objects of bench/generator_quality.py, it scores 17.3 dB and mask IoU 0.57 (the input copied: 18.9 dB, 0.59): a
-guess of where things are, not a result. The views are one more input of the UNet per frame
+flat card from the side, the colours of the back), the network learns the difference. Alone, on the 43 held-out
+objects of bench/generator_quality.py (``--lift-only``), it scores 16.4 dB and mask IoU 0.59 (the input copied:
+18.2 dB, 0.61): a guess of where things are, not a result. The views are one more input of the UNet per frame
 (``Architecture.lift``), like SV3D's concatenated input latent but drawn from each frame's camera.
 """
 
