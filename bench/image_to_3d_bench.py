@@ -142,8 +142,8 @@ def print_tables(results: list[dict]) -> None:
             print(f"| {ours['azimuth']:.0f} | {'yes' if ours['between'] else ''} | {ours['psnr']:.2f} | "
                   f"{copied['psnr']:.2f} | {mirrored['psnr']:.2f} | {ours['iou']:.3f} | {copied['iou']:.3f} | "
                   f"{mirrored['iou']:.3f} |")
-    print("\n| asset (views but the photo's own) | elevation | PSNR 3D | copied | mirrored | margin dB | IoU 3D | copied | "
-          "mirrored | margin IoU | generated views dB |")
+    print("\n| asset (views but the photo's own) | elevation | PSNR 3D | copied | mirrored | margin dB | IoU 3D | "
+          "copied | mirrored | margin IoU | generated views dB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         p = {k: mean(novel(r[k]), "psnr") for k in ("ours", "copied", "mirrored")}
@@ -162,7 +162,8 @@ def main() -> None:
     parser.add_argument("--elevation", type=float, nargs="+", default=[15.0], help="photo elevations, degrees")
     parser.add_argument("--photo-size", type=int, default=256)
     parser.add_argument("--background", default=None, help="#rrggbb: flatten the photo on it (segmentation)")
-    parser.add_argument("--sample-steps", type=int, default=None, help="generator sampling steps (default: the model's own)")
+    parser.add_argument("--sample-steps", type=int, default=None,
+                        help="generator sampling steps (default: the model's own)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the orbit preset's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)

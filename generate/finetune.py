@@ -42,7 +42,7 @@ from torch import Tensor
 from generate.cameras import plucker_rays
 from generate.dataset import (DATASET_FILE, DatasetConfig, EncodedClip, EncodedClips, OrbitClips, build_orbit_dataset,
                               encode_clips)
-from generate.lift import lift_views, with_lift_input
+from generate.lift import with_lift_input
 from generate.pipeline import OrbitDefaults, OrbitPipeline, frame_conditions
 from generate.presets import ARCHITECTURES
 from generate.schedulers import Denoiser
@@ -484,9 +484,8 @@ def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list
 @torch.no_grad()
 def lifted_latents(pipeline: OrbitPipeline, latent: Tensor, orbit) -> Tensor:
     """[F, C, h, w] unscaled latents of the lifted views of the input view whose unscaled latent is ``latent``."""
-    image = (pipeline.vae.decode(latent[None].to(pipeline.dtype)).sample[0].float().cpu() / 2 + 0.5).clamp(0, 1)
-    lifted = lift_views(image, orbit).to(pipeline.device, pipeline.dtype) * 2 - 1
-    return pipeline.vae.encode(lifted).latent_dist.mode()
+    image = (pipeline.vae.decode(latent[None].to(pipeline.dtype)).sample[0].float() / 2 + 0.5).clamp(0, 1)
+    return pipeline.lifted_latents(image, orbit)
 
 
 def _draws(shape, config: FinetuneConfig, generator: torch.Generator) -> tuple[float, float, Tensor, Tensor]:

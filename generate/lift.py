@@ -42,22 +42,28 @@ def lift_views(image: Tensor, orbit: Orbit, grid: int = 96, extent: float = 0.6)
     mask = (image - background[:, None, None]).abs().amax(dim=0) > FOREGROUND_THRESHOLD
     camera = orbit.cameras[orbit.input_index]
     points = _voxel_centres(grid, extent)
+    ui, vi, z = _pixels(points, camera)
+    size = image.shape[-1]
+    inside = (ui >= 0) & (ui < size) & (vi >= 0) & (vi < size)
+    ui, vi = ui.clamp(0, size - 1), vi.clamp(0, size - 1)
+    depth0 = float(np.linalg.norm(camera.cam_from_world[:3, 3]))  # the origin's depth: the axis of every disc
+    scale = depth0 / float(camera.K[0, 0])  # pixels to world units at that depth
+    half = torch.from_numpy(_half_thickness(mask.numpy()))[vi, ui] * scale
+    solid = inside & mask[vi, ui] & ((z - depth0).abs() <= half)
+    colours = image[:, vi[solid], ui[solid]].T  # [N, 3]
+    return torch.stack([_draw(points[solid], colours, c, background, size) for c in orbit.cameras])
+
+
+def _pixels(points: Tensor, camera) -> tuple[Tensor, Tensor, Tensor]:
+    """The nearest pixel column and row of each of ``points`` [N, 3] seen by ``camera``, and its depth."""
     R = torch.from_numpy(camera.cam_from_world[:3, :3]).float()
     t = torch.from_numpy(camera.cam_from_world[:3, 3]).float()
     K = torch.from_numpy(camera.K).float()
     local = points @ R.T + t
-    u = K[0, 0] * local[:, 0] / local[:, 2] + K[0, 2]
-    v = K[1, 1] * local[:, 1] / local[:, 2] + K[1, 2]
-    ui, vi = u.round().long(), v.round().long()
-    size = image.shape[-1]
-    inside = (ui >= 0) & (ui < size) & (vi >= 0) & (vi < size)
-    ui, vi = ui.clamp(0, size - 1), vi.clamp(0, size - 1)
-    depth0 = float(t.norm())  # the origin's depth: the axis of every disc
-    scale = depth0 / float(K[0, 0])  # pixels to world units at that depth
-    half = torch.from_numpy(_half_thickness(mask.numpy()))[vi, ui] * scale
-    solid = inside & mask[vi, ui] & ((local[:, 2] - depth0).abs() <= half)
-    colours = image[:, vi[solid], ui[solid]].T  # [N, 3]
-    return torch.stack([_draw(points[solid], colours, c, background, size) for c in orbit.cameras])
+    z = local[:, 2]
+    u = (K[0, 0] * local[:, 0] / z + K[0, 2]).round().long()
+    v = (K[1, 1] * local[:, 1] / z + K[1, 2]).round().long()
+    return u, v, z
 
 
 def _voxel_centres(grid: int, extent: float) -> Tensor:
@@ -99,13 +105,7 @@ def _row_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _draw(points: Tensor, colours: Tensor, camera, background: Tensor, size: int) -> Tensor:
     """[3, S, S]: ``points`` coloured ``colours`` seen from ``camera``, the nearest one per pixel, on ``background``."""
-    R = torch.from_numpy(camera.cam_from_world[:3, :3]).float()
-    t = torch.from_numpy(camera.cam_from_world[:3, 3]).float()
-    K = torch.from_numpy(camera.K).float()
-    local = points @ R.T + t
-    z = local[:, 2]
-    u = (K[0, 0] * local[:, 0] / z + K[0, 2]).round().long()
-    v = (K[1, 1] * local[:, 1] / z + K[1, 2]).round().long()
+    u, v, z = _pixels(points, camera)
     keep = (z > 0) & (u >= 0) & (u < size) & (v >= 0) & (v < size)
     pixel, z, colours = (v * size + u)[keep], z[keep], colours[keep]
     nearest = torch.full((size * size,), float("inf")).scatter_reduce(0, pixel, z, reduce="amin")

@@ -161,8 +161,7 @@ class OrbitPipeline:
         image_latent = image_latent[:, None].expand(1, frames, *image_latent.shape[1:])
         extra = [image_latent]
         if self.unet.config.lift_channels:
-            lifted = lift_views(image.float().cpu(), orbit).to(device, dtype) * 2 - 1
-            extra.append(self.vae.encode(lifted).latent_dist.mode()[None])
+            extra.append(self.lifted_latents(image, orbit)[None])
         if self.unet.config.ray_channels:
             extra.append(plucker_rays(orbit.cameras, h, w)[None].to(device, dtype))
         hidden = 1 + bool(self.unet.config.lift_channels)  # the first ``hidden`` of extra: zeros when unconditional
@@ -179,7 +178,8 @@ class OrbitPipeline:
             if unguided:
                 out = self.unet(cond_in, self.denoiser.c_noise(s).expand(1), embedding, conditions)
                 return self.denoiser.denoised(out.float(), x.float(), s).to(x.dtype)
-            uncond_in = torch.cat([scaled, *map(torch.zeros_like, extra[:hidden]), *extra[hidden:]], dim=2)
+            uncond_in = torch.cat([scaled, *map(torch.zeros_like, extra[:hidden]), *extra[hidden:]],
+                                  dim=2)
             out = self.unet(torch.cat([uncond_in, cond_in]), self.denoiser.c_noise(s).expand(2),
                             torch.cat([torch.zeros_like(embedding), embedding]), conditions.expand(2, -1, -1))  # fmt: skip
             uncond, cond = self.denoiser.denoised(out.float(), x.float(), s).chunk(2)
@@ -197,6 +197,12 @@ class OrbitPipeline:
 
         # 3. decoding, a few frames at a time
         return self.decode(x[0] / self.vae.config.scaling_factor, decode_chunk)
+
+    @torch.no_grad()
+    def lifted_latents(self, image: Tensor, orbit: Orbit) -> Tensor:
+        """[F, C, h, w] unscaled latents of the lifted views (``generate.lift``) of ``image`` [3, S, S] in [0, 1]."""
+        lifted = lift_views(image.float().cpu(), orbit).to(self.device, self.dtype) * 2 - 1
+        return self.vae.encode(lifted).latent_dist.mode()
 
     @torch.no_grad()
     def decode(self, latents: Tensor, chunk: int) -> Tensor:

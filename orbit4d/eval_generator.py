@@ -29,7 +29,8 @@ FOREGROUND_THRESHOLD = 0.1
 """A pixel of a predicted view is foreground where some channel differs from the background by more than this."""
 
 
-def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: str = "euler", max_clips: int | None = None,
+def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: str = "euler",
+             max_clips: int | None = None,
              weights: object = "the model") -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:  # fmt: skip
     """(metrics, [(ground truth [F, 3, S, S], generated [F, 3, S, S])]) over the first ``max_clips`` clips.
 

@@ -157,7 +157,8 @@ def _image_to_3d_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, default=None, metavar="N", help="views in the orbit (model default)")
     p.add_argument("--elevation", type=float, default=None, metavar="DEG",
                    help="the photo's camera elevation, and the orbit's (model default)")
-    p.add_argument("--sample-steps", type=int, default=None, metavar="N", help="sampling steps (default: the model's own)")
+    p.add_argument("--sample-steps", type=int, default=None, metavar="N",
+                   help="sampling steps (default: the model's own)")
     p.add_argument("--half", action="store_true", help="generate in fp16/bf16 on CUDA")
     _add_mesh_option(p)
     _add_train_options(p)

@@ -65,7 +65,8 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
         if ray_channels not in (0, 6):
             raise ValueError(f"ray_channels is 0 (no ray maps) or 6 (Plücker), got {ray_channels}")
         if lift_channels not in (0, out_channels):
-            raise ValueError(f"lift_channels is 0 (no lifted views) or out_channels {out_channels}, got {lift_channels}")
+            raise ValueError(f"lift_channels is 0 (no lifted views) or out_channels {out_channels}, got "
+                             f"{lift_channels}")
         super().__init__(
             sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
             down_block_types=down_block_types, up_block_types=up_block_types, block_out_channels=block_out_channels,
