@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from generate.lift import lift_views, with_lift_input
+from generate.lift import _draw, lift_views, with_lift_input
 from generate.pipeline import OrbitDefaults, OrbitPipeline
 from generate.presets import ARCHITECTURES
 
@@ -38,6 +38,20 @@ def test_a_solid_of_revolution_keeps_its_silhouette_all_round():
     assert (views[:, 0][masks] > 0.8).float().mean() > 0.95 and (views[:, 2][masks] < 0.2).float().mean() > 0.95
 
 
+def test_an_upright_cylinder_seen_from_above_stands_upright_all_round():
+    """At elevation 20° an upright cylinder shows its top above its side; the solid lifted from that view stands on the
+    orbit's vertical axis (not on the input camera's, tilted 20° from it), so every view matches the cylinder's own."""
+    orbit = replace(DEFAULTS, elevation_deg=20.0).orbit()
+    axis = torch.linspace(-0.5, 0.5, 101)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    points = points[(points[:, :2].square().sum(dim=1) <= 0.25**2) & (points[:, 2].abs() <= 0.4)]
+    colours = RED[:, 0, 0].expand(len(points), 3)
+    truth = foreground(torch.stack([_draw(points, colours, c, torch.ones(3), 64) for c in orbit.cameras]))
+    lifted = foreground(lift_views(torch.where(truth[orbit.input_index], RED, 1.0), orbit))
+    for k in range(8):
+        assert iou(lifted[k], truth[k]) > 0.85, k
+
+
 def test_a_long_low_object_stays_thin_from_the_front():
     """A wide, low bar seen from the side is a long, thin object (an animal, a bench), not a disc: from 90° it is
     much narrower than from the side, as tall as before."""
@@ -46,8 +60,8 @@ def test_a_long_low_object_stays_thin_from_the_front():
     views = lift_views(image, DEFAULTS.orbit())
     masks = foreground(views)
     side, front = masks[-1], masks[1]  # the input view, and 90° from it
-    width = lambda m: int(m.any(dim=0).sum())  # noqa: E731
-    height = lambda m: int(m.any(dim=1).sum())  # noqa: E731
+    width = lambda m: int(m.any(dim=0).sum())
+    height = lambda m: int(m.any(dim=1).sum())
     assert width(front) < 0.5 * width(side) and abs(height(front) - height(side)) <= 2
 
 
