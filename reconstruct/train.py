@@ -698,23 +698,44 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
     """Steps until the schedule's last; checkpoints on schedule, on Ctrl-C and at the end. ``pace``: a time budget,
     which re-plans the schedule (and the densifier's events with it) every few seconds."""
     schedule = state.schedule
-    samples = _sample_fractions(config)
-    window = _Window(max(1, schedule.steps // CURVE_POINTS))
     rig_centre = None if state.poses is None else pose_centre(scene.train, device)
+
+    def paced(gaussians: int) -> None:
+        pace.stepped(gaussians)
+        if pace.due() or state.step == schedule.steps:  # the first call starts the pace's clock
+            _replan(pace, schedule, densifier, state.step, gaussians)
+
+    step_loop(state, schedule, work, _save, config.checkpoint_every, _sample_fractions(config),
+              step=lambda: train_step(config, scene.train, state, densifier, device, rig_centre),
+              sample=lambda: _sample(config, scene, state), out_of_memory=lambda: _out_of_memory(config, state),
+              on_step=on_step, after_step=None if pace is None else paced)  # fmt: skip
+
+
+def step_loop(state: TrainState, schedule: Schedule, work: Path, save: Callable[[TrainState, Path], None],
+              checkpoint_every: int, fractions: list[float], step: Callable[[], tuple[float, float]],
+              sample: Callable[[], dict], out_of_memory: Callable[[], Exception],
+              on_step: Callable[[TrainState], None] | None = None,
+              after_step: Callable[[int], None] | None = None) -> None:  # fmt: skip
+    """The loop of every splat trainer (3D here, 4D in ``reconstruct.train4d``): ``step()`` (loss, PSNR) until the
+    schedule's last step (which ``after_step(gaussians)`` may move), with the progress bar, the training curve,
+    ``sample()`` (held-out PSNR) at ``fractions`` of the run, and ``save(state, work)`` every ``checkpoint_every``
+    steps, on Ctrl-C (after the step under way) and at the end; ``out_of_memory()`` is the error for a step that
+    runs out of memory."""
+    window = _Window(max(1, schedule.steps // CURVE_POINTS))
     between_steps = True
-    if samples and state.step == 0:
-        state.history.append(_sample(config, scene, state))  # the starting point of the PSNR-vs-time curve
+    if fractions and state.step == 0:
+        state.history.append(sample())  # the starting point of the PSNR-vs-time curve
     with _progress(schedule.steps, state.step) as progress, deferred_interrupt() as interrupted:
         try:
             while state.step < schedule.steps:
                 between_steps = False
                 tic = time.perf_counter()
                 try:
-                    loss, step_psnr = train_step(config, scene.train, state, densifier, device, rig_centre)
+                    loss, step_psnr = step()
                 except (MemoryError, RuntimeError) as error:
                     if not _is_out_of_memory(error):
                         raise
-                    raise _out_of_memory(config, state) from None
+                    raise out_of_memory() from None
                 state.seconds += time.perf_counter() - tic
                 state.step += 1
                 between_steps = True
@@ -725,23 +746,21 @@ def _train(config: TrainConfig, scene: SceneData, state: TrainState, densifier: 
                     on_step(state)
                 if interrupted():
                     raise KeyboardInterrupt
-                if any(schedule.crossed(state.step, fraction) for fraction in samples):
-                    state.history.append(_sample(config, scene, state))
-                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    _save(state, work)
-                if pace is not None:
-                    pace.stepped(gaussians)
-                    if pace.due() or state.step == schedule.steps:  # the first call starts the pace's clock
-                        _replan(pace, schedule, densifier, state.step, gaussians)
+                if any(schedule.crossed(state.step, fraction) for fraction in fractions):
+                    state.history.append(sample())
+                if checkpoint_every and state.step % checkpoint_every == 0:
+                    save(state, work)
+                if after_step is not None:
+                    after_step(gaussians)
         except KeyboardInterrupt:
             if between_steps:
-                _save(state, work)
+                save(state, work)
                 info(f"interrupted at step {state.step}: checkpoint saved in {checkpoint_path(work)}; "
                      "rerun with --resume to continue")
             raise
     if not state.history or state.history[-1]["step"] != state.step:
-        state.history.append(_sample(config, scene, state))
-    _save(state, work)
+        state.history.append(sample())
+    save(state, work)
 
 
 def _replan(pace: Pace, schedule: Schedule, densifier: Densifier | Relocator, step: int, gaussians: int) -> None:

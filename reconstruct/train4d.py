@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -36,7 +35,6 @@ from torch import Tensor
 
 from multiview.console import info, warn
 from multiview.errors import InputError
-from multiview.interrupts import deferred_interrupt
 from multiview.outputs import checked_out_dir, output_lock, replace_dir
 from reconstruct import metrics as M
 from reconstruct import train as train3d
@@ -334,45 +332,11 @@ def train_loop(config: Train4DConfig, scene: SceneData4D, state: TrainState, dev
     densifier = densifier_for(config)
     tables = SmoothnessTables.for_scene(config.basis, (state.params["motion"].shape[1], state.params["drot"].shape[1]),
                                         scene.times, device)  # fmt: skip
-    schedule = Schedule(config.steps)
-    fractions = train3d._sample_fractions(config.as_3d())
-    window = train3d._Window(max(1, config.steps // train3d.CURVE_POINTS))
-    between_steps = True
-    if fractions and state.step == 0:
-        state.history.append(sample_psnr(config, scene, state))
-    with train3d._progress(config.steps, state.step) as progress, deferred_interrupt() as interrupted:
-        try:
-            while state.step < config.steps:
-                between_steps = False
-                tic = time.perf_counter()
-                try:
-                    loss, step_psnr = train_step(config, scene, state, densifier, device, tables)
-                except (MemoryError, RuntimeError) as error:
-                    if not train3d._is_out_of_memory(error):
-                        raise
-                    raise train3d._out_of_memory(config.as_3d(), state) from None
-                state.seconds += time.perf_counter() - tic
-                state.step += 1
-                between_steps = True
-                progress(state.step, loss, step_psnr, len(state.params["means"]), config.steps)
-                window.add(state, loss, step_psnr)
-                if on_step is not None:
-                    on_step(state)
-                if interrupted():
-                    raise KeyboardInterrupt
-                if any(schedule.crossed(state.step, fraction) for fraction in fractions):
-                    state.history.append(sample_psnr(config, scene, state))
-                if config.checkpoint_every and state.step % config.checkpoint_every == 0:
-                    _save(state, work)
-        except KeyboardInterrupt:
-            if between_steps:
-                _save(state, work)
-                info(f"interrupted at step {state.step}: checkpoint saved in {checkpoint_path(work)}; "
-                     "rerun with --resume to continue")
-            raise
-    if not state.history or state.history[-1]["step"] != state.step:
-        state.history.append(sample_psnr(config, scene, state))
-    _save(state, work)
+    train3d.step_loop(state, Schedule(config.steps), work, _save, config.checkpoint_every,
+                      train3d._sample_fractions(config.as_3d()),
+                      step=lambda: train_step(config, scene, state, densifier, device, tables),
+                      sample=lambda: sample_psnr(config, scene, state),
+                      out_of_memory=lambda: train3d._out_of_memory(config.as_3d(), state), on_step=on_step)  # fmt: skip
 
 
 def _save(state: TrainState, work: Path) -> None:
