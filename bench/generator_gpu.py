@@ -70,7 +70,8 @@ def train(pack_dir: Path, steps: int, batch: int, out: Path) -> None:
     shutil.rmtree(run.parent / f".{run.name}.partial", ignore_errors=True)
     config = {"data": str(pack_dir / "data"), "out": str(run), "base": str(EMBEDDED_MODEL), "steps": steps,
               "batch_size": batch if cuda else 1, "learning_rate": 1e-4, "warmup_steps": min(100, steps // 10),
-              "ema_decay": 0.999, "eval_clips": 8 if cuda else 1, "eval_steps": 10 if cuda else 2,
+              "ema_decay": 0.999, "p_mean": 5.5, "p_std": 1.0,  # the shipped model's noise levels (its model card)
+              "eval_clips": 8 if cuda else 1, "eval_steps": None,
               "eval_every": max(1, steps // 6), "checkpoint_every": 0,
               "mixed_precision": "bf16" if cuda else "no", "export_dtype": "float16"}  # fmt: skip
     path = Path("/tmp/orbit4d_gpu_finetune.json")
