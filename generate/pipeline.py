@@ -178,8 +178,7 @@ class OrbitPipeline:
             if unguided:
                 out = self.unet(cond_in, self.denoiser.c_noise(s).expand(1), embedding, conditions)
                 return self.denoiser.denoised(out.float(), x.float(), s).to(x.dtype)
-            uncond_in = torch.cat([scaled, *map(torch.zeros_like, extra[:hidden]), *extra[hidden:]],
-                                  dim=2)
+            uncond_in = torch.cat([scaled, *map(torch.zeros_like, extra[:hidden]), *extra[hidden:]], dim=2)
             out = self.unet(torch.cat([uncond_in, cond_in]), self.denoiser.c_noise(s).expand(2),
                             torch.cat([torch.zeros_like(embedding), embedding]), conditions.expand(2, -1, -1))  # fmt: skip
             uncond, cond = self.denoiser.denoised(out.float(), x.float(), s).chunk(2)
