@@ -645,7 +645,8 @@ def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeli
         info(f"the fine-tuned model makes what the dataset holds, {data.num_frames} frames at {data.image_size} px "
              f"(the base model: {base.num_frames} at {base.image_size} px)")
     pipeline.defaults = replace(data, elevation_deg=base.elevation_deg, sample_steps=base.sample_steps,
-                                min_guidance=base.min_guidance, max_guidance=base.max_guidance)  # fmt: skip
+                                min_guidance=base.min_guidance, max_guidance=base.max_guidance,
+                                edge_blur_px=base.edge_blur_px)  # fmt: skip
     return pipeline
 
 

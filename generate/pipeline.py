@@ -52,6 +52,9 @@ class OrbitDefaults:
     """Classifier-free guidance at the input view when not told (SV3D: 1)."""
     max_guidance: float = 2.5
     """Classifier-free guidance opposite the input view when not told (SV3D: 2.5; 1: none)."""
+    edge_blur_px: int = 0
+    """How many pixels the views blur an object's silhouette into the background (SV3D: 0, its samples are sharp; a
+    model sampled for its posterior mean, a few): image-to-3d mattes that band (``blurred_matte``)."""
 
     def validate(self, where: str) -> None:
         """WeightsError naming ``where`` for values no orbit can have."""
@@ -61,6 +64,8 @@ class OrbitDefaults:
         if self.sample_steps < 1 or not (0 <= self.min_guidance <= 100 and 0 <= self.max_guidance <= 100):
             raise WeightsError(f"{where}: sample_steps {self.sample_steps} must be at least 1 and min_guidance "
                                f"{self.min_guidance} and max_guidance {self.max_guidance} lie in [0, 100]")
+        if not 0 <= self.edge_blur_px < self.image_size // 4:
+            raise WeightsError(f"{where}: edge_blur_px {self.edge_blur_px} must lie in [0, {self.image_size // 4})")
         if not (0 < self.fov_deg < 180 and self.radius > 0 and -90 <= self.elevation_deg <= 90):
             raise WeightsError(f"{where}: fov_deg {self.fov_deg} must lie in (0, 180), radius {self.radius} be "
                                f"positive and elevation_deg {self.elevation_deg} in [-90, 90]")

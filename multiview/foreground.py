@@ -182,6 +182,43 @@ def soft_edges(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return alpha
 
 
+def blurred_matte(rgb: np.ndarray, mask: np.ndarray, band: int) -> tuple[np.ndarray, np.ndarray]:
+    """([H, W] float32 alpha, [H, W, 3] uint8 colour) of an object whose edge is blurred into a plain background
+    (a generated view: the average of where the silhouette could be) over ``band`` pixels inside ``mask``.
+
+    Each pixel of the band is taken as a mix ``a F + (1 - a) B`` of the background colour B (the border's median)
+    and the object's colour F, the colour furthest from B within ``band`` pixels inside the mask: ``a`` is the
+    pixel's share of the way from B to F, and its colour becomes F (so that compositing on any background gives what
+    the view meant). Where F is itself within ``PLAIN_TOLERANCE`` of B (a pale object on white) the share cannot be
+    told and the pixel is kept whole. Deeper pixels have alpha 1, pixels outside ``mask`` 0."""
+    from scipy import ndimage
+
+    rgb = rgb.astype(np.float32)
+    colour = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    distance = np.where(mask, np.abs(rgb - colour).max(axis=-1), -1.0)
+    h, w = mask.shape
+    padded_distance = np.pad(distance, band, constant_values=-1.0)
+    padded_rgb = np.pad(rgb, ((band, band), (band, band), (0, 0)))
+    best, inside = distance.copy(), rgb.copy()
+    for dy in range(-band, band + 1):
+        for dx in range(-band, band + 1):
+            if dy * dy + dx * dx > band * band:
+                continue
+            shifted = padded_distance[band + dy : band + dy + h, band + dx : band + dx + w]
+            better = shifted > best
+            best = np.where(better, shifted, best)
+            inside = np.where(better[..., None], padded_rgb[band + dy : band + dy + h, band + dx : band + dx + w],
+                              inside)  # fmt: skip
+    towards = inside - colour
+    reach = (towards**2).sum(axis=-1)
+    share = np.clip(((rgb - colour) * towards).sum(axis=-1) / np.maximum(reach, 1e-6), 0.0, 1.0)
+    inner = ndimage.binary_erosion(mask, iterations=band, border_value=1)
+    rim = mask & ~inner & (best > PLAIN_TOLERANCE)
+    alpha = np.where(rim, share, mask.astype(np.float32)).astype(np.float32)
+    out = np.where(rim[..., None], inside, rgb)
+    return alpha, out.round().clip(0, 255).astype(np.uint8)
+
+
 def clean_mask(mask: np.ndarray, keep_share: float = 0.05) -> np.ndarray:
     """``mask`` [H, W] bool without specks and pin holes: parts smaller than ``keep_share`` of the largest part are
     dropped, holes smaller than that share of the object are filled."""

@@ -16,7 +16,7 @@ from generate.framing import frame_object, training_fill
 from generate.pipeline import OrbitDefaults, OrbitPipeline
 from generate.presets import ARCHITECTURES
 from multiview.capture import read_capture
-from multiview.foreground import clean_mask, find_foreground, plain_background_mask
+from multiview.foreground import blurred_matte, clean_mask, find_foreground, plain_background_mask
 from multiview.hull import visual_hull_points
 from multiview.layouts import orbit
 
@@ -133,6 +133,70 @@ def test_plain_background_keeps_white_inside_the_silhouette():
     rgb[5, 5] = (0, 0, 0)  # a speck
     mask = clean_mask(plain_background_mask(rgb, np.array([255, 255, 255])))
     assert np.array_equal(mask, disc((64, 64), (32, 32), 20))
+
+
+def blurred(inside: np.ndarray, colour, sigma: float = 1.5) -> np.ndarray:
+    """[H, W, 3] uint8: an object of one ``colour`` on white, its edge blurred as a posterior-mean view's."""
+    from scipy import ndimage
+
+    share = ndimage.gaussian_filter(inside.astype(np.float32), sigma)[..., None]
+    return (share * np.asarray(colour, np.float32) + (1 - share) * 255).round().astype(np.uint8)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_a_blurred_edge_is_matted_half_way_with_the_objects_colour():
+    """A generated view blurs the silhouette: the mask of every tinted pixel is too large; matted, the half-covered
+    pixels are where the object ends, and the rim takes the object's colour."""
+    truth = disc((64, 64), (32, 32), 15)
+    rgb = blurred(truth, (200, 40, 40))
+    mask = clean_mask(plain_background_mask(rgb))
+    alpha, colour = blurred_matte(rgb, mask, band=4)
+    assert iou(mask, truth) < 0.75 and iou(alpha > 0.5, truth) > 0.97
+    assert np.all(alpha[~mask] == 0) and np.all(alpha[truth & ~disc((64, 64), (32, 32), 11)] > 0.4)
+    rim = mask & (alpha < 1)
+    off = np.abs(colour.astype(int) - (200, 40, 40)).max(axis=-1)
+    assert rim.any() and off[rim & (alpha > 0.5)].max() <= 12  # the rim's colour made whole ...
+    assert np.all(off[rim] < np.abs(rgb.astype(int) - (200, 40, 40)).max(axis=-1)[rim])  # ... or nearer to it
+    assert np.array_equal(blurred_matte(rgb, mask, band=0)[0], mask.astype(np.float32))  # no band: the mask
+
+
+@pytest.mark.parametrize("edge_blur_px", [0, 3])
+def test_generated_views_are_matted_by_the_models_blur(tmp_path, edge_blur_px):
+    """image-to-3d's capture: a model that blurs silhouettes (``edge_blur_px``) gets soft masks and rim colours made
+    whole in its generated views; a sharp one (SV3D: 0) the plain-background mask; the input view keeps the photo's."""
+    import torch
+
+    from orbit4d.image_to_3d import ImageTo3DConfig, write_masked_orbit
+
+    orbit = DEFAULTS.orbit()
+    truth = disc((32, 32), (16, 16), 8)
+    view = blurred(truth, (40, 60, 200), sigma=1.2)
+    frames = torch.from_numpy(view).permute(2, 0, 1).float().div(255).expand(orbit.num_frames, -1, -1, -1)
+    photo = np.where(truth[..., None], np.uint8([40, 60, 200]), np.uint8(255))
+    stage = tmp_path / "capture"
+    stage.mkdir()
+    write_masked_orbit(stage, photo, truth.astype(np.float32), frames, orbit, {}, ImageTo3DConfig(hull_points=500),
+                       edge_blur_px)  # fmt: skip
+    capture = read_capture(stage)
+    masks = [np.asarray(PIL.Image.open(f.mask_path)) for f in capture.frames]
+    assert np.array_equal(masks[orbit.input_index] > 127, truth)
+    generated = masks[0]
+    soft = (generated > 0) & (generated < 255)
+    assert soft.any() == bool(edge_blur_px)
+    assert iou(generated > 127, truth) > (0.9 if edge_blur_px else 0.0) and (generated > 0).sum() > truth.sum()
+    assert capture.points is not None and len(capture.points) > 0
+
+
+def test_a_pale_object_on_white_is_not_matted_away():
+    """Where the object's own colour is near the background's, its share cannot be told: the mask is kept."""
+    truth = disc((64, 64), (32, 32), 15)
+    rgb = blurred(truth, (245, 245, 240))
+    mask = clean_mask(plain_background_mask(rgb, tolerance=3))
+    alpha, colour = blurred_matte(rgb, mask, band=3)
+    assert mask.any() and np.array_equal(alpha, mask.astype(np.float32)) and np.array_equal(colour, rgb)
 
 
 # --- framing --------------------------------------------------------------------------------------------------
