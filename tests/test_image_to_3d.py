@@ -143,10 +143,6 @@ def blurred(inside: np.ndarray, colour, sigma: float = 1.5) -> np.ndarray:
     return (share * np.asarray(colour, np.float32) + (1 - share) * 255).round().astype(np.uint8)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
 def test_a_blurred_edge_is_matted_half_way_with_the_objects_colour():
     """A generated view blurs the silhouette: the mask of every tinted pixel is too large; matted, the half-covered
     pixels are where the object ends, and the rim takes the object's colour."""
