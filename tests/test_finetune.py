@@ -292,13 +292,14 @@ def test_a_damaged_dataset_is_one_line(dataset, base, tmp_path, capsys, damage, 
 
 
 def test_the_model_makes_what_the_dataset_holds(dataset, tmp_path):
-    """A base model of other defaults is fine-tuned to the dataset's frames and size, and says so in model_index.json;
+    """A base model of other defaults is fine-tuned to the dataset's frames and size, and says so in model_index.json
+    (keeping how it is sampled and how far its views blur);
     one that cannot make the dataset's clips (here: 2 frames at most against 4) is refused in one line."""
-    other = OrbitDefaults(num_frames=6, image_size=64, fov_deg=50.0, radius=3.0, elevation_deg=20.0)
+    other = OrbitDefaults(num_frames=6, image_size=64, fov_deg=50.0, radius=3.0, elevation_deg=20.0, edge_blur_px=2)
     base = ARCHITECTURES["tiny"].build(other, seed=3).save_pretrained(tmp_path / "base6")
     out = run(config(dataset, tmp_path / "run", base=str(base), steps=1, eval_clips=0, vae_steps=None))
     made = OrbitPipeline.from_pretrained(out / "model").defaults
-    assert (made.num_frames, made.image_size, made.elevation_deg) == (4, 32, 20.0)
+    assert (made.num_frames, made.image_size, made.elevation_deg, made.edge_blur_px) == (4, 32, 20.0, 2)
     assert made.fov_deg == pytest.approx(33.8, abs=0.1) and made.radius == pytest.approx(2.0, abs=0.01)
     small = OrbitDefaults(num_frames=2, image_size=32, fov_deg=33.8, radius=2.0)
     base = ARCHITECTURES["tiny"].build(small, seed=3).save_pretrained(tmp_path / "base2")

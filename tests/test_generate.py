@@ -291,6 +291,7 @@ def test_frame_count_the_model_cannot_make(weights, tmp_path, capsys):
     ('{"vae": "AutoencoderKL", "orbit": {"depth": 2}}', "unknown settings depth"),
     ('{"vae": "AutoencoderKL", "orbit": {"image_size": 0}}', "image_size 0 must be at least"),
     ('{"vae": "AutoencoderKL", "orbit": {"fov_deg": NaN}}', "fov_deg is a non-finite number"),
+    ('{"vae": "AutoencoderKL", "orbit": {"image_size": 32, "edge_blur_px": 8}}', "edge_blur_px 8 must lie in [0, 8)"),
 ])  # fmt: skip
 def test_a_broken_model_index_is_one_line(weights, tmp_path, capsys, index, words):
     import shutil
