@@ -72,10 +72,15 @@ def find_foreground(path: Path, mask_path: Path | None = None, segment: bool = T
     return _checked(Foreground(rgb, grabcut_alpha(rgb), "GrabCut from the border", True), path, "segmentation")
 
 
+def border_pixels(rgb: np.ndarray) -> np.ndarray:
+    """[4 (H + W), 3] float32: the colours of the image's outermost rows and columns (corners twice)."""
+    return np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
+
+
 def plain_border(rgb: np.ndarray, share: float = 0.95, tolerance: float = PLAIN_TOLERANCE) -> bool:
     """Whether ``share`` of the image border lies within ``tolerance`` (of 255, every channel) of its median colour:
     a plain background, which ``plain_background_mask`` separates exactly (GrabCut loses thin parts there)."""
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
+    border = border_pixels(rgb)
     close = np.abs(border - np.median(border, axis=0)).max(axis=-1) <= tolerance
     return bool(close.mean() >= share)
 
@@ -154,7 +159,7 @@ def plain_background_mask(rgb: np.ndarray, colour: np.ndarray | None = None,
     """
     from scipy import ndimage
 
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).astype(np.float32)
+    border = border_pixels(rgb)
     if colour is None:
         colour = np.median(border, axis=0)
     if tolerance is None:
@@ -173,7 +178,7 @@ def soft_edges(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     the mask (a pixel half covered by the object lies half way from the background to it)."""
     from scipy import ndimage
 
-    colour = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    colour = np.median(border_pixels(rgb), axis=0)
     distance = np.abs(rgb.astype(np.float32) - colour.astype(np.float32)).max(axis=-1)
     rim = mask & ~ndimage.binary_erosion(mask)
     nearby = ndimage.maximum_filter(np.where(mask, distance, 0.0), size=5)
@@ -194,7 +199,7 @@ def blurred_matte(rgb: np.ndarray, mask: np.ndarray, band: int) -> tuple[np.ndar
     from scipy import ndimage
 
     rgb = rgb.astype(np.float32)
-    colour = np.median(np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]), axis=0)
+    colour = np.median(border_pixels(rgb), axis=0)
     distance = np.where(mask, np.abs(rgb - colour).max(axis=-1), -1.0)
     h, w = mask.shape
     padded_distance = np.pad(distance, band, constant_values=-1.0)
