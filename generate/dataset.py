@@ -247,11 +247,13 @@ class OrbitClips:
             masks = torch.from_numpy(np.stack([_mask(frames[i].mask_path) for i in order]))
         return Clip(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, orbit, masks)
 
-    def ring(self, index: int) -> tuple[Tensor, list[Camera]]:
-        """Clip ``index``'s frames [F, 3, S, S] in [0, 1] and cameras in ring order (by name), as rendered."""
+    def ring(self, index: int) -> tuple[Tensor, list[Camera], Tensor | None]:
+        """Clip ``index``'s frames [F, 3, S, S] in [0, 1], cameras and masks [F, S, S] (None without) in ring order
+        (by name), as rendered."""
         clip = self.clip(index, -1)  # input view last: the others from frame 0 on, then frame F-1
         order = [clip.orbit.num_frames - 1, *range(clip.orbit.num_frames - 1)]
-        return clip.frames[order], [clip.orbit.cameras[i] for i in order]
+        masks = None if clip.masks is None else clip.masks[order]
+        return clip.frames[order], [clip.orbit.cameras[i] for i in order], masks
 
     def random_clip(self, generator: torch.Generator) -> Clip:
         index = int(torch.randint(len(self), (1,), generator=generator))
@@ -319,6 +321,7 @@ class EncodedClip:
     latents: Tensor  # [F, C, h, w], scaled by the VAE's scaling factor
     embedding: Tensor  # [D]
     orbit: Orbit
+    masks: Tensor | None = None  # [F, S, S] bool, the renderer's foreground, when the dataset has masks
 
 
 class EncodedClips:
@@ -327,12 +330,13 @@ class EncodedClips:
     augmentation, as ``OrbitClips.random_clip``)."""
 
     def __init__(self, latents: Tensor, embeddings: Tensor, cam_from_world: Tensor, intrinsics: Tensor,
-                 size: tuple[int, int]) -> None:  # fmt: skip
+                 size: tuple[int, int], masks: Tensor | None = None) -> None:  # fmt: skip
         self.latents = latents  # [N, F, C, h, w] in ring order
         self.embeddings = embeddings  # [N, F, D]
         self.cam_from_world = cam_from_world  # [N, F, 4, 4]
         self.intrinsics = intrinsics  # [N, F, 3, 3]
         self.size = size  # (width, height) of the frames
+        self.masks = masks  # [N, F, S, S] bool, or None where the clips have no masks
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -342,8 +346,9 @@ class EncodedClips:
         order = [(input_index + 1 + k) % n for k in range(n)]
         cameras = [Camera(self.intrinsics[index, i].double().numpy(), self.cam_from_world[index, i].double().numpy(),
                           *self.size) for i in order]  # fmt: skip
+        masks = None if self.masks is None else self.masks[index, order]
         return EncodedClip(self.latents[index, order].float(), self.embeddings[index, input_index].float(),
-                           orbit_of(cameras))  # fmt: skip
+                           orbit_of(cameras), masks)  # fmt: skip
 
     def random_clip(self, generator: torch.Generator) -> EncodedClip:
         index = int(torch.randint(len(self), (1,), generator=generator))
@@ -355,6 +360,8 @@ class EncodedClips:
 
         tensors = {"latents": self.latents, "embeddings": self.embeddings, "cam_from_world": self.cam_from_world,
                    "intrinsics": self.intrinsics, "size": torch.tensor(self.size)}  # fmt: skip
+        if self.masks is not None:
+            tensors["masks"] = self.masks.to(torch.uint8)
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
         tmp.replace(path)
@@ -364,19 +371,22 @@ class EncodedClips:
         from multiview.weights import read_safetensors
 
         t = read_safetensors(path)
-        return cls(t["latents"], t["embeddings"], t["cam_from_world"], t["intrinsics"], tuple(t["size"].tolist()))
+        masks = t["masks"].bool() if "masks" in t else None
+        return cls(t["latents"], t["embeddings"], t["cam_from_world"], t["intrinsics"], tuple(t["size"].tolist()),
+                   masks)  # fmt: skip
 
 
 @torch.no_grad()
 def encode_clips(pipeline, clips: OrbitClips, batch: int = 16) -> EncodedClips:
     """Encode every clip of ``clips`` with ``pipeline``'s VAE (posterior mode, scaled) and image tower, stored in
     float16 (half the memory and file; the model trains in float32)."""
-    latents, embeddings, poses, intrinsics = [], [], [], []
+    latents, embeddings, poses, intrinsics, masks = [], [], [], [], []
     device, dtype = pipeline.device, pipeline.dtype
     scaling = pipeline.vae.config.scaling_factor
     size = None
     for index in track(range(len(clips)), "encoding the clips"):
-        frames, cameras = clips.ring(index)
+        frames, cameras, clip_masks = clips.ring(index)
+        masks.append(clip_masks)
         size = size or (cameras[0].width, cameras[0].height)
         if (cameras[0].width, cameras[0].height) != size:
             raise InputError(f"{clips.root / clips.entries[index]['path']} has frames of another size than the "
@@ -390,5 +400,6 @@ def encode_clips(pipeline, clips: OrbitClips, batch: int = 16) -> EncodedClips:
         intrinsics.append(torch.from_numpy(np.stack([c.K for c in cameras])).float())
     if len({z.shape for z in latents}) > 1:
         raise InputError(f"{clips.root} holds clips with different numbers of frames: render the dataset again")
+    all_masks = None if any(m is None for m in masks) else torch.stack(masks)
     return EncodedClips(torch.stack(latents), torch.stack(embeddings), torch.stack(poses), torch.stack(intrinsics),
-                        size)  # fmt: skip
+                        size, all_masks)  # fmt: skip

@@ -4,7 +4,9 @@ SV3D's recipe, small enough to read: the VAE and the image tower stay frozen; ea
 last), encodes it, draws a noise level from EDM's log-normal, and regresses the UNet's v-prediction (EDM-weighted)
 given the input view's latent and embedding (dropped together 10% of the time so that classifier-free guidance has an
 unconditional model) and every frame's camera. Full fine-tuning, or LoRA adapters (peft) on the attention
-projections with everything else frozen; an EMA of the trained weights is what gets exported.
+projections with everything else frozen; an EMA of the trained weights is what gets exported. Two options beyond
+SV3D: ``objective: psnr`` (the mean log error per generated view, what a benchmark's mean PSNR scores) and
+``foreground: true`` (a head that predicts each view's mask beside its colours, from the dataset's masks).
 
 Runs under accelerate: one CPU process as here, or ``accelerate launch`` on GPUs and nodes, same code. The run
 folder::
@@ -43,6 +45,7 @@ from generate.cameras import plucker_rays
 from generate.dataset import (DATASET_FILE, DatasetConfig, EncodedClip, EncodedClips, OrbitClips, build_orbit_dataset,
                               encode_clips)
 from generate.lift import with_lift_input
+from generate.models.unet import with_alpha_head
 from generate.pipeline import OrbitDefaults, OrbitPipeline, frame_conditions
 from generate.presets import ARCHITECTURES
 from generate.schedulers import Denoiser
@@ -82,6 +85,19 @@ class FinetuneConfig:
     lift: bool = False
     """Give the UNet the lifted views (``generate.lift``) as one more input per frame; a ``base`` without that input
     gets it, its new weights zero (the base's outputs unchanged until training moves them)."""
+    foreground: bool = False
+    """Train a foreground head beside the UNet's output (``OrbitUNet.alpha_channels``): the probability that each
+    pixel of each view shows the object, learned from the dataset's masks (binary cross-entropy); a ``base`` without
+    the head gets one of zero weights. The pipeline returns it with ``return_foreground``."""
+    foreground_weight: float = 0.1
+    """Weight of the foreground's cross-entropy beside the denoising loss."""
+    foreground_learning_rate: float | None = None
+    """Learning rate of the foreground head (None: ``learning_rate``): a new head starts from zero weights and
+    learns faster at a higher rate than the trained UNet around it wants."""
+    objective: str = "mse"
+    """mse: EDM's weighted squared error over every pixel (SV3D). psnr: the mean over clips and views (the input
+    view left out) of the log of each view's weighted squared error, the mean PSNR a benchmark scores: every view
+    counts alike in decibels, a small or pale object's as much as a large dark one's."""
     lora_rank: int = 0
     """0: full fine-tuning of the UNet; > 0: LoRA adapters of this rank on the attention projections only."""
     lora_alpha: float | None = None
@@ -172,6 +188,14 @@ class FinetuneConfig:
             raise InputError(f"holdout {self.holdout!r}: use assets or orbits")
         if self.export_dtype not in ("float32", "float16"):
             raise InputError(f"export_dtype {self.export_dtype!r}: use float32 or float16")
+        if self.objective not in ("mse", "psnr"):
+            raise InputError(f"objective {self.objective!r}: use mse or psnr")
+        if self.foreground_learning_rate is not None and not (self.foreground_learning_rate > 0
+                                                              and math.isfinite(self.foreground_learning_rate)):
+            raise InputError(f"foreground_learning_rate {self.foreground_learning_rate}: use a positive number, or "
+                             "null for learning_rate")
+        if not (self.foreground_weight >= 0 and math.isfinite(self.foreground_weight)):
+            raise InputError(f"foreground_weight {self.foreground_weight}: use a number at least 0")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise InputError(f"mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
 
@@ -224,7 +248,7 @@ def _run_in(config: FinetuneConfig, accelerator, work: Path, resume_from: Path |
         if test_clips is not None and not resume:
             write_json(work / "evaluation.json", {"start_psnr": heldout_psnr(pipeline, test_clips, config)})
         unet, trainable = _trainable_unet(pipeline, config)
-        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+        optimizer = torch.optim.AdamW(_parameter_groups(pipeline.unet, trainable, config), lr=config.learning_rate)
         unet, optimizer = accelerator.prepare(unet, optimizer)
         ema = _ema(trainable, config)
         step, losses = 0, []
@@ -327,8 +351,9 @@ def _train(config: FinetuneConfig, accelerator, pipeline: OrbitPipeline, unet, o
         try:
             while step < config.steps:
                 between_steps = False
-                for group in optimizer.param_groups:
-                    group["lr"] = config.learning_rate * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+                warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+                for group, rate in zip(optimizer.param_groups, (config.learning_rate, config.foreground_learning_rate)):
+                    group["lr"] = rate * warm  # from the config each step: a resumed run may change it
                 generators = _batch_generators(config, step, accelerator.process_index)
                 batch = [clips.random_clip(generator) for generator in generators]
                 loss = training_loss(pipeline, unet, denoiser, batch, config, generators)
@@ -477,8 +502,23 @@ def training_loss(pipeline: OrbitPipeline, unet, denoiser: Denoiser, batch: list
         extra.append(torch.stack([plucker_rays(clip.orbit.cameras, h, w) for clip in batch]).to(device, dtype))
     conditions = torch.stack([frame_conditions(pipeline.unet, clip.orbit, config.cond_aug) for clip in batch])
     model_input = torch.cat([denoiser.c_in(s) * noisy, *extra], dim=2)
-    output = unet(model_input, denoiser.c_noise(sigma), embedding, conditions.to(device, dtype))
-    return torch.nn.functional.mse_loss(output.float(), denoiser.target(latents, noise, s).float())
+    foreground = pipeline.unet.config.alpha_channels > 0
+    output = unet(model_input, denoiser.c_noise(sigma), embedding, conditions.to(device, dtype), with_alpha=foreground)
+    if foreground:
+        output, logits = output
+    error = (output.float() - denoiser.target(latents, noise, s).float()) ** 2
+    if config.objective == "psnr":  # the input view (last) is not scored: its log error would only chase zero
+        loss = torch.log(error[:, :-1].mean(dim=(2, 3, 4)) + 1e-6).mean()
+    else:
+        loss = error.mean()
+    if foreground:
+        if any(clip.masks is None for clip in batch):
+            raise InputError(f"{config.data}: its clips have no masks to train the foreground head on; render the "
+                             "dataset again (orbit4d renders masks) or leave foreground out")
+        masks = torch.stack([clip.masks for clip in batch]).to(device, torch.float32)  # [B, F, S, S]
+        loss = loss + config.foreground_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[:, :-1, 0].float(), masks[:, :-1])
+    return loss
 
 
 @torch.no_grad()
@@ -587,7 +627,7 @@ def _unit_latents(pipeline: OrbitPipeline, clips: OrbitClips, config: FinetuneCo
 def _encoded_clips(pipeline: OrbitPipeline, clips: OrbitClips, path: Path, accelerator) -> EncodedClips:
     """The training clips encoded by the (now frozen) VAE and image tower: read from ``path`` when a run left them
     there, else encoded (by the main process) and saved."""
-    if accelerator.is_main_process and not path.is_file():
+    if accelerator.is_main_process and not (path.is_file() and _has_what_training_needs(path, pipeline)):
         encode_clips(pipeline, clips).save(path)
     accelerator.wait_for_everyone()
     encoded = EncodedClips.load(path)
@@ -595,6 +635,16 @@ def _encoded_clips(pipeline: OrbitPipeline, clips: OrbitClips, path: Path, accel
         raise InputError(f"{path} holds {len(encoded)} encoded clips and {clips.root} {len(clips)}: delete {path} to "
                          "encode them again")
     return encoded
+
+
+def _has_what_training_needs(path: Path, pipeline: OrbitPipeline) -> bool:
+    """False for encoded clips without the masks a foreground head trains on (encoded before they were kept)."""
+    if not pipeline.unet.config.alpha_channels:
+        return True
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return "masks" in f.keys()
 
 
 @torch.no_grad()
@@ -631,8 +681,9 @@ def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeli
                          radius=float(round(sum(camera.center**2) ** 0.5, 4)), elevation_deg=10.0)  # fmt: skip
     if config.base is None:
         architecture = ARCHITECTURES[config.architecture]
-        return replace(architecture, lift=architecture.lift or config.lift).build(data, seed=config.seed)
-    pipeline = OrbitPipeline.from_pretrained(Path(config.base))
+        pipeline = replace(architecture, lift=architecture.lift or config.lift).build(data, seed=config.seed)
+        return _with_foreground(pipeline, config)
+    pipeline = _with_foreground(OrbitPipeline.from_pretrained(Path(config.base)), config)
     if config.lift and not pipeline.unet.config.lift_channels:
         pipeline.unet = with_lift_input(pipeline.unet)
     limit, scale = pipeline.unet.config.num_frames, pipeline.vae_scale
@@ -650,6 +701,13 @@ def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeli
     return pipeline
 
 
+def _with_foreground(pipeline: OrbitPipeline, config: FinetuneConfig) -> OrbitPipeline:
+    """``pipeline`` with a foreground head when ``config.foreground`` asks for one and its UNet has none."""
+    if config.foreground and not pipeline.unet.config.alpha_channels:
+        pipeline.unet = with_alpha_head(pipeline.unet, pipeline.vae_scale)
+    return pipeline
+
+
 def _trainable_unet(pipeline: OrbitPipeline, config: FinetuneConfig):
     """The UNet ready to train and its trainable parameters; VAE and image tower frozen."""
     for module in (pipeline.vae, pipeline.image_encoder):
@@ -663,11 +721,21 @@ def _trainable_unet(pipeline: OrbitPipeline, config: FinetuneConfig):
         torch.manual_seed(config.seed)
         unet = inject_adapter_in_model(lora, unet)
         for name, parameter in unet.named_parameters():
-            parameter.requires_grad_("lora_" in name)
+            parameter.requires_grad_("lora_" in name or name.startswith("conv_alpha."))  # a new head trains whole
     else:
         unet.requires_grad_(True)
     unet.train()
     return unet, [p for p in unet.parameters() if p.requires_grad]
+
+
+def _parameter_groups(unet, trainable: list[Tensor], config: FinetuneConfig) -> list[dict]:
+    """AdamW's parameter groups: everything at ``learning_rate``; or, when ``config.foreground_learning_rate`` is
+    set, the foreground head in a second group at that rate."""
+    head = {id(p) for p in unet.conv_alpha.parameters()} if getattr(unet, "conv_alpha", None) is not None else set()
+    if config.foreground_learning_rate is None or not head:
+        return [{"params": trainable}]
+    return [{"params": [p for p in trainable if id(p) not in head]},
+            {"params": [p for p in trainable if id(p) in head]}]
 
 
 def _ema(trainable: list[Tensor], config: FinetuneConfig):

@@ -144,10 +144,15 @@ class OrbitPipeline:
         seed: int = 0,
         decode_chunk: int = 7,
         on_step: Callable[[int, int], None] | None = None,
-    ) -> Tensor:
+        return_foreground: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
         """[F, 3, H, W] frames in [0, 1] of ``orbit`` around the object in ``image`` ([3, H, W] in [0, 1], white
         background, the model's size). ``seed`` fixes every random draw; ``decode_chunk`` frames are decoded at once.
-        Steps and guidance left None are the model's own (``OrbitDefaults``)."""
+        Steps and guidance left None are the model's own (``OrbitDefaults``).
+
+        With ``return_foreground``: (frames, foreground), the foreground [F, H, W] the probability in [0, 1] that each
+        pixel shows the object, from a model with a foreground head (None otherwise). It is read at the first model
+        call, from pure noise: the model's belief given the input view alone, the one its 2-step samples show."""
         self.check_request(image, orbit)
         d = self.defaults
         num_steps = d.sample_steps if num_steps is None else num_steps
@@ -173,6 +178,8 @@ class OrbitPipeline:
         conditions = frame_conditions(self.unet, orbit, cond_aug)[None].to(device, dtype)
         guidance = triangular_guidance(orbit, min_guidance, max_guidance).to(device, dtype)[None, :, None, None, None]
         unguided = bool((guidance == 1).all())
+        heads = return_foreground and self.unet.config.alpha_channels > 0
+        logits: list[Tensor] = []  # the foreground logits of the first call
 
         def denoise(x: Tensor, sigma: float) -> Tensor:
             """Guided x_0 estimate: the unconditional branch sees a zero image embedding and latent (SV3D) and zero
@@ -180,12 +187,20 @@ class OrbitPipeline:
             s = torch.tensor(sigma, device=device, dtype=torch.float32)
             scaled = (self.denoiser.c_in(s) * x).to(dtype)
             cond_in = torch.cat([scaled, *extra], dim=2)
+            alpha = heads and not logits
             if unguided:
-                out = self.unet(cond_in, self.denoiser.c_noise(s).expand(1), embedding, conditions)
+                out = self.unet(cond_in, self.denoiser.c_noise(s).expand(1), embedding, conditions, with_alpha=alpha)
+                if alpha:
+                    out, first = out
+                    logits.append(first[0, :, 0])
                 return self.denoiser.denoised(out.float(), x.float(), s).to(x.dtype)
             uncond_in = torch.cat([scaled, *map(torch.zeros_like, extra[:hidden]), *extra[hidden:]], dim=2)
             out = self.unet(torch.cat([uncond_in, cond_in]), self.denoiser.c_noise(s).expand(2),
-                            torch.cat([torch.zeros_like(embedding), embedding]), conditions.expand(2, -1, -1))  # fmt: skip
+                            torch.cat([torch.zeros_like(embedding), embedding]), conditions.expand(2, -1, -1),
+                            with_alpha=alpha)  # fmt: skip
+            if alpha:
+                out, first = out
+                logits.append(first[1, :, 0])  # the conditional branch's
             uncond, cond = self.denoiser.denoised(out.float(), x.float(), s).chunk(2)
             return (uncond + guidance * (cond - uncond)).to(x.dtype)
 
@@ -200,7 +215,10 @@ class OrbitPipeline:
                 on_step(i + 1, num_steps)
 
         # 3. decoding, a few frames at a time
-        return self.decode(x[0] / self.vae.config.scaling_factor, decode_chunk)
+        frames = self.decode(x[0] / self.vae.config.scaling_factor, decode_chunk)
+        if not return_foreground:
+            return frames
+        return frames, (torch.sigmoid(logits[0].float()).cpu() if logits else None)
 
     @torch.no_grad()
     def lifted_latents(self, image: Tensor, orbit: Orbit) -> Tensor:

@@ -36,7 +36,8 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
 
     Scores the model and the two baselines of ``METHODS`` per view other than the input: PSNR, SSIM, LPIPS (when its
     weights are on disk) and, where the clips have the renderer's masks, the IoU of the foreground (a predicted view's
-    foreground: pixels unlike the clip's background colour). InputError naming ``weights`` (where the model came
+    foreground: pixels unlike the clip's background colour; from a model with a foreground head, also ``iou_head``,
+    where its foreground probability is over 0.5). InputError naming ``weights`` (where the model came
     from) when it generates NaN or Inf: no score to report."""
     from reconstruct import metrics as M
 
@@ -49,7 +50,7 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
     count = len(clips) if max_clips is None else min(max_clips, len(clips))
     for index in range(count):
         clip = clips.clip(index)
-        generated = pipeline(clip.input_view, clip.orbit, num_steps=steps, seed=seed, sampler=sampler)
+        generated, probability = _generate(pipeline, clip, steps, seed, sampler)
         if not torch.isfinite(generated).all():
             where = clips.root / clips.entries[index]["path"]
             raise InputError(f"{weights}: the model produced NaN or Inf frames for {where}; try other weights")
@@ -65,10 +66,14 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
             for method, frames in predictions.items():
                 image = frames[k].permute(1, 2, 0).double()
                 lpips = M.lpips(image, truth) if lpips_reason is None else None
+                head = math.nan
+                if method == "model" and probability is not None and clip.masks is not None:
+                    head = mask_iou(probability[k] > 0.5, clip.masks[k])
                 view[method] = {"psnr": M.psnr(image, truth), "ssim": float(M.ssim(image, truth)),
                                 "lpips": math.nan if lpips is None else lpips,
                                 "iou": math.nan if clip.masks is None else
-                                mask_iou(foreground(frames[k], background), clip.masks[k])}  # fmt: skip
+                                mask_iou(foreground(frames[k], background), clip.masks[k]),
+                                "iou_head": head}  # fmt: skip
             by_azimuth[int(round(float(clip.orbit.azimuths_deg[k])))].append(view)
             scores.append(view)
         per_clip.append({"clip": clips.entries[index]["path"], "asset": clips.entries[index]["asset"],
@@ -88,10 +93,19 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
     return report, pairs
 
 
+def _generate(pipeline, clip, steps: int, seed: int, sampler: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generated frames [F, 3, S, S] and, from a model with a foreground head, its foreground [F, S, S]."""
+    unet = getattr(pipeline, "unet", None)
+    if unet is not None and getattr(unet.config, "alpha_channels", 0):
+        return pipeline(clip.input_view, clip.orbit, num_steps=steps, seed=seed, sampler=sampler,
+                        return_foreground=True)  # fmt: skip
+    return pipeline(clip.input_view, clip.orbit, num_steps=steps, seed=seed, sampler=sampler), None
+
+
 def _summary(views: list[dict]) -> dict:
     """The model's mean psnr / ssim / lpips / iou over ``views``, and the baselines' under "baselines"."""
     def means(method):
-        return {key: _mean(v[method][key] for v in views) for key in ("psnr", "ssim", "lpips", "iou")}
+        return {key: _mean(v[method][key] for v in views) for key in ("psnr", "ssim", "lpips", "iou", "iou_head")}
 
     return {**means("model"), "baselines": {method: means(method) for method in METHODS[1:]}}
 

@@ -12,9 +12,17 @@ lifted views (``generate.lift``: the input's silhouette lifted to a solid and dr
 and moment, CAT3D / CameraCtrl), concatenated on channels by the pipeline in that order; ``in_channels`` counts all
 of them. The input view also conditions every frame through cross attention
 (``encoder_hidden_states``: its image embedding, one token).
+
+Optionally (``alpha_channels`` > 0) a second head beside ``conv_out`` reads the same last features and predicts the
+foreground of each frame: one logit per pixel of the latent pixel's patch (``alpha_channels`` = the VAE's downscale
+squared), so the model says where the object is as well as what colour each pixel has on average. The colour is the
+posterior mean, whose silhouette fades where the model is unsure; the foreground is a probability (trained on the
+renderer's masks), whose 0.5 level is a silhouette.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
@@ -58,6 +66,7 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
         condition_embed_dims: tuple[int, ...] = SV3D_CONDITION_DIMS,
         ray_channels: int = 0,
         lift_channels: int = 0,
+        alpha_channels: int = 0,
     ):
         if sum(condition_embed_dims) != projection_class_embeddings_input_dim:
             raise ValueError(f"condition_embed_dims {tuple(condition_embed_dims)} sum to {sum(condition_embed_dims)}, "
@@ -76,6 +85,11 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
             transformer_layers_per_block=transformer_layers_per_block, num_attention_heads=num_attention_heads,
             num_frames=num_frames,
         )  # fmt: skip
+        if alpha_channels < 0 or math.isqrt(alpha_channels) ** 2 != alpha_channels:
+            raise ValueError(f"alpha_channels is 0 (no foreground head) or a square (pixels a latent pixel covers), "
+                             f"got {alpha_channels}")
+        self.conv_alpha = (torch.nn.Conv2d(block_out_channels[0], alpha_channels, 3, padding=1) if alpha_channels
+                           else None)
 
     @property
     def latent_channels(self) -> int:
@@ -92,8 +106,10 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
                  for k, dim in enumerate(dims)]  # fmt: skip
         return torch.cat(parts, dim=-1)
 
-    def forward(self, sample: Tensor, c_noise: Tensor, encoder_hidden_states: Tensor, conditions: Tensor) -> Tensor:
-        """The raw (v) prediction, [B, F, out_channels, h, w].
+    def forward(self, sample: Tensor, c_noise: Tensor, encoder_hidden_states: Tensor, conditions: Tensor,
+                with_alpha: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """The raw (v) prediction, [B, F, out_channels, h, w]; with ``with_alpha`` (a model with the foreground head)
+        also the foreground logits, [B, F, 1, H, W] at the image's size.
 
         sample: [B, F, in_channels, h, w] noisy latents scaled by c_in, the input view's latent, lifted views' latents,
         ray maps.
@@ -121,5 +137,28 @@ class OrbitUNet(UNetSpatioTemporalConditionModel):
             extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
             h = block(hidden_states=h, temb=emb, res_hidden_states_tuple=res, upsample_size=size,
                       image_only_indicator=indicator, **extra)  # fmt: skip
-        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
-        return h.reshape(batch, frames, *h.shape[1:])
+        features = self.conv_act(self.conv_norm_out(h))
+        h = self.conv_out(features)
+        v = h.reshape(batch, frames, *h.shape[1:])
+        if not with_alpha:
+            return v
+        if self.conv_alpha is None:
+            raise ValueError("this model has no foreground head (alpha_channels 0)")
+        scale = math.isqrt(self.config.alpha_channels)
+        logits = torch.nn.functional.pixel_shuffle(self.conv_alpha(features), scale)
+        return v, logits.reshape(batch, frames, *logits.shape[1:])
+
+
+def with_alpha_head(unet: OrbitUNet, patch: int) -> OrbitUNet:
+    """``unet`` with a foreground head for latent pixels of ``patch`` x ``patch`` image pixels: the same weights and
+    v predictions, and a head of zero weights (probability 0.5 everywhere) until training moves it."""
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    config["alpha_channels"] = patch * patch
+    widened = OrbitUNet.from_config(config)
+    missing, unexpected = widened.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("conv_alpha.") for name in missing):
+        raise ValueError(f"with_alpha_head: unexpected weights {unexpected}, missing {missing}")
+    torch.nn.init.zeros_(widened.conv_alpha.weight)
+    torch.nn.init.zeros_(widened.conv_alpha.bias)
+    parameter = next(unet.parameters())
+    return torch.nn.Module.to(widened, parameter.device, parameter.dtype)
