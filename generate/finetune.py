@@ -353,7 +353,8 @@ def _train(config: FinetuneConfig, accelerator, pipeline: OrbitPipeline, unet, o
                 between_steps = False
                 warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
                 for group, rate in zip(optimizer.param_groups, (config.learning_rate, config.foreground_learning_rate)):
-                    group["lr"] = rate * warm  # from the config each step: a resumed run may change it
+                    group["lr"] = rate * warm  # from the config each step: a resumed run may change it; the
+                    # second group (the foreground head) exists only when foreground_learning_rate is set
                 generators = _batch_generators(config, step, accelerator.process_index)
                 batch = [clips.random_clip(generator) for generator in generators]
                 loss = training_loss(pipeline, unet, denoiser, batch, config, generators)
