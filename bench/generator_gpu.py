@@ -4,7 +4,7 @@ What travels to the machine must stay under 64 MiB with the checkout (which hold
 and what comes back is at most 8 files of 16 MiB, so:
 
     python bench/generator_gpu.py pack DATA PACK --clips 1000   # here: a random share of DATA's training clips as
-                                                                # JPEG (images + transforms.json), and its test clips
+                                                                # JPEG (images, masks, transforms.json), and its test clips
     python bench/generator_gpu.py train PACK --steps 3000       # there: finetune from the shipped model on CUDA
                                                                 # (bf16, batch 64), the model split into <16 MiB parts
     python bench/generator_gpu.py unpack OUT                    # here: the parts joined into generate/embedded/
@@ -49,7 +49,10 @@ def pack(data: Path, out: Path, clips: int, quality: int, seed: int) -> None:
             with Image.open(source / frame["file_path"]) as image:
                 image.convert("RGB").save(target / "images" / name, quality=quality)
             frame["file_path"] = f"images/{name}"
-            for key in ("mask_path", "depth_file_path", "normal_file_path"):
+            if frame.get("mask_path"):  # the foreground head's targets: a few hundred bytes a view
+                (target / "masks").mkdir(exist_ok=True)
+                shutil.copy(source / frame["mask_path"], target / frame["mask_path"])
+            for key in ("depth_file_path", "normal_file_path"):
                 frame.pop(key, None)
         meta.pop("ply_file_path", None)
         (target / "transforms.json").write_text(json.dumps(meta))
@@ -71,6 +74,7 @@ def train(pack_dir: Path, steps: int, batch: int, out: Path) -> None:
     config = {"data": str(pack_dir / "data"), "out": str(run), "base": str(EMBEDDED_MODEL), "steps": steps,
               "batch_size": batch if cuda else 1, "learning_rate": 1e-4, "warmup_steps": min(100, steps // 10),
               "ema_decay": 0.999, "p_mean": 5.5, "p_std": 1.0,  # the shipped model's noise levels (its model card)
+              "objective": "psnr", "foreground": True, "foreground_weight": 0.7,  # the best CPU recipe (RESULTS)
               "eval_clips": 8 if cuda else 1, "eval_steps": None,
               "eval_every": max(1, steps // 6), "checkpoint_every": 0,
               "mixed_precision": "bf16" if cuda else "no", "export_dtype": "float16"}  # fmt: skip

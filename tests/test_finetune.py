@@ -24,6 +24,7 @@ from generate.pipeline import OrbitDefaults, OrbitPipeline  # noqa: E402
 from generate.presets import ARCHITECTURES  # noqa: E402
 
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -356,3 +357,21 @@ def test_the_psnr_objective_trains(dataset, base, tmp_path):
     assert all(math.isfinite(loss) for loss in losses) and sum(losses[-10:]) < sum(losses[:10])
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert evaluation["end_psnr"] > evaluation["start_psnr"], evaluation
+
+
+def test_the_gpu_pack_keeps_what_the_recipe_trains_on(dataset, tmp_path):
+    """bench/generator_gpu.py's pack (what travels to a lent GPU): the frames as JPEG close to the PNGs, and the
+    masks exact (the foreground head's targets), so the GPU run trains the CPU's recipe."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generator_gpu", REPO / "bench" / "generator_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.pack(dataset, tmp_path, clips=2, quality=92, seed=0)
+    packed, source = OrbitClips(tmp_path / "data", "train"), OrbitClips(dataset, "train")
+    assert len(packed) == 2
+    paths = [entry["path"] for entry in source.entries]
+    for index in range(len(packed)):
+        clip, original = packed.clip(index), source.clip(paths.index(packed.entries[index]["path"]))
+        assert clip.masks is not None and torch.equal(clip.masks, original.masks)
+        assert (clip.frames - original.frames).abs().mean() < 0.02
