@@ -169,7 +169,8 @@ def test_synchronized_videos_become_one_capture_with_a_camera_each(shared_data, 
     capture = read_capture(out / "capture")
     assert len(capture.frames) == 12 and {f.camera.camera_id for f in capture.frames} == {0, 1, 2, 3}
     times = {k: sorted(f.camera.time for f in capture.frames if f.camera.camera_id == k) for k in range(4)}
-    assert all(times[k] == times[0] for k in range(4)) and times[0] == pytest.approx([0.0, 6 / 15, 11 / 15])  # frames 0, 6, 11
+    # frames 0, 6 and 11; write_video stamps frames in milliseconds (frame 11 is at 0.733 s)
+    assert all(times[k] == times[0] for k in range(4)) and times[0] == pytest.approx([0, 6 / 15, 11 / 15], abs=1e-3)
     centres = {k: np.stack([f.camera.center for f in capture.frames if f.camera.camera_id == k]) for k in range(4)}
     baseline = np.linalg.norm(centres[0].mean(0) - centres[3].mean(0))
     assert max(np.ptp(c, axis=0).max() for c in centres.values()) < 0.01 * baseline  # a static rig stays put
