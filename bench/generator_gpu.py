@@ -50,7 +50,7 @@ def pack(data: Path, out: Path, clips: int, quality: int, seed: int) -> None:
                 image.convert("RGB").save(target / "images" / name, quality=quality)
             frame["file_path"] = f"images/{name}"
             if frame.get("mask_path"):  # the foreground head's targets: a few hundred bytes a view
-                (target / "masks").mkdir(exist_ok=True)
+                (target / frame["mask_path"]).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(source / frame["mask_path"], target / frame["mask_path"])
             for key in ("depth_file_path", "normal_file_path"):
                 frame.pop(key, None)
