@@ -78,12 +78,12 @@ def table(report: dict, groups: dict[str, dict]) -> str:
         b = r["baselines"]
         cells = [name, r.get("views", ""), f"{r['psnr']:.2f}", f"{b['copy']['psnr']:.2f}",
                  f"{b['mirror']['psnr']:.2f}", f"{r['ssim']:.3f}", f"{b['copy']['ssim']:.3f}",
-                 f"{b['mirror']['ssim']:.3f}", _f(r["iou"]), _f(r.get("iou_head")), _f(b["copy"]["iou"]),
+                 f"{b['mirror']['ssim']:.3f}", _f(r["iou"]), _f(r.get("iou_colour")), _f(b["copy"]["iou"]),
                  _f(b["mirror"]["iou"]), _f(r["lpips"]), _f(b["copy"]["lpips"]), _f(b["mirror"]["lpips"])]  # fmt: skip
         return "| " + " | ".join(str(c) for c in cells) + " |"
 
     head = ("| | views | PSNR model | PSNR copy | PSNR mirror | SSIM model | SSIM copy | SSIM mirror | IoU model | "
-            "IoU model (head) | IoU copy | IoU mirror | LPIPS model | LPIPS copy | LPIPS mirror |\n|" + "---|" * 15)
+            "IoU model (colours) | IoU copy | IoU mirror | LPIPS model | LPIPS copy | LPIPS mirror |\n|" + "---|" * 15)
     lines = [head, row("all (views averaged)", report)]
     lines += [row(f"{name} ({g['clips']} assets)", g) for name, g in groups.items()]
     lines += [row(f"azimuth {r['azimuth_deg']}°", r) for r in report["per_azimuth"]]
@@ -108,7 +108,7 @@ def group_summaries(report: dict) -> dict[str, dict]:
             values = [v for v in (get(c) for c in clips) if v is not None]
             return float(np.mean(values)) if values else None
 
-        keys = ("psnr", "ssim", "lpips", "iou", "iou_head")
+        keys = ("psnr", "ssim", "lpips", "iou", "iou_colour")
         out[name] = {**{k: mean(lambda c, k=k: c[k]) for k in keys}, "clips": len(clips),
                      "baselines": {m: {k: mean(lambda c, k=k, m=m: c["baselines"][m][k]) for k in keys}
                                    for m in ("copy", "mirror")}}  # fmt: skip

@@ -698,7 +698,7 @@ def _starting_pipeline(config: FinetuneConfig, clips: OrbitClips) -> OrbitPipeli
              f"(the base model: {base.num_frames} at {base.image_size} px)")
     pipeline.defaults = replace(data, elevation_deg=base.elevation_deg, sample_steps=base.sample_steps,
                                 min_guidance=base.min_guidance, max_guidance=base.max_guidance,
-                                edge_blur_px=base.edge_blur_px)  # fmt: skip
+                                edge_blur_px=base.edge_blur_px, mirror_average=base.mirror_average)  # fmt: skip
     return pipeline
 
 

@@ -3,6 +3,7 @@
 Output folder (the capture layout of DESIGN.md, read by ``orbit4d train`` as it is)::
 
     images/frame_000.png ...   the orbit, SV3D's order: the input view is the last frame
+    masks/frame_000.png ...    each view's foreground (white), from a model with a foreground head
     input.png                  the input as the model saw it (object centred on white, model size)
     transforms.json            the exact camera of every frame (the requested orbit)
     report.json                model, sampler, steps, seed, guidance, elevation, azimuths, seconds
@@ -62,6 +63,9 @@ class GenerateConfig:
     """auto, cpu or cuda."""
     half: bool = False
     """fp16 on CUDA (bf16 when the GPU supports it); fp32 on CPU always."""
+    mirror: bool | None = None
+    """Average each view with the model's view of the image mirrored left-right (``OrbitDefaults.mirror_average``;
+    the model's own when None)."""
 
     def validate(self) -> None:
         """InputError naming the first setting (by its command-line option) that sampling cannot use."""
@@ -79,16 +83,17 @@ class GenerateConfig:
             if value is not None and not 0 <= value <= MAX_GUIDANCE:  # NaN fails too
                 raise InputError(f"--guidance {self.min_guidance:g} {self.max_guidance:g}: {name} {value:g} must be a "
                                  f"number from 0 to {MAX_GUIDANCE:g} (1: no guidance; SV3D uses 1 2.5)")
+        if not (math.isfinite(self.cond_aug) and self.cond_aug >= 0):
+            raise InputError(f"cond_aug {self.cond_aug}: use a finite noise level of at least 0 (SV3D: 1e-5)")
+        if not 0 < self.object_ratio <= 1:  # NaN fails too
+            raise InputError(f"object_ratio {self.object_ratio}: use a share of the image side in (0, 1]")
 
     def for_model(self, defaults: OrbitDefaults) -> GenerateConfig:
         """This config with the settings left None taken from the model's ``defaults``."""
         return replace(self, steps=defaults.sample_steps if self.steps is None else self.steps,
                        min_guidance=defaults.min_guidance if self.min_guidance is None else self.min_guidance,
-                       max_guidance=defaults.max_guidance if self.max_guidance is None else self.max_guidance)  # fmt: skip
-        if not (math.isfinite(self.cond_aug) and self.cond_aug >= 0):
-            raise InputError(f"cond_aug {self.cond_aug}: use a finite noise level of at least 0 (SV3D: 1e-5)")
-        if not 0 < self.object_ratio <= 1:  # NaN fails too
-            raise InputError(f"object_ratio {self.object_ratio}: use a share of the image side in (0, 1]")
+                       max_guidance=defaults.max_guidance if self.max_guidance is None else self.max_guidance,
+                       mirror=defaults.mirror_average if self.mirror is None else self.mirror)  # fmt: skip
 
 
 def run(config: GenerateConfig, image_path: Path, out_dir: Path, overwrite: bool = False) -> Path:
@@ -107,9 +112,9 @@ def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwri
     pipeline = open_pipeline(config, weights)
     config = config.for_model(pipeline.defaults)
     image = prepare_image(image_path, pipeline.defaults.image_size, config.object_ratio)
-    frames, orbit = sample_orbit(pipeline, config, image, weights)
+    frames, foreground, orbit = sample_orbit(pipeline, config, image, weights)
     with staged_dir(out_dir, overwrite, inputs=[image_path, weights]) as stage:
-        write_orbit(stage, image, frames, orbit, {
+        write_orbit(stage, image, frames, orbit, foreground, {
             "source_format": "generate", "source": str(Path(image_path).absolute()),
             "weights": str(weights.absolute()), "device": str(pipeline.device),
             "dtype": str(pipeline.dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
@@ -139,10 +144,11 @@ def open_pipeline(config: GenerateConfig, weights: Path) -> OrbitPipeline:
 
 
 def sample_orbit(pipeline: OrbitPipeline, config: GenerateConfig, image: np.ndarray,
-                 weights: Path) -> tuple[torch.Tensor, Orbit]:  # fmt: skip
-    """([F, 3, S, S] frames in [0, 1], their orbit) around the object in ``image`` [S, S, 3] uint8 (white
-    background, the model's size), with a progress bar; InputError for a request the model cannot serve, out of
-    memory, or non-finite frames (``weights`` names the model in the message)."""
+                 weights: Path) -> tuple[torch.Tensor, torch.Tensor | None, Orbit]:  # fmt: skip
+    """([F, 3, S, S] frames in [0, 1], [F, S, S] the foreground probability of a model with a foreground head or
+    None, their orbit) around the object in ``image`` [S, S, 3] uint8 (white background, the model's size), with a
+    progress bar; InputError for a request the model cannot serve, out of memory, or non-finite frames (``weights``
+    names the model in the message)."""
     config = config.for_model(pipeline.defaults)
     size = pipeline.defaults.image_size
     orbit = pipeline.defaults.orbit(config.num_frames, config.elevation_deg)
@@ -155,10 +161,11 @@ def sample_orbit(pipeline: OrbitPipeline, config: GenerateConfig, image: np.ndar
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("sampling", total=config.steps)
         try:
-            frames = pipeline(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, orbit,
-                              num_steps=config.steps, sampler=config.sampler, min_guidance=config.min_guidance,
-                              max_guidance=config.max_guidance, cond_aug=config.cond_aug, seed=config.seed,
-                              on_step=lambda i, n: bar.update(task, completed=i))  # fmt: skip
+            frames, foreground = pipeline(
+                torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, orbit, num_steps=config.steps,
+                sampler=config.sampler, min_guidance=config.min_guidance, max_guidance=config.max_guidance,
+                cond_aug=config.cond_aug, seed=config.seed, mirror=config.mirror, return_foreground=True,
+                on_step=lambda i, n: bar.update(task, completed=i, total=n))  # fmt: skip
         except (MemoryError, RuntimeError) as error:
             if not isinstance(error, MemoryError) and "out of memory" not in str(error).lower():
                 raise
@@ -166,19 +173,34 @@ def sample_orbit(pipeline: OrbitPipeline, config: GenerateConfig, image: np.ndar
                              "pass fewer --frames" + ("" if config.half else ", or --half on a GPU")) from None
     if not torch.isfinite(frames).all():
         raise InputError(f"{weights}: the model produced NaN or Inf frames; try without --half or other weights")
-    return frames, orbit
+    return frames, foreground, orbit
 
 
-def write_orbit(stage: Path, image: np.ndarray, frames: torch.Tensor, orbit: Orbit, report: dict) -> list[Frame]:
+def write_orbit(stage: Path, image: np.ndarray, frames: torch.Tensor, orbit: Orbit,
+                foreground: torch.Tensor | None, report: dict) -> list[Frame]:  # fmt: skip
     """Write the capture (images/, input.png, transforms.json, report.json with ``report`` and the orbit) into the
-    empty folder ``stage``; return its frames. The input view's frame holds ``image`` itself."""
+    empty folder ``stage``; return its frames. The input view's frame holds ``image`` itself. With ``foreground``
+    (the model's probabilities [F, S, S]), masks/ too: each view's ``foreground_masks``, the input view's the image's
+    own (its pixels unlike the white background), named by transforms.json's mask_path."""
+    from generate.pipeline import foreground_masks
+    from multiview.foreground import clean_mask, plain_background_mask
+
     (stage / "images").mkdir()
     PIL.Image.fromarray(image).save(stage / "input.png")
+    masks = None
+    if foreground is not None:
+        (stage / "masks").mkdir()
+        masks = foreground_masks(foreground).numpy()
+        masks[orbit.input_index] = clean_mask(plain_background_mask(image))
     written = []
     for index, (pixels, camera) in enumerate(zip(frames, orbit.cameras)):
         path = stage / "images" / f"frame_{index:03d}.png"
         PIL.Image.fromarray(image if index == orbit.input_index else _to_uint8(pixels)).save(path)
-        written.append(Frame(path, camera))
+        mask_path = None
+        if masks is not None:
+            mask_path = stage / "masks" / path.name
+            PIL.Image.fromarray(masks[index].astype(np.uint8) * 255).save(mask_path)
+        written.append(Frame(path, camera, mask_path=mask_path))
     write_transforms(stage / "transforms.json", written, stage)
     write_json(stage / "report.json", {
         **report, "frames": orbit.num_frames, "input_frame": f"images/frame_{orbit.input_index:03d}.png",
@@ -195,7 +217,8 @@ def _print_summary(out_dir: Path, orbit, config: GenerateConfig, device: str, se
     table.add_row("sampling", f"{config.sampler}, {config.steps} steps, guidance {config.min_guidance:g} → "
                   f"{config.max_guidance:g}, seed {config.seed}")
     table.add_row("time", f"{seconds:.1f} s on {device}")
-    table.add_row("outputs", "images/, transforms.json, input.png, report.json (orbit4d train reads it)")
+    table.add_row("outputs", "images/, masks/ (a model with a foreground head), transforms.json, input.png, "
+                  "report.json (orbit4d train reads it)")
     console.print(table)
 
 

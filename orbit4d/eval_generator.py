@@ -35,10 +35,12 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
     """(metrics, [(ground truth [F, 3, S, S], generated [F, 3, S, S])]) over the first ``max_clips`` clips.
 
     Scores the model and the two baselines of ``METHODS`` per view other than the input: PSNR, SSIM, LPIPS (when its
-    weights are on disk) and, where the clips have the renderer's masks, the IoU of the foreground (a predicted view's
-    foreground: pixels unlike the clip's background colour; from a model with a foreground head, also ``iou_head``,
-    where its foreground probability is over 0.5). InputError naming ``weights`` (where the model came
-    from) when it generates NaN or Inf: no score to report."""
+    weights are on disk) and, where the clips have the renderer's masks, the IoU of the foreground: ``iou``, the
+    foreground a method gives (a model with a foreground head: its masks, ``generate.pipeline.foreground_masks``, the
+    ones ``orbit4d generate`` writes; otherwise, and for the baselines, the colours'), and ``iou_colour``, the pixels
+    unlike the clip's background colour. InputError naming ``weights`` (where the model came from) when it generates
+    NaN or Inf: no score to report."""
+    from generate.pipeline import foreground_masks
     from reconstruct import metrics as M
 
     steps = pipeline.defaults.sample_steps if steps is None else steps
@@ -57,6 +59,7 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
         predictions = {"model": generated, "copy": clip.input_view.expand_as(clip.frames),
                        "mirror": clip.input_view.flip(-1).expand_as(clip.frames)}  # fmt: skip
         background = _background(clip)
+        masks = None if probability is None else foreground_masks(probability)
         scores = []
         for k in range(clip.orbit.num_frames):
             if k == clip.orbit.input_index:
@@ -66,14 +69,13 @@ def evaluate(pipeline, clips, steps: int | None = None, seed: int = 0, sampler: 
             for method, frames in predictions.items():
                 image = frames[k].permute(1, 2, 0).double()
                 lpips = M.lpips(image, truth) if lpips_reason is None else None
-                head = math.nan
-                if method == "model" and probability is not None and clip.masks is not None:
-                    head = mask_iou(probability[k] > 0.5, clip.masks[k])
+                colour = math.nan if clip.masks is None else mask_iou(foreground(frames[k], background), clip.masks[k])
+                own = colour
+                if method == "model" and masks is not None and clip.masks is not None:
+                    own = mask_iou(masks[k], clip.masks[k])
                 view[method] = {"psnr": M.psnr(image, truth), "ssim": float(M.ssim(image, truth)),
-                                "lpips": math.nan if lpips is None else lpips,
-                                "iou": math.nan if clip.masks is None else
-                                mask_iou(foreground(frames[k], background), clip.masks[k]),
-                                "iou_head": head}  # fmt: skip
+                                "lpips": math.nan if lpips is None else lpips, "iou": own,
+                                "iou_colour": colour}  # fmt: skip
             by_azimuth[int(round(float(clip.orbit.azimuths_deg[k])))].append(view)
             scores.append(view)
         per_clip.append({"clip": clips.entries[index]["path"], "asset": clips.entries[index]["asset"],
@@ -105,7 +107,7 @@ def _generate(pipeline, clip, steps: int, seed: int, sampler: str) -> tuple[torc
 def _summary(views: list[dict]) -> dict:
     """The model's mean psnr / ssim / lpips / iou over ``views``, and the baselines' under "baselines"."""
     def means(method):
-        return {key: _mean(v[method][key] for v in views) for key in ("psnr", "ssim", "lpips", "iou", "iou_head")}
+        return {key: _mean(v[method][key] for v in views) for key in ("psnr", "ssim", "lpips", "iou", "iou_colour")}
 
     return {**means("model"), "baselines": {method: means(method) for method in METHODS[1:]}}
 

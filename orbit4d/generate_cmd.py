@@ -79,7 +79,8 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
         help="one image to an orbit of generated views with known cameras (a capture)",
         description="Generate an orbit around the object in IMAGE with a camera-conditioned video diffusion model "
         "(SV3D recipe) and write it as a capture: images/, transforms.json with the exact camera of every frame, "
-        "input.png, report.json. `orbit4d train` reads the result as it is. RGBA images are centred on white.",
+        "input.png, report.json, and masks/ from a model with a foreground head. `orbit4d train` reads the result "
+        "as it is. RGBA images are centred on white.",
     )
     p.add_argument("image", type=Path, help="the input view (.png with transparency works best)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="capture folder to write")
@@ -97,6 +98,9 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="classifier-free guidance at the input view and opposite it (default: the model's own; "
                    "SV3D 1 2.5)")
     p.add_argument("--seed", type=options.seed, default=0, help="random seed (same seed, same frames)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each view with the model's view of the image mirrored (twice the time; default: the "
+                   "model's own, mirror_average in its model_index.json)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--half", action="store_true", help="fp16/bf16 on CUDA (ignored on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output once the new one is complete")
@@ -109,7 +113,8 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     config = GenerateConfig(weights=args.weights, num_frames=args.frames, elevation_deg=args.elevation,
                             steps=args.steps, sampler=args.sampler, min_guidance=args.guidance[0],
-                            max_guidance=args.guidance[1], seed=args.seed, device=args.device, half=args.half)  # fmt: skip
+                            max_guidance=args.guidance[1], seed=args.seed, device=args.device, half=args.half,
+                            mirror=args.mirror)  # fmt: skip
     run(config, args.image, args.out, overwrite=args.overwrite)
     print(f"capture written to {args.out}", file=sys.stderr)
     return 0

@@ -146,7 +146,7 @@ def make_capture(config: ImageTo3DConfig, photo: Path, capture_dir: Path, second
     tic = time.perf_counter()
     _stage(3, "orbit", f"generating {config.num_frames or defaults.num_frames} views at {defaults.image_size} px "
            f"({config.sample_steps or defaults.sample_steps} sampling steps)")
-    frames, orbit = sample_orbit(pipeline, generate, image, weights)
+    frames, _, orbit = sample_orbit(pipeline, generate, image, weights)  # masks: its own, below
     with staged_dir(capture_dir, overwrite, inputs) as stage:
         report = {"source_format": "image-to-3d", "source": str(photo.absolute()),
                   "weights": str(Path(weights).absolute()), "foreground": found.method, "framing": framing.to_json(),
@@ -168,7 +168,7 @@ def write_masked_orbit(stage: Path, image: np.ndarray, alpha: np.ndarray, frames
     from multiview.foreground import blurred_matte, clean_mask, plain_background_mask
     from multiview.hull import visual_hull_points
 
-    written = write_orbit(stage, image, frames, orbit, report)
+    written = write_orbit(stage, image, frames, orbit, None, report)
     (stage / "masks").mkdir()
     masked, masks, pixels = [], [], []
     for index, frame in enumerate(written):

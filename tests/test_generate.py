@@ -13,8 +13,8 @@ import PIL.Image
 import pytest
 import torch
 
-from generate.cameras import plucker_rays, sv3d_orbit, triangular_guidance
-from generate.pipeline import OrbitDefaults, OrbitPipeline
+from generate.cameras import Orbit, plucker_rays, sv3d_orbit, triangular_guidance
+from generate.pipeline import OrbitDefaults, OrbitPipeline, mirror_partners
 from generate.presets import ARCHITECTURES
 from generate.schedulers import DDIMScheduler, Denoiser, EulerEDMScheduler
 from multiview.capture import read_capture
@@ -141,6 +141,40 @@ def test_orbit_puts_the_input_view_last_at_azimuth_zero():
     guidance = triangular_guidance(orbit, 1.0, 2.5)
     assert guidance[-1] == 1.0 and guidance.max().item() == pytest.approx(2.5, abs=0.08)
     assert guidance[9].item() == pytest.approx(2.5, abs=0.08)  # about opposite the input view
+
+
+def test_mirror_partners_pair_each_camera_with_its_reflection():
+    """Partner j of frame k is camera k reflected through the vertical plane of the input camera (whose view of the
+    mirrored photo is the object mirrored); an orbit without such pairs has none."""
+    orbit = sv3d_orbit(8, 15.0)
+    partners = mirror_partners(orbit)
+    centres = np.stack([c.center for c in orbit.cameras])
+    axis = centres[orbit.input_index] * [1, 1, 0]
+    normal = np.cross([0.0, 0.0, 1.0], axis / np.linalg.norm(axis))  # of the vertical plane through the input camera
+    reflected = centres - 2 * (centres @ normal)[:, None] * normal
+    np.testing.assert_allclose(centres[partners], reflected, atol=1e-9)
+    assert partners[orbit.input_index] == orbit.input_index and sorted(partners) == list(range(8))
+    lopsided = [0, 1, 7]  # 45, 90 and 0 degrees: no camera at -45
+    assert mirror_partners(Orbit([orbit.cameras[k] for k in lopsided], orbit.elevations_deg[lopsided],
+                                 orbit.azimuths_deg[lopsided])) is None  # fmt: skip
+
+
+def test_mirror_average_is_the_mean_with_the_mirrored_photos_orbit(pipeline):
+    """mirror=True: each view is the mean of its own and the mirrored photo's view from the partner camera mirrored
+    back; the model's mirror_average decides when mirror is None; progress counts both passes."""
+    image = torch.ones(3, 32, 32)
+    image[:, 8:24, 6:14] = torch.tensor([0.2, 0.3, 0.9])[:, None, None]  # off centre: its mirror differs
+    orbit = DEFAULTS.orbit()
+    plain = pipeline(image, orbit, num_steps=2, seed=0, mirror=False)
+    other = pipeline(image.flip(-1), orbit, num_steps=2, seed=0, mirror=False)
+    steps = []
+    both = pipeline(image, orbit, num_steps=2, seed=0, mirror=True, on_step=lambda i, n: steps.append((i, n)))
+    torch.testing.assert_close(both, (plain + other[mirror_partners(orbit)].flip(-1)) / 2)
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert torch.equal(pipeline(image, orbit, num_steps=2, seed=0), plain)  # DEFAULTS: mirror_average False
+    averaging = OrbitPipeline(pipeline.unet, pipeline.vae, pipeline.image_encoder,
+                              OrbitDefaults(**{**DEFAULTS.__dict__, "mirror_average": True}))  # fmt: skip
+    assert torch.equal(averaging(image, orbit, num_steps=2, seed=0), both)
 
 
 def test_plucker_rays_pass_through_the_camera():
@@ -322,6 +356,19 @@ def test_settings_sampling_cannot_use_are_one_line(weights, tmp_path, capsys, ar
     code, err = cli(capsys, "generate", rgba_object(tmp_path / "o.png"), "--out", tmp_path / "x", "--weights", weights,
                     *argv)  # fmt: skip
     assert code == 1 and words in error_line(err) and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({"cond_aug": float("nan")}, "cond_aug nan: use a finite noise level"),
+    ({"object_ratio": 0.0}, "object_ratio 0.0: use a share of the image side"),
+])  # fmt: skip
+def test_settings_the_command_line_does_not_name_are_checked_too(settings, words):
+    """GenerateConfig as a library takes these too: validate refuses them before any model loads."""
+    from generate.run import GenerateConfig
+    from multiview.errors import InputError
+
+    with pytest.raises(InputError, match=words):
+        GenerateConfig(**settings).validate()
 
 
 def test_an_existing_out_is_refused_before_sampling(weights, tmp_path, capsys, monkeypatch):
