@@ -120,7 +120,7 @@ def _run_locked(config: GenerateConfig, image_path: Path, out_dir: Path, overwri
             "dtype": str(pipeline.dtype).removeprefix("torch."), "seconds": round(time.perf_counter() - tic, 3),
             "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         })  # fmt: skip
-    _print_summary(out_dir, orbit, config, str(pipeline.device), time.perf_counter() - tic)
+    _print_summary(out_dir, orbit, config, str(pipeline.device), time.perf_counter() - tic, foreground is not None)
     return Path(out_dir)
 
 
@@ -209,16 +209,16 @@ def write_orbit(stage: Path, image: np.ndarray, frames: torch.Tensor, orbit: Orb
     return written
 
 
-def _print_summary(out_dir: Path, orbit, config: GenerateConfig, device: str, seconds: float) -> None:
+def _print_summary(out_dir: Path, orbit, config: GenerateConfig, device: str, seconds: float, masks: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"generate → {out_dir}", show_header=False, title_justify="left")
     table.add_row("views", f"{orbit.num_frames} at elevation {orbit.elevations_deg[0]:g}°, input view last")
     table.add_row("sampling", f"{config.sampler}, {config.steps} steps, guidance {config.min_guidance:g} → "
-                  f"{config.max_guidance:g}, seed {config.seed}")
+                  f"{config.max_guidance:g}, seed {config.seed}" + (", mirror averaged" if config.mirror else ""))
     table.add_row("time", f"{seconds:.1f} s on {device}")
-    table.add_row("outputs", "images/, masks/ (a model with a foreground head), transforms.json, input.png, "
-                  "report.json (orbit4d train reads it)")
+    table.add_row("outputs", f"images/, {'masks/, ' if masks else ''}transforms.json, input.png, report.json "
+                  "(orbit4d train reads it)")
     console.print(table)
 
 
