@@ -146,7 +146,8 @@ def make_capture(config: ImageTo3DConfig, photo: Path, capture_dir: Path, second
     tic = time.perf_counter()
     _stage(3, "orbit", f"generating {config.num_frames or defaults.num_frames} views at {defaults.image_size} px "
            f"({config.sample_steps or defaults.sample_steps} sampling steps)")
-    frames, _, orbit = sample_orbit(pipeline, generate, image, weights)  # masks: its own, below
+    # each view's mask from its colours, matted below: a head's masks made worse splats (bench/RESULTS.md, stop 30)
+    frames, _, orbit = sample_orbit(pipeline, generate, image, weights)
     with staged_dir(capture_dir, overwrite, inputs) as stage:
         report = {"source_format": "image-to-3d", "source": str(photo.absolute()),
                   "weights": str(Path(weights).absolute()), "foreground": found.method, "framing": framing.to_json(),

@@ -54,6 +54,11 @@ def test_generate_without_weights_uses_the_shipped_model(tmp_path, capsys):
     centre = frames[:, frames.shape[1] // 4: -frames.shape[1] // 4, frames.shape[2] // 4: -frames.shape[2] // 4]
     assert border.mean() > 0.85 and (centre.mean(axis=(1, 2, 3)) < border.mean() - 0.1).all()
     assert len(load_scene(out).train) >= 2  # orbit4d train reads it
+    # its foreground head gives every view a mask, named by transforms.json: most of the border is background
+    frames_json = json.loads((out / "transforms.json").read_text())["frames"]
+    masks = np.stack([np.asarray(PIL.Image.open(out / f["mask_path"])) > 127 for f in frames_json])
+    assert len(masks) == index["num_frames"] and masks.any(axis=(1, 2)).all()
+    assert masks[:, [0, -1]].mean() < 0.1 and masks[:, :, [0, -1]].mean() < 0.1
 
 
 def test_a_damaged_shipped_model_is_one_line(tmp_path, capsys, monkeypatch):
